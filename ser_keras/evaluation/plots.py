@@ -7,7 +7,6 @@ plots after ``fit``), and no figure is registered anywhere, so long runs accumul
 
 from __future__ import annotations
 
-import io
 import pathlib
 import typing
 
@@ -51,13 +50,6 @@ def save_figure(fig, path: pathlib.Path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=fig.dpi)
     return path
-
-
-def figure_png_bytes(fig) -> bytes:
-    """The figure as PNG bytes (for TensorBoard images)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=fig.dpi)
-    return buffer.getvalue()
 
 
 def metrics_title(wa: float, ua: float, protocol: str, prefix: str = "") -> str:

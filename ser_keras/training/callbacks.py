@@ -110,11 +110,12 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        from ser_keras.evaluation.plots import confusion_figure, figure_png_bytes, metrics_title
+        from ser_keras.evaluation.confusion_image import confusion_image
+        from ser_keras.evaluation.plots import metrics_title
 
         tags = {"val_wa": "val_WA", "val_ua": "val_UA"}
         title = metrics_title(logs["val_wa"], logs["val_ua"], f"validation, epoch {epoch + 1}", self.title)
-        png = figure_png_bytes(confusion_figure(cm, self.labels, title))
+        image = confusion_image(cm, self.labels, title)
         with writer.as_default(step=epoch):
             for key, value in sorted(logs.items()):
                 if isinstance(value, (int, float, np.floating, np.integer)) or np.ndim(value) == 0:
@@ -122,8 +123,7 @@ class ValidationMetrics(keras.callbacks.Callback):
                         tf.summary.scalar(tags.get(key, key), float(value))
                     except (TypeError, ValueError):
                         continue
-            image = tf.image.decode_png(png, channels=4)[tf.newaxis]
-            tf.summary.image("val_confusion_matrix", image,
+            tf.summary.image("val_confusion_matrix", image[np.newaxis],
                              description="Validation confusion matrix, rows = true class, "
                                          "row-normalised %; classes: " + ", ".join(self.labels))
         writer.flush()

@@ -594,16 +594,17 @@ def _log_single_epoch(context: RunContext, fold: Fold, fold_dir: pathlib.Path, r
     one step, so every experiment leaves the same kind of logs."""
     import tensorflow as tf
 
-    from ser_keras.evaluation.plots import confusion_figure, figure_png_bytes, metrics_title
+    from ser_keras.evaluation.confusion_image import confusion_image
+    from ser_keras.evaluation.plots import metrics_title
 
     pd.DataFrame([{k: v for k, v in row.items() if v is not None}]).to_csv(fold_dir / "history.csv", index=False)
     log_dir = context.run_dir / "tensorboard" / context.config.data.corpus / fold.name
     writer = tf.summary.create_file_writer(str(log_dir))
     title = metrics_title(row["val_wa"], row["val_ua"], "validation",
                           f"{context.config.data.corpus} exp1 {fold.name}")
-    png = figure_png_bytes(confusion_figure(cm, context.labels, title))
+    image = confusion_image(cm, context.labels, title)
     with writer.as_default(step=0):
         tf.summary.scalar("val_WA", row["val_wa"])
         tf.summary.scalar("val_UA", row["val_ua"])
-        tf.summary.image("val_confusion_matrix", tf.image.decode_png(png, channels=4)[tf.newaxis])
+        tf.summary.image("val_confusion_matrix", image[np.newaxis])
     writer.close()
