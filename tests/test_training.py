@@ -233,6 +233,20 @@ def test_same_config_twice_gives_same_folds_and_metrics(exp4_cli_run, tmp_path):
                                   pd.read_csv(tmp_path / "b" / "folds" / fold / "history.csv"))
 
 
+def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
+    """`fit` reuses one compiled model across folds (training.run.fold_model) and resets all of
+    its state; the second fold must come out bit for bit as it does in a run of its own."""
+    from ser_keras.training.run import fit
+
+    both = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2")
+    alone = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.fold=1")
+    fit(both, tmp_path / "both", progress=False)
+    fit(alone, tmp_path / "alone", progress=False)
+    for name in ("predictions.csv", "history.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "both" / "folds" / "random-2of2" / name),
+                                      pd.read_csv(tmp_path / "alone" / "folds" / "random-2of2" / name))
+
+
 def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     from ser_keras.training.run import fit
 
