@@ -88,6 +88,11 @@ class FeatureConfig:
     max_frames: typing.Optional[int] = 800
     # Worker processes for extraction; 0 means one per CPU core.
     n_jobs: int = 0
+    # exp3/exp4 training augmentation (features/augment.py): one extra copy of every training
+    # utterance per factor, its spectrogram's frequency axis scaled by the factor (VTLP-style),
+    # each copy normalised as a speaker of its own. [] (default) adds none; exp1/exp2 (LLD
+    # features) ignore it. Each factor adds one training set's worth of time per epoch.
+    warp_factors: typing.List[float] = field(default_factory=list)
 
 
 @dataclass

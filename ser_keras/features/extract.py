@@ -172,7 +172,8 @@ class _Spec:
     def cache(self, kind: str) -> typing.Optional[FeatureCache]:
         if self.cache_root is None:
             return None
-        key = (kind, self.cache_root, self.corpus, self.sample_rate, tuple(sorted(self.features.items())))
+        # repr: some feature settings are lists (unhashable).
+        key = (kind, self.cache_root, self.corpus, self.sample_rate, repr(sorted(self.features.items())))
         if key not in _CACHES:  # one FeatureCache per process and setting (hashing the key costs)
             _CACHES[key] = FeatureCache(self.cache_root, self.corpus, kind, self.feature_config(), self.sample_rate)
         return _CACHES[key]

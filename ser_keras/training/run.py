@@ -280,6 +280,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
          (("train", train), ("validation", validation), ("test", test))}
     if reports_serving(context.config):
         x["serving"] = frontend.apply_serving(context, test)
+    if FEATURE_KIND[context.config.model.experiment] == "spectrogram":
+        x["train_warped"], x["train_warped_y"] = frontend.apply_warped(context, train)
     if context.config.model.experiment == "exp1":
         outcome = _train_svm(context, fold, fold_dir, x, train, validation, test)
     else:
@@ -294,6 +296,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     result = {"name": fold.name, "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
               "n_train": int(len(train)), "n_validation": int(len(validation)),
               "wall_time_s": round(wall, 2), **outcome}
+    if len(x.get("train_warped", [])):
+        result["n_train_warped"] = len(x["train_warped"])
     serving_line = ""
     if serving_probabilities is not None:
         serving_frame = fold_predictions_frame(fold.name, context.manifest.iloc[test], serving_probabilities,
@@ -328,6 +332,21 @@ class Frontend:
         if self.pca is not None:
             out = self.pca.transform(out)
         return out
+
+    def apply_warped(self, context: RunContext, indices: np.ndarray) -> tuple:
+        """(features, labels) of the frequency-warped copies of the utterances at `indices`,
+        one copy per ``features.warp_factors`` entry, each (speaker, factor) normalised as a
+        speaker of its own (``features.augment``); empty without warp factors."""
+        from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+
+        out, labels = [], []
+        speakers = context.manifest["speaker"].iloc[indices].tolist()
+        for factor in check_factors(context.config.features.warp_factors):
+            warped = [warp_frequency(context.features[i], factor) for i in indices]
+            normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
+            out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
+            labels.append(context.y[indices])
+        return out, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
 
     def apply_serving(self, context: RunContext, indices: np.ndarray) -> list:
         """The utterances at `indices` each on its own, without speaker context, normalised as
@@ -402,6 +421,9 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     kernels = None
     if config.model.experiment in ("exp3", "exp4"):
         kernels = _sae_kernels(context, fold_dir, x["train"], seed)
+    if x.get("train_warped"):  # augmentation: the warped copies join the training set only
+        x["train"] = list(x["train"]) + list(x["train_warped"])
+        y["train"] = np.concatenate([y["train"], x["train_warped_y"]])
 
     keras.utils.set_random_seed(seed)
     with context.strategy.scope():
