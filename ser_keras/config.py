@@ -162,7 +162,8 @@ class TrainConfig:
     fold: typing.Optional[int] = None  # run one fold only
     # Validation for early stopping, from a fold's training part only (data/splits.py):
     # "auto" holds out whole training speakers under loso/session (speaker-independent, like
-    # the test) and a stratified sample of training utterances under random.
+    # the test) when at least 3 remain to train on, else (and under random) a stratified
+    # sample of training utterances (data/splits.py).
     validation_split: str = "auto"  # auto | speakers | utterances
     # Share of the training speakers (or utterances) held out: 2 of 9 EMO-DB speakers per fold.
     validation_fraction: float = 0.2

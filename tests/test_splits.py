@@ -126,3 +126,15 @@ def test_demo_corpus_folds():
     folds = make_folds(manifest, "loso", seed=0, validation_fraction=0.15)
     assert len(folds) == manifest["speaker"].nunique()
     _check_partition(folds, len(manifest))
+
+
+def test_auto_validation_keeps_at_least_three_training_speakers():
+    """Four speakers (CASIA, the demo): a LOSO fold has three training speakers; holding one
+    out would train on two, so `auto` samples utterances of all three instead. Explicit
+    `speakers` still holds a speaker out."""
+    manifest = synthetic_manifest(n_speakers=4)
+    speakers = manifest["speaker"].to_numpy()
+    for fold in make_folds(manifest, "loso", seed=0, validation_fraction=0.2):
+        assert set(speakers[fold.validation]) == set(speakers[fold.train]) and len(set(speakers[fold.train])) == 3
+    for fold in make_folds(manifest, "loso", seed=0, validation_fraction=0.2, validation_split="speakers"):
+        assert len(set(speakers[fold.train])) == 2 and not set(speakers[fold.validation]) & set(speakers[fold.train])
