@@ -93,6 +93,10 @@ class FeatureConfig:
     # each copy normalised as a speaker of its own. [] (default) adds none; exp1/exp2 (LLD
     # features) ignore it. Each factor adds one training set's worth of time per epoch.
     warp_factors: typing.List[float] = field(default_factory=list)
+    # How the warped versions are used: "copies" trains on every version every epoch (each
+    # factor adds a training set's worth of steps); "draw" shows each utterance once per epoch,
+    # as itself or one of its warped versions drawn at random, at the cost of no augmentation.
+    warp_mode: str = "copies"
 
 
 @dataclass
@@ -340,6 +344,8 @@ def validate(config: Config) -> None:
         raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
     if config.features.speaker_fallback not in ("speaker_all", "global"):
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
+    if config.features.warp_mode not in ("copies", "draw"):
+        raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
     if config.train.optimizer not in ("adam", "sgd"):
         raise SerKerasError(f"train.optimizer: '{config.train.optimizer}' is not adam or sgd")
     if config.train.strategy not in ("default", "mirrored", "multi-worker"):

@@ -30,8 +30,9 @@ def test_factors_are_checked_and_name_their_pseudo_speaker():
 
 
 def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):
-    """With two factors every training utterance is seen three times per epoch; the test fold
-    is not warped (its prediction count is unchanged)."""
+    """With two factors every training utterance is seen three times per epoch ("copies") or
+    once, as a drawn version ("draw"); the test fold is not warped (its prediction count is
+    unchanged)."""
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
@@ -48,10 +49,15 @@ def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):
     monkeypatch.setattr(callbacks_module, "training_callbacks",
                         lambda *args, **kwargs: original(*args, **kwargs) + [CountSteps()])
     plain = fit(tiny_config("exp4", "train.fold=0"), tmp_path / "plain", progress=False)
-    warped = fit(tiny_config("exp4", "train.fold=0", "features.warp_factors=[0.9,1.1]"), tmp_path / "warped",
-                 progress=False)
-    fold, fold_warped = plain["folds"][0], warped["folds"][0]
+    warp = ("train.fold=0", "features.warp_factors=[0.9,1.1]")
+    warped = fit(tiny_config("exp4", *warp), tmp_path / "warped", progress=False)
+    drawn = fit(tiny_config("exp4", *warp, "features.warp_mode=draw"), tmp_path / "drawn", progress=False)
+    fold, fold_warped, fold_drawn = plain["folds"][0], warped["folds"][0], drawn["folds"][0]
     assert fold_warped["n_train_warped"] == 2 * fold["n_train"] and "n_train_warped" not in fold
-    assert fold_warped["n"] == fold["n"]
+    assert fold_warped["n"] == fold["n"] == fold_drawn["n"]
     batch = 16  # TINY's train.batch_size, one epoch
-    assert steps == [-(-fold["n_train"] // batch), -(-3 * fold["n_train"] // batch)]
+    # "draw" keeps the plain number of steps: one version of each utterance per epoch
+    assert steps == [-(-fold["n_train"] // batch), -(-3 * fold["n_train"] // batch), -(-fold["n_train"] // batch)]
+    assert fold_drawn["n_train_warped"] == fold_warped["n_train_warped"]
+    # the drawn versions are not just the originals: the trained model differs
+    assert (tmp_path / "drawn" / "predictions.csv").read_text() != (tmp_path / "plain" / "predictions.csv").read_text()

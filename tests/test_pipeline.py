@@ -68,6 +68,30 @@ def test_training_shuffle_is_seeded_and_reshuffles_each_epoch():
     assert order(make_dataset(ids, labels, 4, training=True, seed=3, shuffle=False)) == list(range(20))
 
 
+def test_variants_show_each_utterance_once_per_epoch_as_a_drawn_version():
+    """Three versions of 20 utterances: every epoch has each utterance exactly once, with its
+    label, as one of its versions; the draws change between epochs and repeat for the seed."""
+    _, labels = utterances(n=20)
+    versions = [[np.full((3, D), 100 * v + i, np.float32) for i in range(20)] for v in range(3)]
+    features = versions[0] + versions[1] + versions[2]
+
+    def epoch(dataset):
+        seen = [(int(x[i, 0, 0]), int(y[i])) for x, y in dataset for i in range(x.shape[0])]
+        assert sorted(value % 100 for value, _ in seen) == list(range(20))
+        assert all(label == labels[value % 100] for value, label in seen)
+        return [value // 100 for value, _ in sorted(seen, key=lambda item: item[0] % 100)]  # by utterance
+
+    a = make_dataset(features, labels, batch_size=4, training=True, seed=3, variants=3)
+    first, second = epoch(a), epoch(a)
+    assert set(first) == {0, 1, 2} and first != second
+    b = make_dataset(features, labels, batch_size=4, training=True, seed=3, variants=3)
+    assert (epoch(b), epoch(b)) == (first, second)
+    with pytest.raises(ValueError, match="variants"):
+        make_dataset(features[:59], labels, batch_size=4, training=True, seed=3, variants=3)
+    with pytest.raises(ValueError, match="variants"):
+        make_dataset(features, None, batch_size=4, training=False, seed=3, variants=3)
+
+
 def test_max_frames_centre_crop():
     features = [np.arange(100 * D, dtype=np.float32).reshape(100, D) + 1, np.ones((10, D), np.float32)]
     x, _ = next(iter(make_dataset(features, [0, 1], 2, training=False, seed=0, max_frames=30)))

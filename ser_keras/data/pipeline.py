@@ -12,6 +12,10 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
 - training: shuffled with ``seed`` (reshuffled every epoch, the same sequence of epochs for the
   same seed), optional length bucketing (``bucket_boundaries``) so a batch pads little;
   evaluation keeps the input order (predictions line up with the manifest) and never buckets.
+- ``variants``: training only: the feature list holds ``variants`` blocks of the same
+  utterances (the originals, then each augmented version, e.g. frequency-warped), and every
+  epoch shows each utterance once, as one of its versions drawn at random (seeded, a fresh draw
+  every epoch), so augmentation adds variety without adding steps per epoch.
 - ``prefetch`` last.
 
 The arrays are concatenated into one tensor and each element is a slice of it, so the dataset
@@ -76,6 +80,7 @@ def make_dataset(
     max_frames: typing.Optional[int] = None,
     bucket_boundaries: typing.Optional[typing.Sequence[int]] = None,
     drop_remainder: bool = False,
+    variants: int = 1,
 ) -> tf.data.Dataset:
     """Padded batches of utterances.
 
@@ -90,6 +95,9 @@ def make_dataset(
         bucket_boundaries: training only: frame counts at which to split length buckets
             (e.g. [200, 400, 600]); each bucket is batched separately.
         drop_remainder: drop the last short batch.
+        variants: `features` is this many consecutive blocks of ``len(labels)`` utterances
+            (block 0 the originals, the others versions of them with the same labels); each
+            epoch draws one version per utterance. Needs labels and `training`.
 
     Returns:
         tf.data.Dataset of ``(x, y)`` (or ``x`` when labels is None) with x
@@ -101,21 +109,30 @@ def make_dataset(
     values, starts, lengths = _prepare(features, max_frames)
     dim = values.shape[1]
     table = tf.constant(values)
+    variants = int(variants)
+    if variants < 1 or len(starts) % variants or (variants > 1 and (labels is None or not training)):
+        raise ValueError(f"make_dataset: {len(starts)} utterances cannot form {variants} labelled training variants")
+    count = len(starts) // variants
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape != (len(starts),):
-            raise ValueError(f"make_dataset: {len(starts)} utterances but labels of shape {labels.shape}")
+        if labels.shape != (count,):
+            raise ValueError(f"make_dataset: {count} utterances but labels of shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError("make_dataset: labels must be integer class ids (see corpora.label_order)")
-        dataset = tf.data.Dataset.from_tensor_slices((starts, lengths, labels.astype(np.int32)))
+        dataset = tf.data.Dataset.from_tensor_slices((np.arange(count), labels.astype(np.int32)))
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((starts, lengths))
+        dataset = tf.data.Dataset.from_tensor_slices(np.arange(count))
 
     if shuffle:
-        dataset = dataset.shuffle(len(starts), seed=int(seed), reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(count, seed=int(seed), reshuffle_each_iteration=True)
+    if variants > 1:  # one version per utterance, drawn afresh each epoch, the same draws per seed
+        draws = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, draws).map(
+            lambda pair, draw: (pair[0] + count * tf.cast(draw % variants, tf.int64), pair[1]))
+    starts, lengths = tf.constant(starts), tf.constant(lengths)
 
-    def take(start, length, *label):
-        x = table[start:start + length]
+    def take(index, *label):
+        x = table[starts[index]:starts[index] + lengths[index]]
         return (x, label[0]) if label else x
 
     dataset = dataset.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

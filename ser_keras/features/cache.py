@@ -49,7 +49,7 @@ _HEAD_READ = 4096  # magic + header in one read; the data follow straight into t
 # FeatureConfig fields that never change a per-utterance array (they act later or elsewhere).
 NOT_SHAPING = frozenset({
     "pca_components", "pca_max_frames", "normalization", "speaker_fallback", "norm_std_floor",
-    "max_frames", "n_jobs", "warp_factors",
+    "max_frames", "n_jobs", "warp_factors", "warp_mode",
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({

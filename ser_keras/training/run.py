@@ -421,9 +421,13 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     kernels = None
     if config.model.experiment in ("exp3", "exp4"):
         kernels = _sae_kernels(context, fold_dir, x["train"], seed)
-    if x.get("train_warped"):  # augmentation: the warped copies join the training set only
+    variants = 1
+    if x.get("train_warped"):  # augmentation: the warped versions join the training set only
         x["train"] = list(x["train"]) + list(x["train_warped"])
-        y["train"] = np.concatenate([y["train"], x["train_warped_y"]])
+        if config.features.warp_mode == "draw":  # blocks of versions, one drawn per epoch
+            variants = len(x["train"]) // len(train)
+        else:
+            y["train"] = np.concatenate([y["train"], x["train_warped_y"]])
 
     keras.utils.set_random_seed(seed)
     with context.strategy.scope():
@@ -435,7 +439,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
 
     batch = int(config.train.batch_size)
     train_ds = make_dataset(x["train"], y["train"], batch, training=True, seed=seed,
-                            max_frames=config.features.max_frames)
+                            max_frames=config.features.max_frames, variants=variants)
     validation_ds = make_dataset(x["validation"], None, batch, training=False, seed=seed) \
         if len(validation) else None
     test_ds = make_dataset(x["test"], None, batch, training=False, seed=seed)
