@@ -88,15 +88,15 @@ class FeatureConfig:
     max_frames: typing.Optional[int] = 800
     # Worker processes for extraction; 0 means one per CPU core.
     n_jobs: int = 0
-    # exp3/exp4 training augmentation (features/augment.py): one extra copy of every training
-    # utterance per factor, its spectrogram's frequency axis scaled by the factor (VTLP-style),
-    # each copy normalised as a speaker of its own. [] (default) adds none; exp1/exp2 (LLD
-    # features) ignore it. Each factor adds one training set's worth of time per epoch.
+    # exp3/exp4 training augmentation (features/augment.py): one warped version of every
+    # training utterance per factor, its spectrogram's frequency axis scaled by the factor
+    # (VTLP-style), each normalised as a speaker of its own. [] (default) adds none; exp1/exp2
+    # (LLD features) ignore it. experiments/exp4.yaml sets [0.9, 1.1].
     warp_factors: typing.List[float] = field(default_factory=list)
-    # How the warped versions are used: "copies" trains on every version every epoch (each
-    # factor adds a training set's worth of steps); "draw" shows each utterance once per epoch,
-    # as itself or one of its warped versions drawn at random, at the cost of no augmentation.
-    warp_mode: str = "copies"
+    # How the versions are used: "draw" shows each utterance once per epoch, as itself or one
+    # of its warped versions drawn at random (no extra steps per epoch); "copies" trains on
+    # every version every epoch (each factor adds a training set's worth of steps).
+    warp_mode: str = "draw"
 
 
 @dataclass

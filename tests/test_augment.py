@@ -48,9 +48,10 @@ def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):
 
     monkeypatch.setattr(callbacks_module, "training_callbacks",
                         lambda *args, **kwargs: original(*args, **kwargs) + [CountSteps()])
-    plain = fit(tiny_config("exp4", "train.fold=0"), tmp_path / "plain", progress=False)
+    plain = fit(tiny_config("exp4", "train.fold=0", "features.warp_factors=[]"), tmp_path / "plain",
+                progress=False)
     warp = ("train.fold=0", "features.warp_factors=[0.9,1.1]")
-    warped = fit(tiny_config("exp4", *warp), tmp_path / "warped", progress=False)
+    warped = fit(tiny_config("exp4", *warp, "features.warp_mode=copies"), tmp_path / "warped", progress=False)
     drawn = fit(tiny_config("exp4", *warp, "features.warp_mode=draw"), tmp_path / "drawn", progress=False)
     fold, fold_warped, fold_drawn = plain["folds"][0], warped["folds"][0], drawn["folds"][0]
     assert fold_warped["n_train_warped"] == 2 * fold["n_train"] and "n_train_warped" not in fold
