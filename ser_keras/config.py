@@ -171,6 +171,11 @@ class TrainConfig:
     validation_split: str = "auto"  # auto | speakers | utterances
     # Share of the training speakers (or utterances) held out: 2 of 9 EMO-DB speakers per fold.
     validation_fraction: float = 0.2
+    # exp2-4: after early stopping, train a fresh model on the WHOLE training part (the
+    # validation speakers too) for the number of epochs validation picked, and test that one
+    # (folds/<fold>/refit/). More training speakers, about twice the training time. exp1's
+    # SVM always refits on training + validation.
+    refit: bool = False
     optimizer: str = "adam"  # adam | sgd
     learning_rate: float = 1e-3
     momentum: float = 0.9
@@ -346,6 +351,9 @@ def validate(config: Config) -> None:
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
     if config.features.warp_mode not in ("copies", "draw"):
         raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
+    if config.train.refit and config.train.validation_fraction == 0:
+        raise SerKerasError("train.refit: needs validation data to pick the epoch count "
+                            "(train.validation_fraction is 0)")
     if config.train.optimizer not in ("adam", "sgd"):
         raise SerKerasError(f"train.optimizer: '{config.train.optimizer}' is not adam or sgd")
     if config.train.strategy not in ("default", "mirrored", "multi-worker"):

@@ -258,3 +258,67 @@ def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     # running another fold of the same config into the same directory is fine
     results = fit(tiny_config("exp1", "train.fold=1"), run_dir, progress=False)
     assert [f["name"] for f in results["folds"]] == ["speaker-spk_f1", "speaker-spk_f2"]
+
+
+def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path, monkeypatch):
+    """train.refit: after early stopping a fresh model trains on training + validation
+    speakers for the best epoch count and is the one tested; phase one is untouched by it, and
+    an interruption inside the refit resumes the refit only."""
+    import keras
+
+    from ser_keras.training import callbacks as callbacks_module
+    from ser_keras.training.run import fit
+
+    common = ("train.fold=0", "train.epochs=3", "train.patience=10")
+    original = callbacks_module.training_callbacks
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def __init__(self, phase_dir):
+            super().__init__()
+            self.phase = phase_dir.name
+
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((self.phase, epoch, int(self.model.optimizer.iterations.numpy())))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.phase == "refit" and epoch == 0 and interrupt:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks_module, "training_callbacks",
+                        lambda phase_dir, *a, **k: original(phase_dir, *a, **k) + [Watch(phase_dir)])
+    interrupt = False
+    plain = fit(tiny_config("exp4", *common), tmp_path / "plain", progress=False)["folds"][0]
+    seen.clear()
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config("exp4", *common, "train.refit=true"), tmp_path / "refit", progress=False)
+    assert [(p, e) for p, e, _ in seen] == [("speaker-spk_f1", 0), ("speaker-spk_f1", 1),
+                                           ("speaker-spk_f1", 2), ("refit", 0)]
+    assert seen[3][2] == 0  # the refit starts from a fresh optimizer
+    interrupt = False
+    seen.clear()
+    fold = fit(tiny_config("exp4", *common, "train.refit=true"), tmp_path / "refit", progress=False)["folds"][0]
+    fold_dir = tmp_path / "refit" / "folds" / fold["name"]
+
+    assert fold["best_epoch"] == plain["best_epoch"] and fold["best_val_ua"] == plain["best_val_ua"]
+    assert fold["refit_epochs"] == fold["best_epoch"] and "refit_epochs" not in plain
+    # only the refit's remaining epochs ran again, from the checkpointed step count
+    assert [(p, e) for p, e, _ in seen] == [("refit", e) for e in range(1, fold["refit_epochs"])]
+    batch = 16  # TINY's train.batch_size; warp_mode draw: one version of each utterance per step
+    per_epoch = -(-(fold["n_train"] + fold["n_validation"]) // batch)
+    assert [i for _, _, i in seen] == [e * per_epoch for e in range(1, fold["refit_epochs"])]
+    history = pd.read_csv(fold_dir / "refit" / "history.csv")
+    assert list(history["epoch"]) == list(range(fold["refit_epochs"])) and "val_ua" not in history
+    pd.testing.assert_frame_equal(pd.read_csv(fold_dir / "history.csv"),
+                                  pd.read_csv(tmp_path / "plain" / "folds" / fold["name"] / "history.csv"))
+    _, by_plugin = read_events(tmp_path / "refit" / "tensorboard" / "demo" / fold["name"] / "refit")
+    assert "loss" in by_plugin["scalars"]
+    # the tested model is the refit one
+    assert (fold_dir / "predictions.csv").read_text() != \
+        (tmp_path / "plain" / "folds" / fold["name"] / "predictions.csv").read_text()
+
+
+def test_refit_needs_validation_data():
+    with pytest.raises(SerKerasError, match="train.refit"):
+        tiny_config("exp4", "train.refit=true", "train.validation_fraction=0")

@@ -13,7 +13,10 @@ Per fold (``folds/<fold>/`` in the run directory):
    trained with Keras' ``fit`` (its progress bar when ``progress``), with the callbacks of
    ``training.callbacks``: per-epoch validation confusion matrix, WA and UA to TensorBoard
    (``tensorboard/<corpus>/<fold>/``) and ``history.csv``, a checkpoint every epoch
-   (``checkpoint/``), early stopping on validation UA restoring the best weights;
+   (``checkpoint/``), early stopping on validation UA restoring the best weights; with
+   ``train.refit`` a fresh model then trains on the whole training part (validation speakers
+   too) for the best epoch count, in ``refit/`` (own checkpoints, ``history.csv`` and
+   TensorBoard run ``<fold>/refit``), and is the one tested and saved;
 5. ``model.keras``, the test predictions (``predictions.csv``) and, last, ``result.json``.
 
 Two figures for speaker-normalised models (``features.normalization`` ``speaker`` or
@@ -281,7 +284,9 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     if reports_serving(context.config):
         x["serving"] = frontend.apply_serving(context, test)
     if FEATURE_KIND[context.config.model.experiment] == "spectrogram":
-        x["train_warped"], x["train_warped_y"] = frontend.apply_warped(context, train)
+        x["train_warped"] = frontend.apply_warped(context, train)
+        if context.config.train.refit and len(validation):  # for the refit on all of them
+            x["all_warped"] = frontend.apply_warped(context, np.concatenate([train, validation]))
     if context.config.model.experiment == "exp1":
         outcome = _train_svm(context, fold, fold_dir, x, train, validation, test)
     else:
@@ -333,20 +338,19 @@ class Frontend:
             out = self.pca.transform(out)
         return out
 
-    def apply_warped(self, context: RunContext, indices: np.ndarray) -> tuple:
-        """(features, labels) of the frequency-warped copies of the utterances at `indices`,
-        one copy per ``features.warp_factors`` entry, each (speaker, factor) normalised as a
-        speaker of its own (``features.augment``); empty without warp factors."""
+    def apply_warped(self, context: RunContext, indices: np.ndarray) -> list:
+        """The frequency-warped copies of the utterances at `indices`: one block of them per
+        ``features.warp_factors`` entry, each (speaker, factor) normalised as a speaker of its
+        own (``features.augment``); empty without warp factors."""
         from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
 
-        out, labels = [], []
+        out = []
         speakers = context.manifest["speaker"].iloc[indices].tolist()
         for factor in check_factors(context.config.features.warp_factors):
             warped = [warp_frequency(context.features[i], factor) for i in indices]
             normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
-            labels.append(context.y[indices])
-        return out, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
+        return out
 
     def apply_serving(self, context: RunContext, indices: np.ndarray) -> list:
         """The utterances at `indices` each on its own, without speaker context, normalised as
@@ -408,77 +412,104 @@ def fit_frontend(context: RunContext, fold_dir: pathlib.Path, train: np.ndarray)
 
 def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: dict,
                    train: np.ndarray, validation: np.ndarray, test: np.ndarray) -> dict:
-    import keras
-
     from ser_keras.data.pipeline import make_dataset
-    from ser_keras.training.callbacks import load_best_weights, make_predictor, read_state, training_callbacks
+    from ser_keras.training.callbacks import make_predictor, read_state
 
     config = context.config
     seed = int(config.train.seed)
-    n_classes = len(context.labels)
-    input_dim = int(x["train"][0].shape[-1])
     y = {"train": context.y[train], "validation": context.y[validation], "test": context.y[test]}
     kernels = None
     if config.model.experiment in ("exp3", "exp4"):
         kernels = _sae_kernels(context, fold_dir, x["train"], seed)
-    variants = 1
-    if x.get("train_warped"):  # augmentation: the warped versions join the training set only
-        x["train"] = list(x["train"]) + list(x["train_warped"])
-        if config.features.warp_mode == "draw":  # blocks of versions, one drawn per epoch
-            variants = len(x["train"]) // len(train)
-        else:
-            y["train"] = np.concatenate([y["train"], x["train_warped_y"]])
-
-    keras.utils.set_random_seed(seed)
-    with context.strategy.scope():
-        model = fold_model(context, n_classes, input_dim)
-        if kernels is not None:
-            from ser_keras.training.sae_pretrain import assign_kernels
-
-            assign_kernels(model, kernels)
-
     batch = int(config.train.batch_size)
-    train_ds = make_dataset(x["train"], y["train"], batch, training=True, seed=seed,
-                            max_frames=config.features.max_frames, variants=variants)
     validation_ds = make_dataset(x["validation"], None, batch, training=False, seed=seed) \
         if len(validation) else None
-    test_ds = make_dataset(x["test"], None, batch, training=False, seed=seed)
-
-    checkpoint_dir = fold_dir / "checkpoint"
-    state = read_state(checkpoint_dir)
+    title = f"{config.data.corpus} {config.model.experiment} {fold.name}"
     tensorboard_dir = context.run_dir / "tensorboard" / config.data.corpus / fold.name
-    if state is not None and state.get("finished"):
-        # Training ended before the interruption; only the test predictions were missing.
-        load_best_weights(model, checkpoint_dir)
-    else:
-        callbacks = training_callbacks(
-            fold_dir, validation_ds, y["validation"], context.labels, config.train.patience,
-            tensorboard_dir, title=f"{config.data.corpus} {config.model.experiment} {fold.name}",
-            extra=[_ElapsedLogger(fold_dir)],
-        )
-        fit_kwargs = {}
-        weights = _class_weights(config, y["train"], n_classes)
-        if weights is not None:
-            fit_kwargs["class_weight"] = weights
-        model.fit(train_ds, epochs=int(config.train.epochs), callbacks=callbacks,
-                  verbose=1 if context.progress else 0, shuffle=False, **fit_kwargs)
+    model = _fit_network(context, fold_dir, fold_dir, kernels,
+                         _training_set(config, x["train"], y["train"], x.get("train_warped", [])),
+                         validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir, title)
+    state = read_state(fold_dir / "checkpoint") or {}
+    refit_epochs = None
+    if config.train.refit and state.get("best") is not None:
+        # The epoch count validation picked, now on every training speaker (validation ones too).
+        refit_epochs = int(state["best_epoch"]) + 1
+        model = _fit_network(
+            context, fold_dir, fold_dir / "refit", kernels,
+            _training_set(config, list(x["train"]) + list(x["validation"]),
+                          np.concatenate([y["train"], y["validation"]]), x.get("all_warped", [])),
+            None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
     model.save(fold_dir / "model.keras")
-    probabilities = make_predictor(model)(test_ds)
+    probabilities = make_predictor(model)(make_dataset(x["test"], None, batch, training=False, seed=seed))
     serving = {}
     if "serving" in x:  # the same model on single recordings, normalised as the export's serve does
         serving_ds = make_dataset(x["serving"], None, batch, training=False, seed=seed)
         serving["serving_probabilities"] = make_predictor(model)(serving_ds)
-    state = read_state(checkpoint_dir) or {}
-    history = _history(fold_dir)
     return {
         "probabilities": probabilities,
         "predicted": probabilities.argmax(axis=1),
-        "epochs_trained": int(state.get("epochs_done", len(history))),
+        "epochs_trained": int(state.get("epochs_done", len(_history(fold_dir)))),
         "best_epoch": None if state.get("best") is None else int(state["best_epoch"]) + 1,
         "best_val_ua": state.get("best"),
         "stopped_early": bool(state.get("stopped_early", False)),
+        **({"refit_epochs": refit_epochs} if refit_epochs else {}),
         **serving,
     }
+
+
+def _training_set(config: Config, features: list, labels: np.ndarray, warped: list) -> tuple:
+    """(features, labels, variants) for `make_dataset`: with frequency-warped versions
+    (``features.warp_factors``: blocks of them after the originals, in the same order) either
+    every version is a training utterance (warp_mode copies) or one is drawn per epoch (draw)."""
+    if not len(warped):
+        return list(features), labels, 1
+    versions = list(features) + list(warped)
+    if config.features.warp_mode == "draw":
+        return versions, labels, len(versions) // len(features)
+    return versions, np.tile(labels, len(versions) // len(features)), 1
+
+
+def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib.Path,
+                 kernels: typing.Optional[dict], training_set: tuple, validation_ds,
+                 y_validation: np.ndarray, epochs: int, tensorboard_dir: pathlib.Path, title: str):
+    """A fresh model (with the SAE kernels) trained on `training_set`, its checkpoints and
+    history in `phase_dir` (the fold's directory, or its ``refit/``): with validation data,
+    early stopping restores its best epoch; without, the last epoch is kept. Resumes from
+    ``phase_dir/checkpoint``; a finished phase is only loaded."""
+    import keras
+
+    from ser_keras.data.pipeline import make_dataset
+    from ser_keras.training.callbacks import load_best_weights, read_state, training_callbacks
+
+    config = context.config
+    seed = int(config.train.seed)
+    features, labels, variants = training_set
+    n_classes = len(context.labels)
+    keras.utils.set_random_seed(seed)
+    with context.strategy.scope():
+        model = fold_model(context, n_classes, int(features[0].shape[-1]))
+        if kernels is not None:
+            from ser_keras.training.sae_pretrain import assign_kernels
+
+            assign_kernels(model, kernels)
+    train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
+                            max_frames=config.features.max_frames, variants=variants)
+    checkpoint_dir = phase_dir / "checkpoint"
+    state = read_state(checkpoint_dir)
+    if state is not None and state.get("finished"):
+        # Training ended before an interruption; only what follows it was missing.
+        load_best_weights(model, checkpoint_dir)
+        return model
+    callbacks = training_callbacks(phase_dir, validation_ds, y_validation, context.labels,
+                                   config.train.patience, tensorboard_dir, title=title,
+                                   extra=[_ElapsedLogger(fold_dir)])
+    fit_kwargs = {}
+    weights = _class_weights(config, labels, n_classes)
+    if weights is not None:
+        fit_kwargs["class_weight"] = weights
+    model.fit(train_ds, epochs=epochs, callbacks=callbacks,
+              verbose=1 if context.progress else 0, shuffle=False, **fit_kwargs)
+    return model
 
 
 def fold_model(context: RunContext, n_classes: int, input_dim: int):
