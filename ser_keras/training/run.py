@@ -434,6 +434,9 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     if config.train.refit and state.get("best") is not None:
         # The epoch count validation picked, now on every training speaker (validation ones too).
         refit_epochs = int(state["best_epoch"]) + 1
+        if context.progress:
+            print(f"fold {fold.name}: refit on all {len(train) + len(validation)} training utterances "
+                  f"for {refit_epochs} epoch{'s' * (refit_epochs != 1)} (the best validation epoch)")
         model = _fit_network(
             context, fold_dir, fold_dir / "refit", kernels,
             _training_set(config, list(x["train"]) + list(x["validation"]),
