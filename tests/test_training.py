@@ -305,7 +305,7 @@ def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path
     assert fold["refit_epochs"] == fold["best_epoch"] and "refit_epochs" not in plain
     # only the refit's remaining epochs ran again, from the checkpointed step count
     assert [(p, e) for p, e, _ in seen] == [("refit", e) for e in range(1, fold["refit_epochs"])]
-    batch = 16  # TINY's train.batch_size; warp_mode draw: one version of each utterance per step
+    batch = 16  # TINY's train.batch_size; warp_mode draw: one version of each utterance per epoch
     per_epoch = -(-(fold["n_train"] + fold["n_validation"]) // batch)
     assert [i for _, _, i in seen] == [e * per_epoch for e in range(1, fold["refit_epochs"])]
     history = pd.read_csv(fold_dir / "refit" / "history.csv")

@@ -495,14 +495,14 @@ def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib
             from ser_keras.training.sae_pretrain import assign_kernels
 
             assign_kernels(model, kernels)
-    train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
-                            max_frames=config.features.max_frames, variants=variants)
     checkpoint_dir = phase_dir / "checkpoint"
     state = read_state(checkpoint_dir)
     if state is not None and state.get("finished"):
         # Training ended before an interruption; only what follows it was missing.
         load_best_weights(model, checkpoint_dir)
         return model
+    train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
+                            max_frames=config.features.max_frames, variants=variants)
     callbacks = training_callbacks(phase_dir, validation_ds, y_validation, context.labels,
                                    config.train.patience, tensorboard_dir, title=title,
                                    extra=[_ElapsedLogger(fold_dir)])
