@@ -150,8 +150,8 @@ def test_no_retracing_across_auto_encoders_and_folds():
     logger = tf.get_logger()
     handler = Keep()
     logger.addHandler(handler)
-    train_step, evaluate = sae_pretrain._step_functions()
-    before = train_step.experimental_get_tracing_count(), evaluate.experimental_get_tracing_count()
+    train_epoch, evaluate = sae_pretrain._step_functions()
+    before = train_epoch.experimental_get_tracing_count(), evaluate.experimental_get_tracing_count()
     try:
         for fold in range(4):  # 4 "folds" x 3 kernel sizes of different widths
             pretrain_kernels(smooth_features(n=6, seed=fold), tiny_config(epochs=1, patches_per_size=300,
@@ -160,7 +160,7 @@ def test_no_retracing_across_auto_encoders_and_folds():
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r], records
     # 12 auto-encoders: at most the first few widths trace (fewer when earlier tests already did).
-    assert train_step.experimental_get_tracing_count() - before[0] <= 3
+    assert train_epoch.experimental_get_tracing_count() - before[0] <= 3
     assert evaluate.experimental_get_tracing_count() - before[1] <= 3
 
 

@@ -205,22 +205,17 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
     state = tuple(tf.zeros_like(w) for w in weights) * 2 + (tf.constant(0.0),)
     hyper = tf.constant([cfg.learning_rate, rho, mu, decay, *ADAM], tf.float32)
     x_all, t_all = tf.constant(inputs), tf.constant(targets)
-    train_step, evaluate = _step_functions()
+    train_epoch, evaluate = _step_functions()
 
     history = {"loss": []}
     before = float(evaluate(x_all, t_all, *weights)[0])
     batch = min(cfg.batch_size, n)
     for _ in range(cfg.epochs):
-        order = rng.permutation(n).astype(np.int32)
-        total, steps = 0.0, 0
         # Whole batches only: a tiny last batch would give a noisy rho_hat.
-        for first in range(0, n - batch + 1, batch):
-            index = order[first : first + batch]
-            loss, weights, state = train_step(tf.gather(x_all, index), tf.gather(t_all, index), weights, state,
-                                              hyper)
-            total += float(loss)
-            steps += 1
-        history["loss"].append(total / max(steps, 1))
+        steps = n // batch
+        batches = rng.permutation(n).astype(np.int32)[: steps * batch].reshape(steps, batch)
+        mean_loss, weights, state = train_epoch(x_all, t_all, tf.constant(batches), weights, state, hyper)
+        history["loss"].append(float(mean_loss))
 
     after, activation = evaluate(x_all, t_all, *weights)
     w1, b1, w2, b2 = weights
@@ -256,17 +251,18 @@ _STEP_FUNCTIONS = None
 
 
 def _step_functions():
-    """(train_step, evaluate): ONE pair of tf.functions per process, shared by every
+    """(train_epoch, evaluate): ONE pair of tf.functions per process, shared by every
     auto-encoder (every kernel size, every fold). They are pure functions of tensors — the
-    batch, the weights, Adam's state, the hyper-parameters — so a new auto-encoder reuses the
-    traced graph (``reduce_retracing`` generalises over the patch width after the first two
-    widths), instead of a fresh tf.function per call that TensorFlow retraces, and warns
-    about, in every fold.
+    patches, the batches' row indices, the weights, Adam's state, the hyper-parameters — so a
+    new auto-encoder reuses the traced graph (``reduce_retracing`` generalises over the patch
+    width after the first two widths), instead of a fresh tf.function per call that
+    TensorFlow retraces, and warns about, in every fold.
 
-    ``train_step(x, t, weights, state, hyper) -> (loss, weights, state)`` is one Adam step on
-    the loss of the module docstring, the update written out as
-    ``keras.optimizers.Adam.update_step`` does it (no weight decay term, no clipping);
-    ``state`` is (first moments, second moments, step count).
+    ``train_epoch(x, t, batches, weights, state, hyper) -> (mean loss, weights, state)`` runs
+    one Adam step per row of ``batches`` (row indices into ``x`` / ``t``) inside the graph: one
+    call per epoch, because a Python call per step cost several times the step's arithmetic.
+    Each step is the update written out as ``keras.optimizers.Adam.update_step`` does it (no
+    weight decay term, no clipping); ``state`` is (first moments, second moments, step count).
     """
     global _STEP_FUNCTIONS
     if _STEP_FUNCTIONS is not None:
@@ -277,8 +273,7 @@ def _step_functions():
         h = tf.sigmoid(x @ w1 + b1)
         return h, tf.sigmoid(h @ w2 + b2)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(x, t, weights, state, hyper):
+    def adam_step(x, t, weights, state, hyper):
         learning_rate, rho, mu, decay, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon = tf.unstack(hyper)
         with tf.GradientTape() as tape:
             tape.watch(weights)
@@ -298,12 +293,20 @@ def _step_functions():
         return loss, weights, first + second + (step,)
 
     @tf.function(reduce_retracing=True)
+    def train_epoch(x, t, batches, weights, state, hyper):
+        total = tf.constant(0.0)
+        for index in batches:  # autograph: a tf.while_loop over the rows
+            loss, weights, state = adam_step(tf.gather(x, index), tf.gather(t, index), weights, state, hyper)
+            total += loss
+        return total / tf.cast(tf.maximum(tf.shape(batches)[0], 1), tf.float32), weights, state
+
+    @tf.function(reduce_retracing=True)
     def evaluate(x, t, w1, b1, w2, b2):
         """Per-value reconstruction MSE and per-unit mean activation over all patches."""
         h, x_hat = forward(x, w1, b1, w2, b2)
         return tf.reduce_mean(tf.square(x_hat - t)), tf.reduce_mean(h, axis=0)
 
-    _STEP_FUNCTIONS = (train_step, evaluate)
+    _STEP_FUNCTIONS = (train_epoch, evaluate)
     return _STEP_FUNCTIONS
 
 
