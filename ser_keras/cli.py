@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     fit.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"],
                      help="tf.distribute strategy (multi-worker reads TF_CONFIG)")
+    fit.add_argument("--jobs", type=int, help="folds trained at once, each in its own process (default 1; "
+                                             "e.g. the number of CPU cores: see README, Time)")
     fit.add_argument("--run-dir", help="where to write the run (default runs/<corpus>_<experiment>_<protocol>)")
     _add_config_args(fit)
     fit.set_defaults(handler=cmd_fit)
@@ -162,7 +164,8 @@ def _config_from_args(args, experiment: typing.Optional[str]):
     if getattr(args, "cache_dir", None):
         overrides.insert(0, f"data.cache_dir={args.cache_dir}")
     for flag, key in (("protocol", "train.protocol"), ("fold", "train.fold"), ("epochs", "train.epochs"),
-                      ("seed", "train.seed"), ("strategy", "train.strategy")):
+                      ("seed", "train.seed"), ("strategy", "train.strategy"),
+                      ("jobs", "train.jobs")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")

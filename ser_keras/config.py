@@ -183,6 +183,11 @@ class TrainConfig:
     epochs: int = 40
     patience: int = 8
     strategy: str = "default"  # default | mirrored | multi-worker
+    # Folds trained at once, each in its own process (training/parallel.py); with more than
+    # one, each process gets cpu_count // jobs TensorFlow threads. A fold's numbers depend on
+    # its thread count (floating-point summation order), so they differ in the last digits
+    # between jobs=1 and jobs>1; the same config and jobs on the same machine repeat exactly.
+    jobs: int = 1
     # Added by the training engineer (issue #5):
     # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
     # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
@@ -358,6 +363,11 @@ def validate(config: Config) -> None:
         raise SerKerasError(f"train.optimizer: '{config.train.optimizer}' is not adam or sgd")
     if config.train.strategy not in ("default", "mirrored", "multi-worker"):
         raise SerKerasError(f"train.strategy: '{config.train.strategy}' is not default, mirrored or multi-worker")
+    if config.train.jobs < 1:
+        raise SerKerasError(f"train.jobs: must be at least 1, got {config.train.jobs}")
+    if config.train.jobs > 1 and config.train.strategy != "default":
+        raise SerKerasError(f"train.jobs: {config.train.jobs} folds at once needs train.strategy default, "
+                            f"not {config.train.strategy} (which spreads ONE fold over devices)")
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:

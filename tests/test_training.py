@@ -70,7 +70,7 @@ def check_run_dir(run_dir: pathlib.Path, experiment: str, corpus: str = "demo"):
             assert (fold_dir / "model.joblib").is_file()
         else:
             assert (fold_dir / "model.keras").is_file()
-            assert (fold_dir / "checkpoint" / "backup" / "latest.weights.h5").is_file()
+            assert (fold_dir / "checkpoint" / "backup" / "latest.npz").is_file()
             assert (fold_dir / "checkpoint" / "early_stopping.json").is_file()
         if experiment in ("exp3", "exp4"):
             assert (fold_dir / "sae_kernels.npz").is_file()

@@ -140,7 +140,7 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
         "",
         "## WA and UA per experiment (Fig. 4 analogue)",
         "",
-        "| experiment | model | WA % | UA % | paper WA % | folds | wall time s |",
+        "| experiment | model | WA % | UA % | paper WA % | folds | time s (summed over folds) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for exp in EXPERIMENTS:

@@ -6,8 +6,8 @@ epoch); a different config is refused with one line naming the first settings th
 
 Settings that do not change results are left out of the comparison (and of the config hash):
 where the corpus and the cache live, how many extraction workers run, which single fold is
-run (``train.fold``: running folds one at a time into one directory is allowed) and the
-``tf.distribute`` strategy.
+run (``train.fold``: running folds one at a time into one directory is allowed), the
+``tf.distribute`` strategy and how many folds train at once (``train.jobs``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ VOLATILE = (
     ("model", "svm_n_jobs"),
     ("train", "fold"),
     ("train", "strategy"),
+    ("train", "jobs"),
 )
 
 FOLD_RESULT = "result.json"

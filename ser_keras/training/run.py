@@ -35,7 +35,9 @@ picks C), logs its validation WA/UA like an epoch, then refits on training + val
 predicts the test part; it saves ``model.joblib``.
 
 The folds' test predictions are pooled into the run-level ``predictions.csv``,
-``results.json`` and ``confusion_matrix.png`` (``evaluation.results``).
+``results.json`` and ``confusion_matrix.png`` (``evaluation.results``). With ``train.jobs`` > 1
+the folds train that many at a time in worker processes (``training.parallel``), each writing
+its fold directory as above.
 
 Re-running ``fit`` on the same run directory with the same config resumes: finished folds are
 skipped, a half-done fold restarts from its last checkpointed epoch (weights, optimizer state,
@@ -44,6 +46,9 @@ early-stopping state). A different config is refused (``training.resume``).
 Determinism: ``keras.utils.set_random_seed(train.seed)`` at the start of every fold and
 ``tf.config.experimental.enable_op_determinism()``, so the same config gives the same folds,
 weights and metrics; a fold run alone (``train.fold``) gives what it gives inside a full run.
+TensorFlow's thread count changes floating-point summation order, so fold workers (fewer
+threads each) give slightly different numbers than ``train.jobs=1``; the same config with the
+same ``train.jobs`` on the same machine repeats exactly.
 A resumed fold continues from identical weights and optimizer state, but its shuffling and
 noise streams restart, so it is not bit-identical to an uninterrupted one.
 """
@@ -95,6 +100,9 @@ class RunContext:
     protocol_name: str
     progress: bool
     strategy: typing.Any = None
+    # A fold worker of `training.parallel` shares the terminal with other workers: one line per
+    # epoch, naming the fold, instead of Keras' progress bar.
+    epoch_lines: bool = False
     # Compiled models kept for the next fold, by (n_classes, input_dim): see `fold_model`.
     models: dict = dataclasses.field(default_factory=dict)
 
@@ -135,23 +143,41 @@ def fit(config: Config, run_dir, progress: bool = True) -> dict:
     failures: dict = {}
     if pending:
         features, failures = extract(config, manifest, progress)
-        label_index = {label: i for i, label in enumerate(labels)}
-        context = RunContext(
-            config=config, run_dir=run_dir, manifest=manifest, labels=labels, features=features,
-            y=manifest["label"].map(label_index).to_numpy(np.int64), protocol_name=protocol_name,
-            progress=progress,
-        )
-        if config.model.experiment != "exp1":
-            from ser_keras.training.distribute import make_strategy
+        jobs = min(int(config.train.jobs), len(pending))
+        if jobs > 1:
+            from ser_keras.training.parallel import run_folds_in_processes
 
-            context.strategy = make_strategy(config.train.strategy)
-        for position, fold in enumerate(pending):
-            if progress:
-                print(f"[{config.data.corpus} {config.model.experiment}] fold {fold.name} "
-                      f"({position + 1}/{len(pending)} to run): {len(fold.train)} train, "
-                      f"{len(fold.validation)} validation, {len(fold.test)} test")
-            run_fold(context, fold)
+            del features  # the fold workers read them from the feature cache
+            run_folds_in_processes(config, run_dir, pending, jobs, progress)
+        else:
+            context = make_context(config, run_dir, manifest, labels, features, progress)
+            for position, fold in enumerate(pending):
+                if progress:
+                    print(fold_header(config, fold, f"{position + 1}/{len(pending)} to run"))
+                run_fold(context, fold)
     return collect_results(config, run_dir, labels, folds, failures, time.time() - started)
+
+
+def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, labels: list,
+                 features: list, progress: bool) -> RunContext:
+    """The state the folds of one run share (in the `fit` process, or in a fold worker)."""
+    label_index = {label: i for i, label in enumerate(labels)}
+    context = RunContext(
+        config=config, run_dir=run_dir, manifest=manifest, labels=labels, features=features,
+        y=manifest["label"].map(label_index).to_numpy(np.int64),
+        protocol_name=describe_protocol(config.train.protocol, config.train.folds), progress=progress,
+    )
+    if config.model.experiment != "exp1":
+        from ser_keras.training.distribute import make_strategy
+
+        context.strategy = make_strategy(config.train.strategy)
+    return context
+
+
+def fold_header(config: Config, fold: Fold, position: str) -> str:
+    """The progress line that opens a fold."""
+    return (f"[{config.data.corpus} {config.model.experiment}] fold {fold.name} ({position}): "
+            f"{len(fold.train)} train, {len(fold.validation)} validation, {len(fold.test)} test")
 
 
 def collect_results(config: Config, run_dir: pathlib.Path, labels: list, folds: typing.Sequence,
@@ -482,7 +508,7 @@ def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib
     import keras
 
     from ser_keras.data.pipeline import make_dataset
-    from ser_keras.training.callbacks import load_best_weights, read_state, training_callbacks
+    from ser_keras.training.callbacks import EpochLine, load_best_weights, read_state, training_callbacks
 
     config = context.config
     seed = int(config.train.seed)
@@ -503,15 +529,17 @@ def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib
         return model
     train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
                             max_frames=config.features.max_frames, variants=variants)
+    extra = [_ElapsedLogger(fold_dir)]
+    if context.progress and context.epoch_lines:
+        extra.append(EpochLine(title, epochs))
     callbacks = training_callbacks(phase_dir, validation_ds, y_validation, context.labels,
-                                   config.train.patience, tensorboard_dir, title=title,
-                                   extra=[_ElapsedLogger(fold_dir)])
+                                   config.train.patience, tensorboard_dir, title=title, extra=extra)
     fit_kwargs = {}
     weights = _class_weights(config, labels, n_classes)
     if weights is not None:
         fit_kwargs["class_weight"] = weights
     model.fit(train_ds, epochs=epochs, callbacks=callbacks,
-              verbose=1 if context.progress else 0, shuffle=False, **fit_kwargs)
+              verbose=1 if context.progress and not context.epoch_lines else 0, shuffle=False, **fit_kwargs)
     return model
 
 
@@ -558,7 +586,7 @@ def _sae_kernels(context: RunContext, fold_dir: pathlib.Path, train_x: list, see
         with np.load(path) as arrays:
             sizes = sorted({int(k.split("_")[0][1:]) for k in arrays.files})
             return {k: (arrays[f"k{k}_kernel"], arrays[f"k{k}_bias"]) for k in sizes}
-    kernels = pretrain_kernels(train_x, context.config, seed, progress=context.progress)
+    kernels = pretrain_kernels(train_x, context.config, seed, progress=context.progress and not context.epoch_lines)
     payload = {}
     for size, (kernel, bias) in kernels.items():
         payload[f"k{int(size)}_kernel"] = np.asarray(kernel)

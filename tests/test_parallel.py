@@ -1,0 +1,54 @@
+"""`fit --jobs N`: folds trained in worker processes (training/parallel.py)."""
+
+import json
+import os
+import re
+
+import pandas as pd
+import pytest
+
+from ser_keras.errors import SerKerasError
+from tests.test_training import tiny_config
+
+
+def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
+    from ser_keras.training.run import fit
+
+    config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.jobs=2")
+    first = fit(config, tmp_path / "a", progress=True)
+    out = capfd.readouterr().out
+    assert "training 2 folds, 2 at once" in out
+    # Each fold ran in a worker process of its own, not in this one.
+    pids = set(re.findall(r"\(\d of 2, process (\d+)\)", out))
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    names = [fold["name"] for fold in first["folds"]]
+    assert names == ["random-1of2", "random-2of2"] and first["complete"]
+    for name in names:  # per-epoch lines name their fold, as Keras' progress bar cannot
+        assert re.search(rf"demo exp4 {name}: epoch 2/2  loss \d\.\d{{4}}  val WA [\d.]+ %  val UA [\d.]+ %", out)
+        assert list(pd.read_csv(tmp_path / "a" / "folds" / name / "history.csv")["epoch"]) == [0, 1]
+    assert (tmp_path / "a" / "predictions.csv").is_file() and (tmp_path / "a" / "confusion_matrix.png").is_file()
+
+    # The same config and jobs again: the same numbers, bit for bit.
+    second = fit(config, tmp_path / "b", progress=False)
+    assert first["pooled"]["confusion"] == second["pooled"]["confusion"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "predictions.csv"),
+                                  pd.read_csv(tmp_path / "b" / "predictions.csv"))
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "folds" / name / "history.csv"),
+                                      pd.read_csv(tmp_path / "b" / "folds" / name / "history.csv"))
+    # jobs only changes how the work is spread: a run directory resumes under another --jobs.
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["config_hash"] == \
+        json.loads((tmp_path / "b" / "results.json").read_text())["config_hash"]
+    rerun = fit(tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2"), tmp_path / "a",
+                progress=False)
+    assert rerun["pooled"]["confusion"] == first["pooled"]["confusion"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.jobs=0"], r"^train\.jobs: must be at least 1, got 0$"),
+    (["train.jobs=2", "train.strategy=mirrored"], r"^train\.jobs: 2 folds at once needs train\.strategy default"),
+])
+def test_bad_jobs_settings_are_refused_in_one_line(overrides, message):
+    with pytest.raises(SerKerasError, match=message) as info:
+        tiny_config("exp4", *overrides)
+    assert "\n" not in str(info.value)
