@@ -52,3 +52,25 @@ def test_bad_jobs_settings_are_refused_in_one_line(overrides, message):
     with pytest.raises(SerKerasError, match=message) as info:
         tiny_config("exp4", *overrides)
     assert "\n" not in str(info.value)
+
+
+def test_a_failing_fold_stops_the_run_with_its_error(tmp_path):
+    """A fold that fails in a worker fails `fit` with the worker's one-line error, as it would
+    in one process: here the first LOSO fold's test speaker has only corrupt files."""
+    from ser_keras.config import DataConfig
+    from ser_keras.corpora import load_manifest
+    from ser_keras.training.run import fit
+
+    demo = load_manifest("demo", None, DataConfig(corpus="demo"))
+    broken = []
+    for label in sorted(demo["label"].unique()):
+        path = tmp_path / f"aaa_{label}.wav"
+        path.write_bytes(b"not audio at all")
+        broken.append({"path": str(path), "label": label, "speaker": "aaa"})
+    manifest = pd.concat([pd.DataFrame(broken), demo[["path", "label", "speaker"]]], ignore_index=True)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    config = tiny_config("exp1", "train.jobs=2", f"data.data_dir={tmp_path / 'manifest.csv'}", corpus="csv")
+    with pytest.raises(SerKerasError, match=r"^fold speaker-aaa: no usable training or test utterances") as info:
+        fit(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -153,15 +153,15 @@ def test_rerunning_a_finished_run_skips_its_folds(exp4_cli_run, capsys):
 
 
 def test_interrupted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
-    """Interrupt a fold after its second epoch; the re-run continues it at the third epoch with
-    the saved weights, optimizer and early-stopping state."""
+    """Interrupt the first fold after its second epoch; the re-run continues it at the third
+    epoch with the saved weights, optimizer and early-stopping state, and then trains the next
+    fold (on the same reused model) from its first epoch."""
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
     from ser_keras.training.run import fit
 
-    config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.fold=1", "train.epochs=3",
-                         "train.patience=10")
+    config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=3", "train.patience=10")
     run_dir = tmp_path / "run"
     original = callbacks_module.training_callbacks
     seen = []
@@ -175,7 +175,7 @@ def test_interrupted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
             seen.append((self.fold_dir.name, epoch, int(self.model.optimizer.iterations.numpy())))
 
         def on_epoch_end(self, epoch, logs=None):
-            if self.fold_dir.name.startswith("random-2") and epoch == 1 and not resumed:
+            if self.fold_dir.name.startswith("random-1") and epoch == 1 and not resumed:
                 raise KeyboardInterrupt
 
     def with_interrupt(fold_dir, *args, **kwargs):
@@ -186,21 +186,22 @@ def test_interrupted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     resumed = False
     with pytest.raises(KeyboardInterrupt):
         fit(config, run_dir, progress=False)
-    fold_dir = run_dir / "folds" / "random-2of2"
+    fold_dir = run_dir / "folds" / "random-1of2"
     assert not (fold_dir / "result.json").is_file() and not (run_dir / "results.json").exists()
-    assert [e for _, e, _ in seen] == [0, 1]
+    assert [(f, e) for f, e, _ in seen] == [("random-1of2", 0), ("random-1of2", 1)]
     steps_per_epoch = seen[1][2]
 
     resumed = True
     seen.clear()
     results = fit(config, run_dir, progress=False)
     # It continued at epoch 2 (0-based) with the optimizer's step counter where the checkpoint
-    # left it: it did not start over.
-    assert [e for _, e, _ in seen] == [2]
-    assert seen[0][2] == 2 * steps_per_epoch > 0
+    # left it: it did not start over. The next fold then started at its own first epoch.
+    assert [(f, e) for f, e, _ in seen] == [("random-1of2", 2), ("random-2of2", 0), ("random-2of2", 1),
+                                           ("random-2of2", 2)]
+    assert seen[0][2] == 2 * steps_per_epoch > 0 and seen[1][2] == 0
     assert list(pd.read_csv(fold_dir / "history.csv")["epoch"]) == [0, 1, 2]
-    assert [f["name"] for f in results["folds"]] == ["random-2of2"]
-    assert results["folds"][0]["epochs_trained"] == 3
+    assert [f["name"] for f in results["folds"]] == ["random-1of2", "random-2of2"]
+    assert [f["epochs_trained"] for f in results["folds"]] == [3, 3]
 
 
 def test_rescoring_keeps_the_serving_figure(exp4_cli_run):

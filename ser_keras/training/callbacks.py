@@ -266,6 +266,9 @@ class EpochCheckpoint(keras.callbacks.BackupAndRestore):
                            json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
     def _load_model(self):
+        # Keras keeps the resumed epoch on the model and never clears it; `fit` reuses one model
+        # across folds and phases, so a fresh one must not start where a resumed one did.
+        self.model._initial_epoch = None
         if not self.arrays_path.is_file():  # nothing saved yet, or an h5 checkpoint
             return super()._load_model()
         if self.model.optimizer is not None and not self.model.optimizer.built:

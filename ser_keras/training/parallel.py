@@ -11,23 +11,24 @@ a one-process run does; ``fit`` then pools them as usual.
 
 Failures: a fold that fails stops the run as it would in one process, but the folds already
 running finish first (their work is kept, never half-written); a worker that dies (killed,
-out of memory) ends the run with a one-line error. Ctrl-C stops every worker; re-running the
-same command resumes from the folds' checkpoints.
+out of memory) ends the run with a one-line error. Ctrl-C is the parent's: it stops every
+worker at once; re-running the same command resumes from the folds' checkpoints.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
 import os
 import pathlib
+import queue
+import signal
+import sys
+import traceback
 import typing
 
 from ser_keras.config import Config
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
-
-_CONTEXT = None  # the worker's RunContext, built once by `_start_worker`
 
 
 def cpu_count() -> int:
@@ -45,32 +46,87 @@ def run_folds_in_processes(config: Config, run_dir: pathlib.Path, folds: typing.
     if progress:
         print(f"training {len(folds)} folds, {jobs} at once (one process each, {threads} TensorFlow "
               f"thread{'s' * (threads != 1)} per process)", flush=True)
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(config, str(run_dir), progress, threads))
-    futures = {pool.submit(_run_fold, fold, f"{position + 1} of {len(folds)}"): fold
-               for position, fold in enumerate(folds)}
+    spawn = multiprocessing.get_context("spawn")
+    todo, done = spawn.Queue(), spawn.Queue()
+    for position, fold in enumerate(folds):
+        todo.put((fold, f"{position + 1} of {len(folds)}"))
+    for _ in range(jobs):
+        todo.put(None)  # one stop sign per worker
+    # Not daemonic: a worker may start processes of its own (feature extraction of files the
+    # cache does not hold); every exit path below terminates or joins the workers.
+    workers = [spawn.Process(target=_worker, args=(config, str(run_dir), progress, threads, todo, done))
+               for _ in range(jobs)]
+    for worker in workers:
+        worker.start()
+    failure = None
     try:
-        for future in concurrent.futures.as_completed(futures):
+        while True:
             try:
-                future.result()
-            except concurrent.futures.process.BrokenProcessPool:
-                raise SerKerasError(
-                    f"fold {futures[future].name}: its worker process died (killed, or out of memory?); "
-                    "re-run the same command to resume, with fewer --jobs if memory is short") from None
+                error = done.get(timeout=1.0)
+            except queue.Empty:
+                lost = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                if lost:
+                    raise SerKerasError(
+                        f"a fold worker process died (exit code {lost[0]}: killed, or out of memory?); "
+                        "re-run the same command to resume, with fewer --jobs if memory is short") from None
+                if not any(w.is_alive() for w in workers):
+                    break
+                continue
+            if error is not None and failure is None:
+                failure = error
+                _stop_handing_out(todo, jobs)  # the running folds finish and keep their work
+    except BaseException:  # Ctrl-C, or a dead worker: stop every worker now
+        for worker in workers:
+            worker.terminate()
+        raise
     finally:
-        # On an error: no new folds, but the running ones finish and keep their work.
-        pool.shutdown(wait=True, cancel_futures=True)
+        for worker in workers:
+            worker.join()
+    if failure is not None:
+        raise failure
 
 
-def _start_worker(config: Config, run_dir: str, progress: bool, threads: int) -> None:
-    import sys
+def _stop_handing_out(todo, jobs: int) -> None:
+    """Take the folds nobody has started off the queue and leave only stop signs."""
+    try:
+        while True:
+            todo.get_nowait()
+    except queue.Empty:
+        pass
+    for _ in range(jobs):
+        todo.put(None)
 
+
+def _worker(config: Config, run_dir: str, progress: bool, threads: int, todo, done) -> None:
+    """A worker process: build the run's shared state once, then train folds until a stop
+    sign; report None (fold written) or the error, per fold, on `done`."""
+    # Ctrl-C is the parent's to handle: it stops the workers (SIGTERM), so no fold outlives it.
+    # Exiting through SystemExit lets multiprocessing release the queues' semaphores.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        context = _worker_context(config, pathlib.Path(run_dir), progress, threads)
+    except Exception as exc:  # e.g. the corpus moved: the run cannot go on
+        done.put(_portable(exc, "worker start-up"))
+        return
+    from ser_keras.training import run
+
+    while (item := todo.get()) is not None:
+        fold, position = item
+        if progress:
+            print(run.fold_header(config, fold, f"{position}, process {os.getpid()}"), flush=True)
+        try:
+            run.run_fold(context, fold)
+            done.put(None)
+        except Exception as exc:
+            done.put(_portable(exc, f"fold {fold.name}"))
+
+
+def _worker_context(config: Config, run_dir: pathlib.Path, progress: bool, threads: int):
     import tensorflow as tf
 
     # Whole lines, at once, even into a pipe or a log file shared with the other workers.
     sys.stdout.reconfigure(line_buffering=True)
-
     # Before TensorFlow runs its first op, which fixes its thread pools.
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -78,19 +134,17 @@ def _start_worker(config: Config, run_dir: str, progress: bool, threads: int) ->
     from ser_keras.corpora import label_order, load_manifest
     from ser_keras.training import run
 
-    global _CONTEXT
     run.configure_determinism(config.train.seed)
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
     features, _ = run.extract(config, manifest, progress=False)
-    _CONTEXT = run.make_context(config, pathlib.Path(run_dir), manifest, label_order(manifest, config.data),
-                                features, progress)
-    _CONTEXT.epoch_lines = True
+    context = run.make_context(config, run_dir, manifest, label_order(manifest, config.data), features, progress)
+    context.epoch_lines = True
+    return context
 
 
-def _run_fold(fold: Fold, position: str) -> str:
-    from ser_keras.training import run
-
-    if _CONTEXT.progress:
-        print(run.fold_header(_CONTEXT.config, fold, f"{position}, process {os.getpid()}"), flush=True)
-    run.run_fold(_CONTEXT, fold)
-    return fold.name
+def _portable(exc: Exception, where: str) -> Exception:
+    """The error to re-raise in `fit`'s process: a SerKerasError as it is (one line for the
+    user), anything else as a RuntimeError carrying the worker's traceback."""
+    if isinstance(exc, SerKerasError):
+        return exc
+    return RuntimeError(f"{where} failed in its worker process:\n{traceback.format_exc()}")
