@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(reproduce)
     reproduce.add_argument("--protocol", choices=["loso", "session", "random"], default="loso")
     reproduce.add_argument("--out", help="output directory (default runs/reproduce_<corpus>_<protocol>)")
+    reproduce.add_argument("--jobs", type=int, help="folds trained at once in every run, one process each (default 1)")
     _add_config_args(reproduce)
     reproduce.set_defaults(handler=cmd_reproduce)
     return parser
@@ -230,6 +231,8 @@ def cmd_reproduce(args) -> int:
     overrides = list(args.overrides)
     if args.cache_dir:
         overrides.insert(0, f"data.cache_dir={args.cache_dir}")
+    if args.jobs is not None:
+        overrides.append(f"train.jobs={args.jobs}")
     report = reproduce(args.corpus, args.data_dir, args.protocol, out, overrides=overrides,
                        progress=not args.quiet)
     print(f"report: {report}")

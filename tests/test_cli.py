@@ -80,3 +80,19 @@ def test_info_on_real_casia():
 def test_info_on_real_emodb():
     summary = json.loads(run_cli("info", "--corpus", "emodb", "--data-dir", str(corpus_dir("emodb")), "--json").stdout)
     assert summary["utterances"] == 535 and summary["speakers"] == 10 and len(summary["labels"]) == 7
+
+
+@pytest.mark.parametrize("command", ["fit", "reproduce"])
+def test_jobs_flag_becomes_train_jobs(command, monkeypatch, tmp_path):
+    """`--jobs N` reaches the config as train.jobs (fit) or as an override of every run (reproduce)."""
+    from ser_keras.evaluation import reproduce
+    from ser_keras.training import run
+
+    seen = {}
+    monkeypatch.setattr(run, "fit", lambda config, run_dir, progress: seen.setdefault("jobs", config.train.jobs)
+                        and {"pooled": {"wa": 0.5, "ua": 0.5}})
+    monkeypatch.setattr(reproduce, "reproduce",
+                        lambda *args, overrides, **kwargs: seen.setdefault("overrides", overrides) and tmp_path)
+    assert cli.main([command, "--corpus", "demo", "--jobs", "3", "--out" if command == "reproduce" else "--run-dir",
+                     str(tmp_path / "out")]) == 0
+    assert seen == ({"jobs": 3} if command == "fit" else {"overrides": ["train.jobs=3"]})
