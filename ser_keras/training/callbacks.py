@@ -246,8 +246,8 @@ def training_callbacks(
 class EpochCheckpoint(keras.callbacks.BackupAndRestore):
     """``keras.callbacks.BackupAndRestore`` (weights, optimizer state and epoch counter every
     epoch, restored by ``fit`` on resume) that writes the arrays as one ``latest.npz`` instead of
-    Keras' ``latest.weights.h5``: the h5 writer walks the model's whole object tree, ~0.15 s a
-    save, a tenth of an EMO-DB epoch; this takes milliseconds. It holds what the h5 file holds
+    Keras' ``latest.weights.h5``: the h5 writer walks the model's whole object tree (exp4:
+    0.17 s a save, a tenth of an EMO-DB epoch; this: 0.06 s). It holds what the h5 file holds
     (``model.weights``, then ``optimizer.variables``) and is written before the epoch counter
     (Keras' ``training_metadata.json``), both atomically, so the counter never runs ahead of the
     arrays. A checkpoint in the older h5 form is still resumed.
