@@ -43,13 +43,14 @@ def main(argv=None) -> int:
     from ser_keras.training.run import fit
 
     out = pathlib.Path(args.out or f"runs/bench_{args.corpus}")
+    jobs = args.jobs or cpu_count()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     experiments = [e.strip() for e in args.experiments.split(",") if e.strip()]
     rows = []
     try:
         for protocol in protocols:
             for experiment in experiments:
-                overrides = [f"train.protocol={protocol}", f"train.jobs={args.jobs or cpu_count()}"]
+                overrides = [f"train.protocol={protocol}", f"train.jobs={jobs}"]
                 overrides += list(args.overrides)
                 if args.data_dir:
                     overrides.insert(0, f"data.data_dir={args.data_dir}")
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         return 2
 
     print()
-    print(f"corpus {args.corpus}, {args.jobs or cpu_count()} fold(s) at once"
+    print(f"corpus {args.corpus}, {jobs} fold(s) at once"
           + (f"  ({' '.join('--set ' + o for o in args.overrides)})" if args.overrides else ""))
     header = (f"| {'experiment':10} | {'protocol':48} | {'WA %':>6} | {'UA %':>6} | {'folds':>5} | {'fold s':>7} "
               f"| {'wall s':>7} |")
