@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     if args.data_dir:
         overrides.insert(0, f"data.data_dir={args.data_dir}")
     config = load_config(experiment=args.experiment, corpus=args.corpus, overrides=overrides)
-    if config.model.experiment == "exp1":
+    if config.model.classifier == "svm":
         print("exp1 (functionals, one vector per utterance) has no frames to normalise per utterance",
               file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import sys
 import typing
 
 from ser_keras import __version__
+from ser_keras.config import DEFAULT_EXPERIMENT, experiment_names
 from ser_keras.errors import SerKerasError
 
 EXIT_USER_ERROR = 2
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "checkpoints and figures into the run directory. Re-running the "
                                      "same command resumes an interrupted run.")
     _add_corpus_args(fit)
-    fit.add_argument("--experiment", choices=["exp1", "exp2", "exp3", "exp4"], default=None,
-                     help="which of the paper's experiments (default exp4, the attention model)")
+    fit.add_argument("--experiment", choices=experiment_names(), default=None,
+                     help=f"which experiment: exp1-exp4 are the paper's, exp5 goes beyond it (default {DEFAULT_EXPERIMENT})")
     fit.add_argument("--protocol", choices=["loso", "session", "random"],
                      help="leave-one-speaker-out, leave-one-session-out (IEMOCAP), or seeded stratified k-fold")
     fit.add_argument("--fold", type=int, help="run only this fold (0-based)")

@@ -24,7 +24,19 @@ import yaml
 from ser_keras import __version__
 from ser_keras.errors import SerKerasError
 
-EXPERIMENTS = ("exp1", "exp2", "exp3", "exp4")
+# The experiment `fit` runs when none is named.
+DEFAULT_EXPERIMENT = "exp4"
+CLASSIFIERS = ("network", "svm")
+INPUT_FEATURES = ("spectrogram", "lld", "functionals")
+FRONTENDS = ("sae_conv", "dense")
+# What the model fields were before they existed: a run directory written by an older version
+# names only its experiment, and these fill in what that name meant then.
+_LEGACY_MODEL_FIELDS = {
+    "exp1": {"classifier": "svm", "input_features": "functionals"},
+    "exp2": {"classifier": "network", "input_features": "lld", "frontend": "dense"},
+    "exp3": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
+    "exp4": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
+}
 
 
 @dataclass
@@ -124,9 +136,19 @@ class SAEConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of exp1..exp4."""
+    """What the model is. The experiment YAMLs set these fields; the code branches on them,
+    never on the experiment's name (which only names the run)."""
 
-    experiment: str = "exp4"
+    experiment: str = DEFAULT_EXPERIMENT
+    # "network" (a Keras model, exp2-exp5) or "svm" (the exp1 baseline, scikit-learn).
+    classifier: str = "network"
+    # What the model reads: "spectrogram" (log spectrogram -> normalisation -> PCA),
+    # "lld" (frame LLDs: F0, formants, energy, ZCR, MFCC) or "functionals" (their
+    # utterance statistics, for the SVM).
+    input_features: str = "spectrogram"
+    # The network's first stage: "sae_conv" (SAE-learned kernels + block pooling, exp3-5) or
+    # "dense" (a ReLU layer on every frame, exp2).
+    frontend: str = "sae_conv"
     dense_units: int = 512  # exp2
     lstm_units: int = 30
     lstm_layers: int = 2
@@ -139,6 +161,10 @@ class ModelConfig:
     block_windows: int = 10
     block_stride: int = 5
     fine_tune_kernels: bool = False
+    # Units of a dense layer on utterance statistics of the input frames (mean, std and
+    # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
+    # sequence before the classifier; 0 (the paper's models) has no such branch.
+    statistics_units: int = 0
     dropout: float = 0.5
     input_noise: float = 0.1
     init_scale: float = 0.1
@@ -311,13 +337,44 @@ def load_yaml(path: pathlib.Path) -> dict:
     return data
 
 
+def experiment_names() -> list:
+    """The shipped experiments: one YAML file each in `experiments_dir()`."""
+    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+
+
 def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Optional[str]) -> pathlib.Path:
     if config_file:
         return pathlib.Path(config_file)
-    experiment = experiment or "exp4"
-    if experiment not in EXPERIMENTS:
-        raise SerKerasError(f"unknown experiment '{experiment}': choose one of {', '.join(EXPERIMENTS)}")
+    experiment = experiment or DEFAULT_EXPERIMENT
+    names = experiment_names()
+    if experiment not in names:
+        raise SerKerasError(f"unknown experiment '{experiment}': choose one of {', '.join(names)}")
     return experiments_dir() / f"{experiment}.yaml"
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, mappings merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_experiment_yaml(path: pathlib.Path, seen: typing.Tuple[pathlib.Path, ...] = ()) -> dict:
+    """An experiment YAML with its `extends: <file>` chain resolved (relative to the file)."""
+    path = pathlib.Path(path)
+    if path.resolve() in seen:
+        raise SerKerasError(f"{path}: 'extends' loops back to itself")
+    data = load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SerKerasError(f"{path}: 'extends' must name a YAML file, got {parent!r}")
+    return _merge(load_experiment_yaml(path.parent / parent, seen + (path.resolve(),)), data)
 
 
 def load_config(
@@ -328,7 +385,7 @@ def load_config(
 ) -> Config:
     """Build a Config from an experiment name or YAML file, a corpus and --set overrides."""
     path = resolve_config_path(experiment, config_file)
-    data = load_yaml(path)
+    data = load_experiment_yaml(path)
     per_corpus = data.pop("corpora", {}) or {}
     config = Config()
     _apply(config, data, str(path))
@@ -346,8 +403,16 @@ def load_config(
 
 
 def validate(config: Config) -> None:
-    if config.model.experiment not in EXPERIMENTS:
-        raise SerKerasError(f"model.experiment: '{config.model.experiment}' is not one of {EXPERIMENTS}")
+    for key, allowed in (("classifier", CLASSIFIERS), ("input_features", INPUT_FEATURES),
+                         ("frontend", FRONTENDS)):
+        if getattr(config.model, key) not in allowed:
+            raise SerKerasError(f"model.{key}: '{getattr(config.model, key)}' is not one of {', '.join(allowed)}")
+    if (config.model.classifier == "svm") != (config.model.input_features == "functionals"):
+        raise SerKerasError(f"model.input_features: '{config.model.input_features}' does not suit "
+                            f"model.classifier '{config.model.classifier}' (the SVM reads functionals, "
+                            "a network frame sequences)")
+    if config.model.statistics_units < 0:
+        raise SerKerasError(f"model.statistics_units: must be >= 0, got {config.model.statistics_units}")
     if config.train.protocol not in ("loso", "session", "random"):
         raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session or random")
     if config.features.normalization not in ("neutral_speaker", "neutral_global", "none", "speaker"):
@@ -372,6 +437,9 @@ def validate(config: Config) -> None:
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
     config = Config()
+    model = data.get("model") or {}
+    if "classifier" not in model and model.get("experiment") in _LEGACY_MODEL_FIELDS:
+        data = {**data, "model": {**_LEGACY_MODEL_FIELDS[model["experiment"]], **model}}
     _apply(config, data, source)
     return config
 

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv  # noqa: E402
+from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling  # noqa: E402
 from ser_keras.layers.block_pooling import num_blocks  # noqa: E402
 from tests.layer_harness import run_layer_test  # noqa: E402
 
@@ -84,7 +84,36 @@ def test_attention_pooling_harness(return_attention):
     )
 
 
+@pytest.mark.parametrize("deltas", [False, True])
+def test_statistics_pooling_harness(deltas):
+    x, mask = padded_batch()
+    run_layer_test(
+        StatisticsPooling,
+        {"deltas": deltas},
+        x,
+        mask=mask,
+        expected_mask=lambda m: None,
+        expected_output_shape=(3, D * (4 if deltas else 2)),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+    )
+
+
 # -- NumPy references ----------------------------------------------------------------------
+
+
+def test_statistics_pooling_matches_numpy():
+    x, mask = padded_batch()
+    out = np.asarray(StatisticsPooling(deltas=True)(x, mask=mask))
+    for i, n in enumerate(LENGTHS):
+        valid = x[i, :n].astype(np.float64)
+        steps = np.diff(valid, axis=0)
+        spread = lambda v: np.sqrt(v.var(0) + 1e-6)  # noqa: E731 - the layer's epsilon
+        expected = np.concatenate([valid.mean(0), spread(valid), np.abs(steps).mean(0), spread(steps)])
+        np.testing.assert_allclose(out[i], expected, rtol=2e-4, atol=2e-4)
+    # No valid frame: zeros, not NaN.
+    empty = np.asarray(StatisticsPooling()(x[:1], mask=np.zeros_like(mask[:1])))
+    assert np.all(empty == 0.0)
 
 
 def sigmoid(z):

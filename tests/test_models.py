@@ -28,6 +28,7 @@ def tiny_config(experiment, **model):
     """The shipped experiment shapes, shrunk."""
     config = Config()
     config.model.experiment = experiment
+    config.model.frontend = "dense" if experiment == "exp2" else "sae_conv"
     config.model.dense_units = 8
     config.model.lstm_units = 4
     config.model.lstm_layers = 2 if experiment == "exp4" else 1
@@ -167,7 +168,7 @@ def test_attention_model_needs_attention_and_exp1_is_no_keras_model():
         attention_model(build_model(tiny_config("exp3"), N_CLASSES, D))
     assert attention_step_frames(tiny_config("exp2")) == 1
     with pytest.raises(SerKerasError, match="build_svm"):
-        build_model(tiny_config("exp1"), N_CLASSES, D)
+        build_model(tiny_config("exp1", classifier="svm", input_features="functionals"), N_CLASSES, D)
     with pytest.raises(SerKerasError, match="n_classes"):
         build_model(tiny_config("exp4"), 1, D)
     with pytest.raises(SerKerasError, match="block_stride"):
@@ -226,3 +227,23 @@ def test_exp4_exports_as_tf_saved_model(tmp_path):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
     probabilities, alpha = served(tf.constant(x[1:2, :17]))  # another length, unpadded
     np.testing.assert_allclose(np.asarray(alpha)[0], predict(model, x)[1][1, :4], atol=1e-6)
+
+
+def test_statistics_branch_is_fused_and_padding_free():
+    """model.statistics_units adds utterance statistics of the input beside the pooled sequence."""
+    config = tiny_config("exp5", statistics_units=6)
+    model = build_model(config, N_CLASSES, D)
+    assert model.get_layer("statistics_dense").units == 6
+    fusion = model.get_layer("fusion")
+    assert fusion.output.shape[-1] == 2 * config.model.lstm_units + 6
+    x = padded_batch()
+    batch = predict(model, x)
+    np.testing.assert_allclose(predict(model, np.pad(x, ((0, 0), (0, 23), (0, 0)))), batch, atol=1e-6)
+    for i, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(predict(model, x[i : i + 1, :n])[0], batch[i], atol=1e-6)
+    # The branch reaches the output: silencing it changes the prediction.
+    dense = model.get_layer("statistics_dense")
+    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    assert np.abs(predict(model, x) - batch).max() > 1e-4
+    plain = build_model(tiny_config("exp5"), N_CLASSES, D)
+    assert "fusion" not in [layer.name for layer in plain.layers]

@@ -204,7 +204,7 @@ def test_assign_kernels_errors_name_the_problem():
         assign_kernels(model, {3: good[3]})
     with pytest.raises(SerKerasError, match="shape"):
         assign_kernels(model, {**good, 4: (np.zeros((4, D, 7)), np.zeros(7))})
-    config.model.experiment = "exp2"
+    config.model.frontend = "dense"
     with pytest.raises(SerKerasError, match="no SparseAEConv"):
         assign_kernels(build_model(config, 3, D), good)
 

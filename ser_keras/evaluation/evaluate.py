@@ -85,7 +85,7 @@ def _rescore(run_dir, config, labels, fold_names, progress) -> dict:
 
 
 def _model_file(config) -> str:
-    return "model.joblib" if config.model.experiment == "exp1" else "model.keras"
+    return "model.joblib" if config.model.classifier == "svm" else "model.keras"
 
 
 def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
@@ -126,12 +126,11 @@ def load_fold_frontend(fold_dir: pathlib.Path, config):
     """(NeutralNormalizer, FramePCA or None) of a finished fold."""
     from ser_keras.features.normalize import NeutralNormalizer
     from ser_keras.features.pca import FramePCA
-    from ser_keras.training.run import FEATURE_KIND
 
     with np.load(fold_dir / "normalizer.npz") as arrays:
         normalizer = NeutralNormalizer.from_arrays(dict(arrays))
     pca = None
-    if FEATURE_KIND[config.model.experiment] == "spectrogram":
+    if config.model.input_features == "spectrogram":
         with np.load(fold_dir / "frontend.npz") as arrays:
             pca = FramePCA.from_arrays(dict(arrays))
     return normalizer, pca
@@ -147,7 +146,7 @@ def predict_with_fold(fold_dir: pathlib.Path, config, features: list, speakers: 
     if pca is not None:
         x = pca.transform(x)
     n_classes = None
-    if config.model.experiment == "exp1":
+    if config.model.classifier == "svm":
         import joblib
 
         from ser_keras.training.run import svm_scores

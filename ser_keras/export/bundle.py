@@ -93,7 +93,7 @@ def attention_steps(n_frames: int, config) -> int:
     block_stride))``).
     """
     n_frames = max(int(n_frames), 1)
-    if config.model.experiment == "exp2":
+    if config.model.frontend == "dense":
         return n_frames
     windows = math.ceil(n_frames / config.model.pool_window)
     return 1 + max(0, -(-(windows - config.model.block_windows) // config.model.block_stride))
@@ -223,10 +223,9 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
     if not run_dir.is_dir():
         raise SerKerasError(f"{run_dir}: no such run directory")
     config, labels = load_run_config(run_dir)
-    experiment = config.model.experiment
-    if experiment == "exp1":
-        raise SerKerasError(f"{run_dir}: exp1 (LLD functionals + SVM) has no Keras model; export and "
-                            "predict need an exp2, exp3 or exp4 run")
+    if config.model.classifier == "svm":
+        raise SerKerasError(f"{run_dir}: {config.model.experiment} is an SVM (LLD functionals), not a Keras "
+                            "model; export and predict need a network experiment's run")
     name = resolve_fold(run_dir, fold)
     fold_dir = run_dir / "folds" / name
     try:
@@ -235,7 +234,7 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
         raise SerKerasError(f"{fold_dir / 'model.keras'}: cannot load the Keras model "
                             f"({str(exc).splitlines()[0][:200]})") from None
     stats = fe.load_frontend_npz(fold_dir / "frontend.npz")
-    kind = "lld" if experiment == "exp2" else "spectrogram"
+    kind = config.model.input_features
     # The LLD count: from the statistics when the run saved any, else the model's input.
     input_dim = None
     if kind == "lld":

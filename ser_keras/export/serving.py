@@ -486,7 +486,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
     run_dir = pathlib.Path(run_dir)
     out_dir = pathlib.Path(out_dir)
     config, _ = load_run_config(run_dir)
-    if config.model.experiment == "exp1":
+    if config.model.classifier == "svm":
         raise SerKerasError(f"{run_dir}: export is not available for exp1 (LLD functionals + SVM): "
                             "only the Keras models of exp2, exp3 and exp4 can be exported")
     _prepare_out_dir(out_dir)

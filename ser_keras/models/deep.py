@@ -26,7 +26,7 @@ import keras
 
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv
+from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
@@ -74,11 +74,9 @@ def _recurrent(config: Config, units: int, return_sequences: bool, name: str, se
 
 
 def _check(config: Config, n_classes: int, input_dim: int) -> None:
-    experiment = config.model.experiment
-    if experiment == "exp1":
-        raise SerKerasError("model.experiment: exp1 is the SVM baseline; use models.build_svm(config)")
-    if experiment not in ("exp2", "exp3", "exp4"):
-        raise SerKerasError(f"model.experiment: '{experiment}' is not exp2, exp3 or exp4")
+    if config.model.classifier != "network":
+        raise SerKerasError(f"model.classifier: '{config.model.classifier}' is not a network; "
+                            "use models.build_svm(config) for the SVM")
     if int(n_classes) < 2:
         raise SerKerasError(f"build_model: need at least 2 classes, got n_classes={n_classes}")
     if int(input_dim) < 1:
@@ -92,7 +90,7 @@ def _check(config: Config, n_classes: int, input_dim: int) -> None:
         raise SerKerasError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if config.model.input_noise < 0:
         raise SerKerasError(f"model.input_noise: must be >= 0, got {config.model.input_noise}")
-    if experiment != "exp2" and not 1 <= config.model.block_stride <= config.model.block_windows:
+    if config.model.frontend == "sae_conv" and not 1 <= config.model.block_stride <= config.model.block_windows:
         raise SerKerasError(
             "model.block_stride: must be between 1 and model.block_windows, got "
             f"{config.model.block_stride} (block_windows={config.model.block_windows})"
@@ -121,7 +119,7 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
     # Layers.
     masking = keras.layers.Masking(mask_value=0.0, name="masking")
     noise = keras.layers.GaussianNoise(m.input_noise, seed=seeds(), name="input_noise")
-    if m.experiment == "exp2":
+    if m.frontend == "dense":
         frontend = [
             keras.layers.Dense(
                 m.dense_units,
@@ -167,6 +165,19 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
             return_attention=True,
             name=ATTENTION_LAYER,
         )
+    statistics = None
+    if m.statistics_units:
+        # Utterance statistics of the (noise-free) input frames beside the pooled sequence.
+        statistics = [
+            StatisticsPooling(deltas=True, name="statistics_pooling"),
+            keras.layers.Dense(
+                m.statistics_units,
+                activation="relu",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+                name="statistics_dense",
+            ),
+            keras.layers.Dropout(m.dropout, seed=seeds(), name="statistics_dropout"),
+        ]
     dropout = keras.layers.Dropout(m.dropout, seed=seeds(), name="dropout")
     classifier = keras.layers.Dense(
         n_classes,
@@ -177,7 +188,8 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
 
     # Functional graph.
     inputs = keras.Input(shape=(None, input_dim), dtype="float32", name=INPUT_NAME)
-    x = noise(masking(inputs))
+    masked = masking(inputs)
+    x = noise(masked)
     for layer in frontend:
         x = layer(x)
     x = frontend_dropout(x)
@@ -185,7 +197,13 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
         x = layer(x)
     if attention is not None:
         x, _alpha = attention(x)
-    outputs = classifier(dropout(x))
+    x = dropout(x)
+    if statistics is not None:
+        summary = masked
+        for layer in statistics:
+            summary = layer(summary)
+        x = keras.layers.Concatenate(name="fusion")([x, summary])
+    outputs = classifier(x)
     return keras.Model(inputs, outputs, name=f"ser_{m.experiment}")
 
 
@@ -215,14 +233,14 @@ def attention_step_frames(config: Config) -> int:
     `block_stride` windows of `pool_window` frames. Step j covers input frames
     `[j * step, j * step + attention_span_frames(config))`.
     """
-    if config.model.experiment == "exp2":
+    if config.model.frontend == "dense":
         return 1
     return config.model.pool_window * config.model.block_stride
 
 
 def attention_span_frames(config: Config) -> int:
     """Input frames that one recurrent (attention) step summarises (1 for exp2)."""
-    if config.model.experiment == "exp2":
+    if config.model.frontend == "dense":
         return 1
     return config.model.pool_window * config.model.block_windows
 

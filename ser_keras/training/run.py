@@ -69,7 +69,6 @@ from ser_keras.data.splits import Fold, describe_protocol, make_folds, select_fo
 from ser_keras.errors import SerKerasError
 from ser_keras.training import resume
 
-FEATURE_KIND = {"exp1": "functionals", "exp2": "lld", "exp3": "spectrogram", "exp4": "spectrogram"}
 SERVING_PREDICTIONS = "serving_predictions.csv"
 
 
@@ -78,7 +77,7 @@ def reports_serving(config: Config) -> bool:
     normalised exp2-4 models (exp1 is not exported; other modes serve what they test)."""
     from ser_keras.features.normalize import SPEAKER_MODES
 
-    return config.model.experiment != "exp1" and config.features.normalization in SPEAKER_MODES
+    return config.model.classifier == "network" and config.features.normalization in SPEAKER_MODES
 
 
 def _serving_mode(config: Config) -> str:
@@ -167,7 +166,7 @@ def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, 
         y=manifest["label"].map(label_index).to_numpy(np.int64),
         protocol_name=describe_protocol(config.train.protocol, config.train.folds), progress=progress,
     )
-    if config.model.experiment != "exp1":
+    if config.model.classifier == "network":
         from ser_keras.training.distribute import make_strategy
 
         context.strategy = make_strategy(config.train.strategy)
@@ -267,7 +266,7 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
     """(features per manifest row or None, failures {path: message}) for the experiment."""
     from ser_keras.features.extract import extract_features
 
-    kind = FEATURE_KIND[config.model.experiment]
+    kind = config.model.input_features
     n_jobs = config.features.n_jobs or None
     extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
     features = list(extraction.features)
@@ -309,11 +308,11 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
          (("train", train), ("validation", validation), ("test", test))}
     if reports_serving(context.config):
         x["serving"] = frontend.apply_serving(context, test)
-    if FEATURE_KIND[context.config.model.experiment] == "spectrogram":
+    if context.config.model.input_features == "spectrogram":
         x["train_warped"] = frontend.apply_warped(context, train)
         if context.config.train.refit and len(validation):  # for the refit on all of them
             x["all_warped"] = frontend.apply_warped(context, np.concatenate([train, validation]))
-    if context.config.model.experiment == "exp1":
+    if context.config.model.classifier == "svm":
         outcome = _train_svm(context, fold, fold_dir, x, train, validation, test)
     else:
         outcome = _train_network(context, fold, fold_dir, x, train, validation, test)
@@ -395,7 +394,7 @@ def fit_frontend(context: RunContext, fold_dir: pathlib.Path, train: np.ndarray)
 
     config = context.config
     norm_path, frontend_path = fold_dir / "normalizer.npz", fold_dir / "frontend.npz"
-    use_pca = FEATURE_KIND[config.model.experiment] == "spectrogram"
+    use_pca = config.model.input_features == "spectrogram"
     if norm_path.is_file() and frontend_path.is_file():
         with np.load(norm_path) as arrays:
             normalizer = NeutralNormalizer.from_arrays(dict(arrays))
@@ -427,7 +426,7 @@ def fit_frontend(context: RunContext, fold_dir: pathlib.Path, train: np.ndarray)
         norm_mean=norm_mean, norm_std=norm_std,
         pca_mean=np.asarray(pca_mean, np.float32), pca_components=np.asarray(pca_components, np.float32),
         sample_rate=np.array(config.data.sample_rate),
-        feature_kind=np.array(FEATURE_KIND[config.model.experiment]),
+        feature_kind=np.array(config.model.input_features),
         normalization=np.array(config.features.normalization),
     )
     return Frontend(normalizer, pca)
@@ -445,7 +444,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     seed = int(config.train.seed)
     y = {"train": context.y[train], "validation": context.y[validation], "test": context.y[test]}
     kernels = None
-    if config.model.experiment in ("exp3", "exp4"):
+    if config.model.frontend == "sae_conv":
         kernels = _sae_kernels(context, fold_dir, x["train"], seed)
     batch = int(config.train.batch_size)
     validation_ds = make_dataset(x["validation"], None, batch, training=False, seed=seed) \
