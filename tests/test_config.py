@@ -53,7 +53,29 @@ def test_run_config_round_trip(tmp_path):
     assert "ser_keras_version" in (tmp_path / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("experiment", ["exp1", "exp2", "exp3", "exp4"])
+def test_extends_merges_the_base_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  lstm_units: 9\n  dropout: 0.3\ntrain:\n  epochs: 4\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nmodel:\n  dropout: 0.1\n")
+    config = load_config(config_file=str(child))
+    assert (config.model.lstm_units, config.model.dropout, config.train.epochs) == (9, 0.1, 4)
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(SerKerasError, match="loops"):
+        load_config(config_file=str(child))
+
+
+def test_model_fields_are_checked_and_old_runs_keep_their_meaning(tmp_path):
+    with pytest.raises(SerKerasError, match="model.frontend"):
+        load_config(experiment="exp4", overrides=["model.frontend=resnet"])
+    with pytest.raises(SerKerasError, match="does not suit"):
+        load_config(experiment="exp4", overrides=["model.classifier=svm"])
+    # A run directory written before the model fields existed names only its experiment.
+    (tmp_path / "config.yaml").write_text("labels: [a, b]\nconfig:\n  model:\n    experiment: exp2\n")
+    old, _ = load_run_config(tmp_path)
+    assert (old.model.classifier, old.model.input_features, old.model.frontend) == ("network", "lld", "dense")
+
+
+@pytest.mark.parametrize("experiment", ["exp1", "exp2", "exp3", "exp4", "exp5"])
 def test_shipped_experiment_configs_load(experiment):
     config = load_config(experiment=experiment, corpus="demo")
     assert config.model.experiment == experiment
