@@ -109,6 +109,11 @@ class FeatureConfig:
     # of its warped versions drawn at random (no extra steps per epoch); "copies" trains on
     # every version every epoch (each factor adds a training set's worth of steps).
     warp_mode: str = "draw"
+    # Speaker-normalised models: also train on every training utterance normalised as a single
+    # served recording is (the pooled training statistics, no speaker context), as one more
+    # version beside the warped ones (drawn or copied per warp_mode), so the served model has
+    # seen its input in training.
+    pooled_version: bool = False
 
 
 @dataclass

@@ -54,11 +54,17 @@ def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):
     warped = fit(tiny_config("exp4", *warp, "features.warp_mode=copies"), tmp_path / "warped", progress=False)
     drawn = fit(tiny_config("exp4", *warp, "features.warp_mode=draw"), tmp_path / "drawn", progress=False)
     fold, fold_warped, fold_drawn = plain["folds"][0], warped["folds"][0], drawn["folds"][0]
-    assert fold_warped["n_train_warped"] == 2 * fold["n_train"] and "n_train_warped" not in fold
+    assert fold_warped["n_train_versions"] == 2 * fold["n_train"] and "n_train_versions" not in fold
     assert fold_warped["n"] == fold["n"] == fold_drawn["n"]
     batch = 16  # TINY's train.batch_size, one epoch
     # "draw" keeps the plain number of steps: one version of each utterance per epoch
     assert steps == [-(-fold["n_train"] // batch), -(-3 * fold["n_train"] // batch), -(-fold["n_train"] // batch)]
-    assert fold_drawn["n_train_warped"] == fold_warped["n_train_warped"]
+    assert fold_drawn["n_train_versions"] == fold_warped["n_train_versions"]
     # the drawn versions are not just the originals: the trained model differs
     assert (tmp_path / "drawn" / "predictions.csv").read_text() != (tmp_path / "plain" / "predictions.csv").read_text()
+    # features.pooled_version: one more block, each utterance normalised as a served recording
+    pooled = fit(tiny_config("exp4", "train.fold=0", "features.warp_factors=[]", "features.pooled_version=true"),
+                 tmp_path / "pooled", progress=False)
+    assert pooled["folds"][0]["n_train_versions"] == fold["n_train"]
+    assert steps[-1] == -(-fold["n_train"] // batch)
+    assert (tmp_path / "pooled" / "predictions.csv").read_text() != (tmp_path / "plain" / "predictions.csv").read_text()

@@ -309,9 +309,12 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     if reports_serving(context.config):
         x["serving"] = frontend.apply_serving(context, test)
     if context.config.model.input_features == "spectrogram":
-        x["train_warped"] = frontend.apply_warped(context, train)
+        # The other versions of the training utterances a training epoch draws from (or, with
+        # warp_mode copies, trains on as well): frequency-warped ones and, with
+        # features.pooled_version, each normalised as a single served recording is.
+        x["train_versions"] = frontend.apply_versions(context, train)
         if context.config.train.refit and len(validation):  # for the refit on all of them
-            x["all_warped"] = frontend.apply_warped(context, np.concatenate([train, validation]))
+            x["all_versions"] = frontend.apply_versions(context, np.concatenate([train, validation]))
     if context.config.model.classifier == "svm":
         outcome = _train_svm(context, fold, fold_dir, x, train, validation, test)
     else:
@@ -326,8 +329,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     result = {"name": fold.name, "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
               "n_train": int(len(train)), "n_validation": int(len(validation)),
               "wall_time_s": round(wall, 2), **outcome}
-    if len(x.get("train_warped", [])):
-        result["n_train_warped"] = len(x["train_warped"])
+    if len(x.get("train_versions", [])):
+        result["n_train_versions"] = len(x["train_versions"])
     serving_line = ""
     if serving_probabilities is not None:
         serving_frame = fold_predictions_frame(fold.name, context.manifest.iloc[test], serving_probabilities,
@@ -376,6 +379,16 @@ class Frontend:
             normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
         return out
+
+    def apply_versions(self, context: RunContext, indices: np.ndarray) -> list:
+        """The other training versions of the utterances at `indices`, in blocks in the order
+        of `indices`: the frequency-warped ones (`apply_warped`) and, with
+        ``features.pooled_version`` on a speaker-normalised model, the utterances normalised as
+        a single served recording is (`apply_serving`), so that the model learns both inputs."""
+        versions = self.apply_warped(context, indices)
+        if context.config.features.pooled_version and reports_serving(context.config):
+            versions += self.apply_serving(context, indices)
+        return versions
 
     def apply_serving(self, context: RunContext, indices: np.ndarray) -> list:
         """The utterances at `indices` each on its own, without speaker context, normalised as
@@ -452,7 +465,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     title = f"{config.data.corpus} {config.model.experiment} {fold.name}"
     tensorboard_dir = context.run_dir / "tensorboard" / config.data.corpus / fold.name
     model = _fit_network(context, fold_dir, fold_dir, kernels,
-                         _training_set(config, x["train"], y["train"], x.get("train_warped", [])),
+                         _training_set(config, x["train"], y["train"], x.get("train_versions", [])),
                          validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir, title)
     state = read_state(fold_dir / "checkpoint") or {}
     refit_epochs = None
@@ -465,7 +478,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
         model = _fit_network(
             context, fold_dir, fold_dir / "refit", kernels,
             _training_set(config, list(x["train"]) + list(x["validation"]),
-                          np.concatenate([y["train"], y["validation"]]), x.get("all_warped", [])),
+                          np.concatenate([y["train"], y["validation"]]), x.get("all_versions", [])),
             None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
     model.save(fold_dir / "model.keras")
     probabilities = make_predictor(model)(make_dataset(x["test"], None, batch, training=False, seed=seed))
@@ -485,13 +498,13 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
     }
 
 
-def _training_set(config: Config, features: list, labels: np.ndarray, warped: list) -> tuple:
-    """(features, labels, variants) for `make_dataset`: with frequency-warped versions
-    (``features.warp_factors``: blocks of them after the originals, in the same order) either
+def _training_set(config: Config, features: list, labels: np.ndarray, others: list) -> tuple:
+    """(features, labels, variants) for `make_dataset`: with other versions of the utterances
+    (`Frontend.apply_versions`: blocks of them after the originals, in the same order) either
     every version is a training utterance (warp_mode copies) or one is drawn per epoch (draw)."""
-    if not len(warped):
+    if not len(others):
         return list(features), labels, 1
-    versions = list(features) + list(warped)
+    versions = list(features) + list(others)
     if config.features.warp_mode == "draw":
         return versions, labels, len(versions) // len(features)
     return versions, np.tile(labels, len(versions) // len(features)), 1
