@@ -97,6 +97,24 @@ class FeatureConfig:
     # of its warped versions drawn at random (no extra steps per epoch); "copies" trains on
     # every version every epoch (each factor adds a training set's worth of steps).
     warp_mode: str = "draw"
+    # Level (gain) normalisation (features/level.py): subtract from every log-spectrogram bin a
+    # per-utterance reference (the mean log power of the loudest fifth of the frames) before
+    # any other normalisation and the PCA, in training and serving, so a recording's gain does
+    # not change its features. exp3/exp4 only (exp1/exp2 read LLDs and ignore it). False keeps
+    # the features of runs made before it existed.
+    level_normalization: bool = False
+    # Speech detection (features/level.py), for the serving `speech` output and predict's
+    # "speech": a recording without speech gets uniform probabilities. These do not change
+    # training. The quietest real recording measured here (the demo corpus' quietest file,
+    # loudest-fifth RMS -35 dBFS; EMO-DB -26, CASIA -32) played at gain 0.05, the lowest gain
+    # serving must handle, is at -61 dBFS, so the level threshold sits below that; 16-bit
+    # silence with dither is near -100. Steady noise at any level is rejected by the contrast:
+    # white noise shows about 1 dB between its loudest and quietest fifth of frames, real
+    # recordings at least 12.7 dB (EMO-DB; CASIA 14.0, demo 27.2).
+    speech_threshold_dbfs: float = -70.0
+    speech_min_contrast_db: float = 6.0
+    # Shorter recordings hold no speech: nothing shorter than a syllable carries an emotion.
+    speech_min_ms: float = 100.0
 
 
 @dataclass
@@ -354,6 +372,8 @@ def validate(config: Config) -> None:
         raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
     if config.features.speaker_fallback not in ("speaker_all", "global"):
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
+    if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
+        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
     if config.features.warp_mode not in ("copies", "draw"):
         raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
     if config.train.refit and config.train.validation_fraction == 0:

@@ -210,7 +210,7 @@ class _ServingGraph:
         """Moments (count, sum, sum of squares; float64) of all valid frames of a padded batch's
         un-normalised features (rows past the real batch have 0 valid frames)."""
         tf = self.tf
-        raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile)
+        raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile, n_frames=n_frames)
         count, total, squares = fe.tf_frame_moments(raw, n_frames)
         return tf.reduce_sum(count), tf.reduce_sum(total, axis=0), tf.reduce_sum(squares, axis=0)
 
@@ -220,7 +220,8 @@ class _ServingGraph:
         with these instead of the pooled statistics."""
         tf = self.tf
         stats = None if mean is None else (mean, std)
-        features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats)
+        features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats,
+                                  n_frames=n_frames)
         # Zero the padded frames: the model's Masking(0.0) turns them into a mask, and every
         # layer after it honours the mask, so the padding changes nothing.
         valid = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=features.dtype)
@@ -255,13 +256,20 @@ class _ServingGraph:
         return tf.debugging.assert_equal(actual, rank, message=f"ser_keras export: {what}")
 
     def _check_scale(self, waveform) -> list:
-        """Integer PCM passed as a NumPy array is cast to float32 silently by TensorFlow's
-        argument binding; samples far outside [-1, 1] can only be that mistake."""
-        if self.params.kind == "lld":
-            return []
+        """NaN or Inf samples are an error of their own. Integer PCM passed as a NumPy array is
+        cast to float32 silently by TensorFlow's argument binding; finite samples far outside
+        [-1, 1] can only be that mistake."""
         tf = self.tf
-        peak = tf.reduce_max(tf.concat([tf.reshape(tf.abs(waveform), [-1]), [0.0]], 0))
-        return [tf.debugging.assert_less_equal(
+        magnitude = tf.reshape(tf.abs(waveform), [-1])
+        finite = tf.math.is_finite(magnitude)
+        checks = [tf.debugging.assert_equal(
+            tf.reduce_all(finite), True,
+            message="ser_keras export: input holds NaN or Inf values; pass finite float audio")]
+        if self.params.kind == "lld":
+            return checks
+        # Non-finite samples are left to the check above, so each mistake gets its own message.
+        peak = tf.reduce_max(tf.concat([tf.where(finite, magnitude, tf.zeros_like(magnitude)), [0.0]], 0))
+        return checks + [tf.debugging.assert_less_equal(
             peak, MAX_ABS_SAMPLE, summarize=1,
             message=(f"ser_keras export: input waveform must be float audio in [-1, 1]; samples beyond "
                      f"+-{MAX_ABS_SAMPLE:g} look like integer PCM (int16: divide by 32768)"))]
@@ -299,10 +307,14 @@ class _ServingGraph:
             inputs = inputs * valid
             inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
         n_frames_b = tf.pad(n_frames, [[0, batch_b - batch]], constant_values=1)
+        if p.kind == "lld":  # the LLD input shows no waveform: every row counts as speech
+            speech = tf.ones([batch], tf.bool)
+        else:
+            speech = fe.tf_speech_flags(inputs[:batch], lengths, p)
         if isinstance(stats, str):  # "speaker": padding rows (if any) hold no valid frame
             moments = self.raw(inputs, tf.pad(n_frames, [[0, batch_b - batch]]))
             if stats == "moments":
-                return moments
+                return moments, speech
             mean, std = fe.tf_mean_std(*moments, self.params.std_floor)
             probabilities, alpha = self.core(inputs, n_frames_b, tf.cast(mean, tf.float32),
                                              tf.cast(std, tf.float32))
@@ -311,7 +323,12 @@ class _ServingGraph:
         else:
             probabilities, alpha = self.core(inputs, n_frames_b)
         steps = self._steps(longest)
-        return {"probabilities": probabilities[:batch], "attention": alpha[:batch, :steps]}
+        probabilities = probabilities[:batch]
+        # No speech, no emotion: uniform probabilities, so no label is confident.
+        uniform = tf.fill(tf.shape(probabilities), 1.0 / len(self.bundle.labels))
+        probabilities = tf.where(speech[:, None], probabilities, uniform)
+        return {"probabilities": probabilities, "attention": alpha[:batch, :steps],
+                "speech": tf.cast(speech, tf.int32)}
 
     def input_spec(self):
         tf = self.tf
@@ -354,10 +371,10 @@ class _ServingGraph:
 
     def speaker_statistics(self, inputs, lengths):
         tf = self.tf
-        frames, total, squares = self.run(*self._checked(inputs, lengths), stats="moments")
+        (frames, total, squares), speech = self.run(*self._checked(inputs, lengths), stats="moments")
         mean, std = fe.tf_mean_std(frames, total, squares, self.params.std_floor)
         return {"mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32),
-                "frames": frames, "sum": total, "sum_squares": squares}
+                "frames": frames, "sum": total, "sum_squares": squares, "speech": tf.cast(speech, tf.int32)}
 
     def serve_with_statistics(self, inputs, lengths, mean, std):
         inputs, lengths, mean, std = self._checked(inputs, lengths, mean, std)

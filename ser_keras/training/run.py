@@ -264,7 +264,8 @@ def configure_determinism(seed: int) -> None:
 
 
 def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
-    """(features per manifest row or None, failures {path: message}) for the experiment."""
+    """(features per manifest row or None, failures {path: message}) for the experiment;
+    spectrograms level-normalised when ``features.level_normalization`` is on."""
     from ser_keras.features.extract import extract_features
 
     kind = FEATURE_KIND[config.model.experiment]
@@ -272,6 +273,10 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
     extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
     features = list(extraction.features)
     failures = dict(extraction.failures)
+    if kind == "spectrogram":  # after the cache read: the cache holds the raw spectrograms
+        from ser_keras.features.level import maybe_level_normalize
+
+        features = maybe_level_normalize(features, config.features)
     if kind == "functionals":  # (D,) vectors -> (1, D) so they normalise like frame features
         features = [None if f is None else np.asarray(f, np.float32).reshape(1, -1) for f in features]
     if failures and progress:
@@ -369,11 +374,15 @@ class Frontend:
         ``features.warp_factors`` entry, each (speaker, factor) normalised as a speaker of its
         own (``features.augment``); empty without warp factors."""
         from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+        from ser_keras.features.level import maybe_level_normalize
 
         out = []
         speakers = context.manifest["speaker"].iloc[indices].tolist()
         for factor in check_factors(context.config.features.warp_factors):
-            warped = [warp_frequency(context.features[i], factor) for i in indices]
+            # A warped copy is a voice of its own: level-normalised by its own reference, as a
+            # recording of that voice would be (warping moves energy across bins).
+            warped = maybe_level_normalize([warp_frequency(context.features[i], factor) for i in indices],
+                                           context.config.features)
             normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
         return out
