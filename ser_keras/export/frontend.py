@@ -78,7 +78,7 @@ class FrontEndParams:
     std_floor: float = 1e-3
     level_normalization: bool = False
     speech_threshold_dbfs: float = -70.0
-    speech_min_contrast_db: float = 6.0
+    speech_min_contrast_db: float = 3.0
     speech_min_ms: float = 100.0
 
     @property

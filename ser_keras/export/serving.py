@@ -311,8 +311,10 @@ class _ServingGraph:
             speech = tf.ones([batch], tf.bool)
         else:
             speech = fe.tf_speech_flags(inputs[:batch], lengths, p)
-        if isinstance(stats, str):  # "speaker": padding rows (if any) hold no valid frame
-            moments = self.raw(inputs, tf.pad(n_frames, [[0, batch_b - batch]]))
+        if isinstance(stats, str):
+            # "speaker": padding rows (if any) hold no valid frame, and neither do rows without
+            # speech (silence or noise says nothing about the speaker; predict agrees).
+            moments = self.raw(inputs, tf.pad(tf.where(speech, n_frames, 0), [[0, batch_b - batch]]))
             if stats == "moments":
                 return moments, speech
             mean, std = fe.tf_mean_std(*moments, self.params.std_floor)
