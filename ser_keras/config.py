@@ -181,7 +181,9 @@ class TrainConfig:
     """Optimisation, protocol and seeds."""
 
     seed: int = 0
-    protocol: str = "loso"  # loso | session | random
+    # loso | session | random; "all": one fold training on every utterance (the model to
+    # deploy; refit on everything after early stopping, no test part, no WA/UA)
+    protocol: str = "loso"
     folds: int = 10  # for protocol=random
     fold: typing.Optional[int] = None  # run one fold only
     # Validation for early stopping, from a fold's training part only (data/splits.py):
@@ -368,8 +370,11 @@ def load_config(
 def validate(config: Config) -> None:
     if config.model.experiment not in EXPERIMENTS:
         raise SerKerasError(f"model.experiment: '{config.model.experiment}' is not one of {EXPERIMENTS}")
-    if config.train.protocol not in ("loso", "session", "random"):
-        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session or random")
+    if config.train.protocol not in ("loso", "session", "random", "all"):
+        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session, random or all")
+    if config.train.protocol == "all" and config.train.validation_fraction == 0:
+        raise SerKerasError("train.protocol all: needs validation data to pick the epoch count of the model "
+                            "trained on everything (train.validation_fraction is 0)")
     if config.features.normalization not in ("neutral_speaker", "neutral_global", "none", "speaker"):
         raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
     if config.features.speaker_fallback not in ("speaker_all", "global"):

@@ -374,3 +374,29 @@ def test_export_does_not_log_assets_written(tmp_path):
         logger.setLevel(level)
     assert not [r for r in records if "Assets written" in r], records
     assert logger.level == level
+
+
+def test_level_normalised_export_ignores_gain_and_flags_no_speech():
+    """A level-normalised export: probabilities at gains 0.5, 0.1 and 0.05 within 0.05 of gain 1;
+    silence, low white noise, an empty and a too-short waveform: speech 0, uniform
+    probabilities; NaN and Inf: an error that names them (not "integer PCM")."""
+    loaded = tf.saved_model.load(str(exported(tiny_run("exp4", level=True))))
+    speech = tone(1.5, seed=12) * np.linspace(0.2, 1.0, 24000, dtype=np.float32)
+    reference = loaded.serve(speech[None])
+    assert int(reference["speech"][0]) == 1
+    for gain in (0.5, 0.1, 0.05):
+        out = loaded.serve((speech * np.float32(gain))[None])
+        assert int(out["speech"][0]) == 1
+        assert np.abs(out["probabilities"].numpy() - reference["probabilities"].numpy()).max() <= 0.05
+    rng = np.random.default_rng(0)
+    for waveform in (np.zeros(32000, np.float32), rng.normal(0, 1e-3, 32000).astype(np.float32),
+                     np.zeros(0, np.float32), speech[:800]):
+        out = loaded.serve(waveform[None])
+        assert int(out["speech"][0]) == 0
+        np.testing.assert_allclose(out["probabilities"].numpy(), 1 / len(LABELS), atol=1e-6)
+    for bad in (np.nan, np.inf):
+        waveform = speech.copy()
+        waveform[10] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf") as caught:
+            loaded.serve(waveform[None])
+        assert "integer PCM" not in str(caught.value)

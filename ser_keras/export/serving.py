@@ -127,7 +127,9 @@ from ser_keras.export.bundle import FoldModel, call_network, load_fold
 EXPORT_FORMAT = "ser_keras-savedmodel"
 # 2: serve_speaker, speaker_statistics, serve_with_statistics; export.json normalization,
 # serve_without_speaker, norm_std_floor, feature_dim.
-EXPORT_FORMAT_VERSION = 2
+# 3: the speech output of every endpoint, level_normalization, training_data,
+# accuracy_estimate; the metadata endpoint names the training data.
+EXPORT_FORMAT_VERSION = 3
 BUCKETS_PER_OCTAVE = 4
 MIN_BUCKET_FRAMES = 16
 # Float audio may overshoot +-1 a little; beyond this it is integer PCM passed as float.
@@ -417,19 +419,32 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "serve_without_speaker_note": _SERVE_NOTES[serving_normalization(config.features.normalization)],
         "norm_std_floor": p.std_floor,
         "feature_dim": p.input_dim,
+        "level_normalization": bool(p.level_normalization),
+        "speech": {"threshold_dbfs": p.speech_threshold_dbfs, "min_contrast_db": p.speech_min_contrast_db,
+                   "min_ms": p.speech_min_ms,
+                   "rule": "speech when at least min_ms long, the mean power of the loudest fifth of the "
+                           "frames is at least threshold_dbfs (re RMS 1.0) and at least min_contrast_db "
+                           "above that of the quietest fifth; rows without speech get uniform probabilities"
+                   if waveform else "LLD input: every row counts as speech"},
+        "training_data": _training_data(bundle),
         "endpoints": {
-            "serve": "probabilities [batch, classes], attention [batch, steps]; each row one recording, "
-                     "normalised as serve_without_speaker says (no speaker context)",
+            "serve": "probabilities [batch, classes], attention [batch, steps], speech int32 [batch] (1: the "
+                     "row holds speech; 0: it does not, and its probabilities are uniform); each row one "
+                     "recording, normalised as serve_without_speaker says (no speaker context)",
             "serve_lengths": "as serve, plus lengths int32 [batch] (valid samples or frames per row)",
             "serve_speaker": ("as serve_lengths, all rows ONE speaker: normalised by the statistics of all "
                               "their valid frames (as fit normalises a test speaker)") if speaker_adapted(config)
             else "the same as serve_lengths (this model was not trained with per-speaker normalisation)",
             "speaker_statistics": "waveform, lengths -> mean, std float32 [feature_dim]; frames, sum, "
-                                  "sum_squares float64 (to add up over calls)",
+                                  "sum_squares float64 (to add up over calls), over the rows with speech; "
+                                  "speech int32 [batch]",
             "serve_with_statistics": "as serve_lengths, plus mean, std float32 [feature_dim]: every row "
                                      "normalised with these (a speaker's, from speaker_statistics)",
             "labels": "labels string [classes], labels_file (assets/labels.txt)",
-            "metadata": "sample_rate, attention_step_s, attention_span_s",
+            "metadata": "sample_rate, attention_step_s, attention_span_s, corpus, protocol, fold, "
+                        "training_speakers, n_training_utterances, level_normalization; with an accuracy "
+                        "estimate: estimate_protocol, estimate_wa, estimate_ua, estimate_serving_wa, "
+                        "estimate_serving_ua (-1 when unknown)",
         },
     }
     if not waveform:
@@ -437,6 +452,50 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
 
         meta["lld_names"] = lld_names(config.features)
     return meta
+
+
+def _training_data(bundle: FoldModel) -> dict:
+    """What the exported model was trained on, from the fold's result.json (runs made before
+    it named the speakers give null there)."""
+    result = {}
+    path = bundle.fold_dir / "result.json"
+    if path.is_file():
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            result = {}
+    return {"corpus": bundle.config.data.corpus, "protocol": bundle.config.train.protocol, "fold": bundle.fold,
+            "training_speakers": result.get("training_speakers"),
+            "n_training_utterances": result.get("n_training_utterances"),
+            "validation_speakers": result.get("validation_speakers"),
+            "test_speakers": None if bundle.config.train.protocol == "all" else _test_speakers(bundle)}
+
+
+def _test_speakers(bundle: FoldModel):
+    path = bundle.run_dir / "folds.json"
+    try:
+        folds = json.loads(path.read_text())["folds"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return next((f.get("test_speakers") for f in folds if f.get("name") == bundle.fold), None)
+
+
+def _accuracy_estimate(bundle: FoldModel, estimate_from) -> typing.Optional[dict]:
+    """The protocol figure that estimates the model: `estimate_from` (a run of the same config),
+    else the run's estimate.json (``fit --protocol all --estimate-from``), else None."""
+    if estimate_from is not None:
+        from ser_keras.evaluation.estimate import estimate_from as read_estimate
+
+        return read_estimate(bundle.config, estimate_from)
+    from ser_keras.training.run import ESTIMATE_FILE
+
+    path = bundle.run_dir / ESTIMATE_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise SerKerasError(f"{path}: not valid JSON") from None
+    return None
 
 
 _SERVE_NOTES = {
@@ -480,7 +539,7 @@ def _prepare_out_dir(out_dir: pathlib.Path) -> None:
 
 
 def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_compile: bool = False,
-               fused_lstm: bool = True) -> pathlib.Path:
+               fused_lstm: bool = True, estimate_from=None) -> pathlib.Path:
     """Export one fold of `run_dir` (default: the first) to `out_dir`; returns `out_dir`.
 
     Args:
@@ -492,6 +551,8 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
             as fast on CPU without compilation stalls.
         fused_lstm: run the recurrent layers with TensorFlow's fused LSTM kernel
             (``export.fastgraph``; same numbers as Keras, several times faster on CPU).
+        estimate_from: a run of the same config under a test protocol whose figures estimate
+            the model's accuracy (``evaluation.estimate``); default: the run's estimate.json.
 
     Raises:
         SerKerasError: exp1 runs (an SVM, not a Keras model), a missing fold, a non-export
@@ -513,6 +574,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
     graph = _ServingGraph(bundle, jit_compile=jit_compile, fused_lstm=fused_lstm)
     meta = _export_metadata(bundle, jit_compile)
     meta["fused_lstm"] = graph.fused_lstm
+    meta["accuracy_estimate"] = _accuracy_estimate(bundle, estimate_from)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -542,13 +604,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         archive.add_endpoint("labels", lambda: {"labels": tf.constant(labels, tf.string),
                                                 "labels_file": labels_asset.asset_path},
                              input_signature=[])
-        step_s, span_s = meta["attention_step_s"], meta["attention_span_s"]
-        rate = bundle.sample_rate
-        archive.add_endpoint("metadata", lambda: {
-            "sample_rate": tf.constant(rate, tf.int32),
-            "attention_step_s": tf.constant(step_s, tf.float32),
-            "attention_span_s": tf.constant(span_s, tf.float32),
-        }, input_signature=[])
+        archive.add_endpoint("metadata", lambda: _metadata_endpoint(meta, bundle.sample_rate), input_signature=[])
         saved = staging / "saved"
         with _quiet_tf_info():
             archive.write_out(str(saved), verbose=False)
@@ -567,6 +623,35 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _metadata_endpoint(meta: dict, rate: int) -> dict:
+    """The ``metadata`` endpoint's constants: what a plain-TensorFlow caller needs to know."""
+    import tensorflow as tf
+
+    data = meta["training_data"]
+    estimate = meta.get("accuracy_estimate") or {}
+
+    def number(value):
+        return tf.constant(-1.0 if value is None else float(value), tf.float32)
+
+    return {
+        "sample_rate": tf.constant(rate, tf.int32),
+        "attention_step_s": tf.constant(meta["attention_step_s"], tf.float32),
+        "attention_span_s": tf.constant(meta["attention_span_s"], tf.float32),
+        "corpus": tf.constant(str(data["corpus"])),
+        "protocol": tf.constant(str(data["protocol"])),
+        "fold": tf.constant(str(data["fold"])),
+        "training_speakers": tf.constant([str(s) for s in data["training_speakers"] or []], tf.string),
+        "n_training_utterances": tf.constant(-1 if data["n_training_utterances"] is None
+                                             else int(data["n_training_utterances"]), tf.int32),
+        "level_normalization": tf.constant(bool(meta["level_normalization"])),
+        "estimate_protocol": tf.constant(str(estimate.get("protocol_name") or estimate.get("protocol") or "")),
+        "estimate_wa": number(estimate.get("wa")),
+        "estimate_ua": number(estimate.get("ua")),
+        "estimate_serving_wa": number(estimate.get("serving_wa")),
+        "estimate_serving_ua": number(estimate.get("serving_ua")),
+    }
 
 
 def read_export_json(export_dir) -> dict:
