@@ -81,9 +81,28 @@ Endpoints (signatures) of the SavedModel:
     No input; returns ``labels``: string ``[classes]`` and ``labels_file``, the path of
     ``assets/labels.txt`` (one label per line) in the loaded export.
 ``metadata``
-    No input; ``sample_rate`` (int32), ``attention_step_s``, ``attention_span_s`` (float32).
+    No input; ``sample_rate`` (int32), ``attention_step_s``, ``attention_span_s`` (float32);
+    what the model was trained on: ``corpus``, ``protocol``, ``fold`` (string),
+    ``training_speakers`` (string ``[n]``), ``n_training_utterances`` (int32, -1 if unknown),
+    ``level_normalization`` (bool); the protocol figure that estimates it (``fit --protocol all
+    --estimate-from`` or ``export --estimate-from``): ``estimate_protocol`` (string, empty when
+    none), ``estimate_wa``, ``estimate_ua``, ``estimate_serving_wa``, ``estimate_serving_ua``
+    (float32, -1 when none). ``export.json`` holds the same as ``training_data`` and
+    ``accuracy_estimate``.
 
-Inputs of the wrong dtype or rank are rejected: calling ``loaded.serve(x)`` with a tensor
+Speech. Every scoring endpoint also returns ``speech``: int32 ``[batch]``, 1 where the row holds
+speech, 0 where it does not (``features.level``: too short, too quiet, or steady noise; the
+thresholds are the run's ``features.speech_*``, in ``export.json["speech"]``). A row without
+speech gets uniform probabilities (``1 / classes``): the export names no emotion it has no
+speech for. ``serve_speaker`` and ``speaker_statistics`` leave such rows out of the speaker's
+statistics. exp2 exports take LLDs, not a waveform: every row counts as speech there.
+
+Level. A run trained with ``features.level_normalization`` subtracts each recording's level
+reference (``features.level``) from its log spectrogram in the graph too, before any
+normalisation, over the row's valid frames only (``serve_lengths``, padded batches).
+
+Inputs holding NaN or Inf are rejected with a message that says so. Inputs of the wrong dtype
+or rank are rejected: calling ``loaded.serve(x)`` with a tensor
 checks it against the TensorSpec (TypeError naming the expected spec), ``saved_model_cli`` and
 TF Serving check the feed, and the graph itself asserts the rank with a message naming the input
 (for callers of ``loaded.signatures[...]``, which do not check shapes). NumPy arrays of another
