@@ -53,19 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the table as JSON to this file")
     args = parser.parse_args(argv)
 
-    import keras
-
-    import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
     from ser_keras.config import load_config
     from ser_keras.corpora import label_order, load_manifest
-    from ser_keras.data.pipeline import make_dataset
     from ser_keras.data.splits import make_folds, select_folds
-    from ser_keras.evaluation.evaluate import load_fold_frontend
     from ser_keras.errors import SerKerasError
-    from ser_keras.evaluation.metrics import summarize
-    from ser_keras.features.normalize import frame_stats, normalize_with
-    from ser_keras.training.callbacks import make_predictor
-    from ser_keras.training.run import extract, fit
+    from ser_keras.training.run import fit
 
     overrides = [f"train.protocol={args.protocol}"] + list(args.overrides)
     if args.data_dir:
@@ -92,15 +84,53 @@ def main(argv=None) -> int:
         return 2
     train_s = time.time() - started
 
+    table, fit_check = condition_rows(config, out, manifest, labels, folds, indices, ks=[int(k) for k in
+                                      args.ks.split(",") if k.strip()], draws=args.draws)
+
+    fold_names = ", ".join(select_folds(folds, i)[0].name for i in indices)
+    print(f"\n{config.model.experiment} on {config.data.corpus}, {config.train.protocol}, folds: {fold_names}")
+    print(f"run directory {out} (training/loading {train_s:.0f} s); row (a) agrees with fit's "
+          "predictions.csv per fold: " + ", ".join(f"{100 * a:.1f} %" for a in fit_check))
+    width = max(len(row["condition"]) for row in table)
+    print(f"{'test-time normalisation':<{width}}  {'WA %':>12}  {'UA %':>12}  {'n':>5}")
+    for row in table:
+        spread = row["wa_sd"] > 0 or row["ua_sd"] > 0
+        wa = f"{100 * row['wa']:.1f}" + (f" ±{100 * row['wa_sd']:.1f}" if spread else "")
+        ua = f"{100 * row['ua']:.1f}" + (f" ±{100 * row['ua_sd']:.1f}" if spread else "")
+        print(f"{row['condition']:<{width}}  {wa:>12}  {ua:>12}  {row['n']:>5}")
+    if args.draws > 1 and any(row["wa_sd"] for row in table):
+        print(f"(d): mean ± sd over {args.draws} draws; only the speakers' non-enrolment utterances are scored")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(
+            {"corpus": config.data.corpus, "experiment": config.model.experiment,
+             "protocol": config.train.protocol, "folds": fold_names, "rows": table}, indent=2))
+    return 0
+
+
+def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10), draws=5) -> tuple:
+    """(table rows, per-fold agreement of row (a) with fit's predictions.csv) of the finished
+    folds `indices` of run `out`: the conditions (a)-(d) of the module docstring. Each row:
+    condition, wa, ua, wa_sd, ua_sd, n. Shared with bench/serving.py."""
+    import keras
+
+    import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
+    from ser_keras.data.pipeline import make_dataset
+    from ser_keras.data.splits import select_folds
+    from ser_keras.evaluation.evaluate import load_fold_frontend
+    from ser_keras.evaluation.metrics import summarize
+    from ser_keras.features.normalize import frame_stats, normalize_with
+    from ser_keras.training.callbacks import make_predictor
+    from ser_keras.training.run import extract
+
+    ks = list(ks)
     features, _ = extract(config, manifest, progress=False)
     label_index = {label: i for i, label in enumerate(labels)}
     y_all = manifest["label"].map(label_index).to_numpy()
     speakers_all = manifest["speaker"].astype(str).to_numpy()
     floor = float(config.features.norm_std_floor)
-    ks = [int(k) for k in args.ks.split(",") if k.strip()]
     truth = {"speaker": [], "pooled": [], "utterance": []}
     predicted = {name: [] for name in truth}
-    enrol = {(k, d): ([], []) for k in ks for d in range(args.draws)}
+    enrol = {(k, d): ([], []) for k in ks for d in range(draws)}
     fit_check = []
     for index in indices:
         fold = select_folds(folds, index)[0]
@@ -128,7 +158,7 @@ def main(argv=None) -> int:
         saved = _read_predictions(fold_dir, labels)
         fit_check.append(np.mean(saved == predicted["speaker"][-1]))
         for k in ks:
-            for draw in range(args.draws):
+            for draw in range(draws):
                 rng = np.random.default_rng([int(config.train.seed), index, k, draw])
                 rows, stats = [], []
                 for speaker in sorted(set(speakers)):
@@ -159,7 +189,7 @@ def main(argv=None) -> int:
                       "wa_sd": 0.0, "ua_sd": 0.0, "n": summary["n"]})
     for k in ks:
         scores = []
-        for draw in range(args.draws):
+        for draw in range(draws):
             y_true, y_pred = enrol[k, draw]
             if y_true:
                 summary = summarize(np.concatenate(y_true), np.concatenate(y_pred), labels)
@@ -170,24 +200,7 @@ def main(argv=None) -> int:
                           "wa": float(wa.mean()), "ua": float(ua.mean()), "wa_sd": float(wa.std()),
                           "ua_sd": float(ua.std()), "n": int(round(n.mean()))})
 
-    fold_names = ", ".join(select_folds(folds, i)[0].name for i in indices)
-    print(f"\n{config.model.experiment} on {config.data.corpus}, {config.train.protocol}, folds: {fold_names}")
-    print(f"run directory {out} (training/loading {train_s:.0f} s); row (a) agrees with fit's "
-          "predictions.csv per fold: " + ", ".join(f"{100 * a:.1f} %" for a in fit_check))
-    width = max(len(row["condition"]) for row in table)
-    print(f"{'test-time normalisation':<{width}}  {'WA %':>12}  {'UA %':>12}  {'n':>5}")
-    for row in table:
-        spread = row["wa_sd"] > 0 or row["ua_sd"] > 0
-        wa = f"{100 * row['wa']:.1f}" + (f" ±{100 * row['wa_sd']:.1f}" if spread else "")
-        ua = f"{100 * row['ua']:.1f}" + (f" ±{100 * row['ua_sd']:.1f}" if spread else "")
-        print(f"{row['condition']:<{width}}  {wa:>12}  {ua:>12}  {row['n']:>5}")
-    if args.draws > 1 and any(row["wa_sd"] for row in table):
-        print(f"(d): mean ± sd over {args.draws} draws; only the speakers' non-enrolment utterances are scored")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(
-            {"corpus": config.data.corpus, "experiment": config.model.experiment,
-             "protocol": config.train.protocol, "folds": fold_names, "rows": table}, indent=2))
-    return 0
+    return table, fit_check
 
 
 def _read_predictions(fold_dir: pathlib.Path, labels) -> np.ndarray:

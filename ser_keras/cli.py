@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(fit)
     fit.add_argument("--experiment", choices=experiment_names(), default=None,
                      help=f"which experiment: exp1-exp4 are the paper's, exp5 goes beyond it (default {DEFAULT_EXPERIMENT})")
-    fit.add_argument("--protocol", choices=["loso", "session", "random"],
-                     help="leave-one-speaker-out, leave-one-session-out (IEMOCAP), or seeded stratified k-fold")
+    fit.add_argument("--protocol", choices=["loso", "session", "random", "all"],
+                     help="leave-one-speaker-out, leave-one-session-out (IEMOCAP), seeded stratified k-fold, "
+                          "or 'all': the model to deploy, trained on every speaker (no test part, no WA/UA)")
+    fit.add_argument("--estimate-from", metavar="RUN2",
+                     help="with --protocol all: a loso/session/random run of the same config whose figures "
+                          "estimate this model's accuracy (recorded in estimate.json and the export)")
     fit.add_argument("--fold", type=int, help="run only this fold (0-based)")
     fit.add_argument("--epochs", type=int, help="training epochs (overrides train.epochs)")
     fit.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
@@ -112,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "class probabilities and attention weights; also writes model.keras.")
     export.add_argument("run_dir", help="a run directory written by 'ser-keras fit'")
     export.add_argument("--out", required=True, help="export directory")
-    export.add_argument("--fold", type=int, help="which fold's model (default: first)")
+    export.add_argument("--fold", type=int, help="which fold's model (default: first; a protocol 'all' run "
+                                                 "has one, the model trained on every speaker)")
+    export.add_argument("--estimate-from", metavar="RUN2",
+                        help="a loso/session/random run of the same config whose figures estimate the "
+                             "exported model's accuracy (in export.json and the metadata endpoint)")
     export.set_defaults(handler=cmd_export)
 
     reproduce = sub.add_parser("reproduce", help="run the paper's four experiments and write report.md",
@@ -180,12 +188,42 @@ def cmd_fit(args) -> int:
 
     run_dir = pathlib.Path(args.run_dir or
                            f"runs/{config.data.corpus}_{config.model.experiment}_{config.train.protocol}")
+    if args.estimate_from:
+        from ser_keras.evaluation.estimate import estimate_from
+
+        if config.train.protocol != "all":
+            raise SerKerasError("--estimate-from is for --protocol all (a loso, session or random run "
+                                "measures its own figure)")
+        estimate_from(config, args.estimate_from)  # refuse a run of another config before training
     results = fit(config, run_dir, progress=not args.quiet)
+    if args.estimate_from:
+        from ser_keras.evaluation.estimate import write_estimate
+        from ser_keras.training.run import collect_results
+
+        write_estimate(run_dir, args.estimate_from)
+        results = collect_results(config, run_dir, results["labels"], [f["name"] for f in results["folds"]],
+                                  results.get("feature_failures"), results.get("last_invocation_s", 0.0))
     _print_results(results, run_dir)
     return 0
 
 
 def _print_results(results: dict, run_dir: pathlib.Path) -> None:
+    deploy = results.get("deploy")
+    if results.get("protocol") == "all":
+        if deploy:
+            print(f"{results.get('experiment', '')} on {results.get('corpus', '')}, protocol all: trained on "
+                  f"{deploy['n_training_utterances']} utterances of {len(deploy['training_speakers'])} speakers "
+                  f"({', '.join(deploy['training_speakers'])})")
+        print("no test part, so no WA/UA: the protocol figure that estimates this model must come from a loso, "
+              "session or random run of the same config (fit --protocol all --estimate-from RUN2)")
+        estimate = results.get("estimate")
+        if estimate:
+            print(f"estimate ({estimate['protocol_name'] or estimate['protocol']}, {estimate['run']}): "
+                  f"WA {100 * estimate['wa']:.2f} %  UA {100 * estimate['ua']:.2f} %"
+                  + (f"; single recordings WA {100 * estimate['serving_wa']:.2f} %  UA "
+                     f"{100 * estimate['serving_ua']:.2f} %" if estimate.get("serving_wa") is not None else ""))
+        print(f"run directory: {run_dir}")
+        return
     pooled = results.get("pooled", results)
     print(f"{results.get('experiment', '')} on {results.get('corpus', '')}, "
           f"protocol {results.get('protocol', '')}: WA {100 * pooled['wa']:.2f} %  UA {100 * pooled['ua']:.2f} %")
@@ -220,7 +258,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from ser_keras.export.serving import export_run
 
-    out = export_run(args.run_dir, args.out, fold=args.fold)
+    out = export_run(args.run_dir, args.out, fold=args.fold, estimate_from=args.estimate_from)
     print(f"exported SavedModel to {out}")
     return 0
 

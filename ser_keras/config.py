@@ -114,6 +114,26 @@ class FeatureConfig:
     # version beside the warped ones (drawn or copied per warp_mode), so the served model has
     # seen its input in training.
     pooled_version: bool = False
+    # Level (gain) normalisation (features/level.py): subtract from every log-spectrogram bin a
+    # per-utterance reference (the mean log power of the loudest fifth of the frames) before
+    # any other normalisation and the PCA, in training and serving, so a recording's gain does
+    # not change its features. exp3/exp4 only (exp1/exp2 read LLDs and ignore it). False keeps
+    # the features of runs made before it existed.
+    level_normalization: bool = False
+    # Speech detection (features/level.py), for the serving `speech` output and predict's
+    # "speech": a recording without speech gets uniform probabilities. These do not change
+    # training. The quietest real recording measured here (the demo corpus' quietest file,
+    # loudest-fifth RMS -35 dBFS; EMO-DB -26, CASIA -32) played at gain 0.05, the lowest gain
+    # serving must handle, is at -61 dBFS, so the level threshold sits below that; 16-bit
+    # silence with dither is near -100. Steady noise at any level is rejected by the contrast
+    # between the loudest and the quietest fifth of the frames: white noise shows 1.0 dB
+    # (at most 1.4 over 200 draws of 0.1 to 10 s), real recordings at least 12.7 dB (EMO-DB;
+    # CASIA 14.0, demo 27.2). 3 dB stays clear of steady noise and leaves room for speech over
+    # background noise, which lowers the contrast.
+    speech_threshold_dbfs: float = -70.0
+    speech_min_contrast_db: float = 3.0
+    # Shorter recordings hold no speech: nothing shorter than a syllable carries an emotion.
+    speech_min_ms: float = 100.0
 
 
 @dataclass
@@ -192,7 +212,9 @@ class TrainConfig:
     """Optimisation, protocol and seeds."""
 
     seed: int = 0
-    protocol: str = "loso"  # loso | session | random
+    # loso | session | random; "all": one fold training on every utterance (the model to
+    # deploy; refit on everything after early stopping, no test part, no WA/UA)
+    protocol: str = "loso"
     folds: int = 10  # for protocol=random
     fold: typing.Optional[int] = None  # run one fold only
     # Validation for early stopping, from a fold's training part only (data/splits.py):
@@ -418,12 +440,17 @@ def validate(config: Config) -> None:
                             "a network frame sequences)")
     if config.model.statistics_units < 0:
         raise SerKerasError(f"model.statistics_units: must be >= 0, got {config.model.statistics_units}")
-    if config.train.protocol not in ("loso", "session", "random"):
-        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session or random")
+    if config.train.protocol not in ("loso", "session", "random", "all"):
+        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session, random or all")
+    if config.train.protocol == "all" and config.train.validation_fraction == 0:
+        raise SerKerasError("train.protocol all: needs validation data to pick the epoch count of the model "
+                            "trained on everything (train.validation_fraction is 0)")
     if config.features.normalization not in ("neutral_speaker", "neutral_global", "none", "speaker"):
         raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
     if config.features.speaker_fallback not in ("speaker_all", "global"):
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
+    if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
+        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
     if config.features.warp_mode not in ("copies", "draw"):
         raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
     if config.train.refit and config.train.validation_fraction == 0:

@@ -195,3 +195,101 @@ def test_tf_moments_and_stats_match_numpy():
     np.testing.assert_allclose(both[0].numpy(), ref[0], rtol=1e-10)
     np.testing.assert_allclose(both[1].numpy(), ref[1], rtol=1e-9)
     assert std.numpy()[1, 0] == 1e-3
+
+
+# ---------------------------------------------------------------------- level and speech
+
+
+def _level_params(**changes):
+    import dataclasses
+
+    return dataclasses.replace(_params(config=FeatureConfig(level_normalization=True)), **changes)
+
+
+def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
+    import tensorflow as tf
+
+    from ser_keras.features.level import level_normalize, level_reference, top_count
+
+    rng = np.random.default_rng(5)
+    raw = rng.normal(-6, 3, size=(2, 37, 11)).astype(np.float32)
+    n_frames = np.array([37, 9])
+    got = fe.tf_level_normalize(tf.constant(raw), tf.constant(n_frames)).numpy()
+    for row, n in enumerate(n_frames):
+        # Padded frames do not enter the reference, and the reference is the loudest fifth's.
+        reference = level_reference(raw[row, :n])
+        x = raw[row, :n].astype(np.float64)
+        loudest = np.sort(np.log(np.exp(x).mean(axis=1)))[::-1][:top_count(n)]
+        assert reference == pytest.approx(loudest.mean(), abs=1e-12) and top_count(n) == -(-n // 5)
+        np.testing.assert_allclose(got[row, :n], level_normalize(raw[row, :n]), atol=1e-6)
+    # Shift-equivariant: a constant added to every bin moves the reference by exactly it.
+    for shift in (-4.6, 0.3, 7.0):
+        assert level_reference(raw[0] + shift) - level_reference(raw[0]) == pytest.approx(shift, abs=1e-5)
+        shifted = fe.tf_level_normalize(tf.constant(raw + np.float32(shift)), tf.constant(n_frames)).numpy()
+        np.testing.assert_allclose(shifted, got, atol=1e-5)
+    # A gain g on speech adds 2 ln g to the log power: the reference moves by 2 ln g.
+    speech = _real_or_demo_speech()
+    config = FeatureConfig()
+    base = level_reference(log_spectrogram(speech, config, 16000))
+    for gain in (0.5, 0.1, 0.05):
+        moved = level_reference(log_spectrogram(speech * np.float32(gain), config, 16000)) - base
+        assert moved == pytest.approx(2 * np.log(gain), abs=1e-3)
+
+
+def _real_or_demo_speech():
+    from ser_keras.audio import load_audio
+    from tests.conftest import SHARED_CORPORA
+
+    files = sorted((SHARED_CORPORA / "emodb").rglob("*.wav"))[:1]
+    if not files:
+        from tests.test_export_support import demo_files
+
+        files = demo_files()[:1]
+    return load_audio(files[0], 16000)
+
+
+def test_level_normalised_tf_frontend_matches_numpy_padded_rows():
+    """A zero-padded batch with valid frame counts (as serve_lengths builds it) gives each row
+    what the NumPy front end gives the unpadded recording, level reference included."""
+    from ser_keras.features.level import level_normalize
+
+    params = _level_params()
+    rng = np.random.default_rng(2)
+    rows = [(0.1 * rng.normal(size=n) * np.linspace(0.1, 1, n)).astype(np.float32) for n in (9000, 4100)]
+    batch = np.zeros((2, 9000), np.float32)
+    batch[1, :4100] = rows[1]
+    batch[0] = rows[0]
+    n_frames = np.array([params.frame_count(len(r)) for r in rows], np.int32)
+    for per_row in (False, True):
+        got = fe.tf_frontend(batch, params, per_row=per_row, n_frames=n_frames).numpy()
+        for i, row in enumerate(rows):
+            expected = fe.apply_stats_numpy(level_normalize(log_spectrogram(row, FeatureConfig(), 16000)), params)
+            valid = got[i, :n_frames[i]]
+            assert np.abs(valid - expected).max() <= FEATURE_RTOL * max(1.0, np.abs(expected).max())
+
+
+def test_speech_flags_numpy_and_tf_agree():
+    from ser_keras.features.level import has_speech
+
+    config = FeatureConfig()
+    params = _params(config=config)
+    rng = np.random.default_rng(4)
+    speech = _real_or_demo_speech()[:32000]
+    cases = {
+        "speech": (speech, True),
+        "speech x0.05": (speech * np.float32(0.05), True),
+        "digital silence": (np.zeros(32000, np.float32), False),
+        "white noise 1e-3": (rng.normal(0, 1e-3, 32000).astype(np.float32), False),
+        "loud white noise": (rng.normal(0, 0.1, 32000).astype(np.float32), False),
+        "too short": (speech[:800], False),
+        "empty": (np.zeros(0, np.float32), False),
+    }
+    width = 32000
+    batch = np.zeros((len(cases), width), np.float32)
+    lengths = np.zeros(len(cases), np.int32)
+    for i, (waveform, _) in enumerate(cases.values()):
+        batch[i, :len(waveform)], lengths[i] = waveform, len(waveform)
+    got = fe.tf_speech_flags(batch, lengths, params).numpy()
+    for i, (name, (waveform, expected)) in enumerate(cases.items()):
+        assert has_speech(waveform, config, 16000) is expected, name
+        assert bool(got[i]) is expected, name

@@ -299,22 +299,29 @@ def test_export_json_names_the_normalisation(exp4_export, exp4_loaded):
 def test_serve_speaker_normalises_all_rows_with_the_speakers_statistics(exp4_loaded):
     """One speaker's recordings of different lengths in a padded batch: the statistics are those
     of all of their valid frames (features.normalize.frame_stats, as fit's "speaker" mode), and
-    every row is scored with them."""
+    every row is scored with them. A row without speech (the 50 ms one: shorter than
+    features.speech_min_ms) is left out of the statistics and gets uniform probabilities."""
     from ser_keras.features.normalize import frame_stats
 
     bundle = load_fold(tiny_run("exp4"))
     waveforms = [tone(s, seed=i, freq=f) for i, (s, f) in enumerate([(0.7, 180), (1.6, 260), (0.05, 300)])]
+    speech = waveforms[:2]
     batch, lengths = _padded(waveforms)
-    stats = frame_stats([bundle.raw_features(w) for w in waveforms], bundle.config.features.norm_std_floor)
+    stats = frame_stats([bundle.raw_features(w) for w in speech], bundle.config.features.norm_std_floor)
     out = exp4_loaded.serve_speaker(batch, lengths)
+    assert out["speech"].numpy().tolist() == [1, 1, 0]
     for row, waveform in enumerate(waveforms):
         probs, alpha = bundle.score(bundle.features(waveform, stats)[None])
-        np.testing.assert_allclose(out["probabilities"].numpy()[row], probs[0], atol=1e-5)
+        if row < 2:
+            np.testing.assert_allclose(out["probabilities"].numpy()[row], probs[0], atol=1e-5)
+        else:
+            np.testing.assert_allclose(out["probabilities"].numpy()[row], 1 / len(LABELS), atol=1e-6)
         np.testing.assert_allclose(out["attention"].numpy()[row, : alpha.shape[1]], alpha[0], atol=1e-5)
     got = exp4_loaded.speaker_statistics(batch, lengths)
+    assert got["speech"].numpy().tolist() == [1, 1, 0]
     np.testing.assert_allclose(got["mean"].numpy(), stats[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["std"].numpy(), stats[1], rtol=1e-5, atol=1e-5)
-    assert float(got["frames"]) == sum(bundle.raw_features(w).shape[0] for w in waveforms)
+    assert float(got["frames"]) == sum(bundle.raw_features(w).shape[0] for w in speech)
     # Statistics given explicitly (enrolment) give what serve_speaker gives.
     given = exp4_loaded.serve_with_statistics(batch, lengths, got["mean"], got["std"])
     np.testing.assert_allclose(given["probabilities"].numpy(), out["probabilities"].numpy(), atol=1e-5)
@@ -374,3 +381,29 @@ def test_export_does_not_log_assets_written(tmp_path):
         logger.setLevel(level)
     assert not [r for r in records if "Assets written" in r], records
     assert logger.level == level
+
+
+def test_level_normalised_export_ignores_gain_and_flags_no_speech():
+    """A level-normalised export: probabilities at gains 0.5, 0.1 and 0.05 within 0.05 of gain 1;
+    silence, low white noise, an empty and a too-short waveform: speech 0, uniform
+    probabilities; NaN and Inf: an error that names them (not "integer PCM")."""
+    loaded = tf.saved_model.load(str(exported(tiny_run("exp4", level=True))))
+    speech = tone(1.5, seed=12) * np.linspace(0.2, 1.0, 24000, dtype=np.float32)
+    reference = loaded.serve(speech[None])
+    assert int(reference["speech"][0]) == 1
+    for gain in (0.5, 0.1, 0.05):
+        out = loaded.serve((speech * np.float32(gain))[None])
+        assert int(out["speech"][0]) == 1
+        assert np.abs(out["probabilities"].numpy() - reference["probabilities"].numpy()).max() <= 0.05
+    rng = np.random.default_rng(0)
+    for waveform in (np.zeros(32000, np.float32), rng.normal(0, 1e-3, 32000).astype(np.float32),
+                     np.zeros(0, np.float32), speech[:800]):
+        out = loaded.serve(waveform[None])
+        assert int(out["speech"][0]) == 0
+        np.testing.assert_allclose(out["probabilities"].numpy(), 1 / len(LABELS), atol=1e-6)
+    for bad in (np.nan, np.inf):
+        waveform = speech.copy()
+        waveform[10] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf") as caught:
+            loaded.serve(waveform[None])
+        assert "integer PCM" not in str(caught.value)

@@ -34,10 +34,10 @@ def root() -> pathlib.Path:
     return _ROOT
 
 
-def tiny_config(experiment: str = "exp4"):
+def tiny_config(experiment: str = "exp4", level: bool = False):
     from ser_keras.config import load_config
 
-    overrides = []
+    overrides = ["features.level_normalization=true"] if level else []
     if experiment in ("exp3", "exp2"):
         overrides += ["model.lstm_units=8"]
     if experiment == "exp2":
@@ -45,15 +45,16 @@ def tiny_config(experiment: str = "exp4"):
     return load_config(experiment=experiment, corpus="demo", overrides=overrides)
 
 
-def tiny_run(experiment: str = "exp4", seed: int = 0) -> pathlib.Path:
-    """A hand-made run directory: untrained model, random normalisation/PCA statistics."""
-    key = ("tiny", experiment, seed)
+def tiny_run(experiment: str = "exp4", seed: int = 0, level: bool = False) -> pathlib.Path:
+    """A hand-made run directory: untrained model, random normalisation/PCA statistics;
+    `level`: with ``features.level_normalization``."""
+    key = ("tiny", experiment, seed, level)
     if key in _CACHE:
         return _CACHE[key]
     from ser_keras.config import save_run_config
 
-    config = tiny_config(experiment)
-    run_dir = _ROOT / f"tiny_{experiment}_{seed}"
+    config = tiny_config(experiment, level)
+    run_dir = _ROOT / (f"tiny_{experiment}_{seed}" + ("_level" if level else ""))
     fold_dir = run_dir / "folds" / "fold_0"
     fold_dir.mkdir(parents=True)
     save_run_config(config, run_dir, LABELS)

@@ -74,11 +74,15 @@ def test_folder_with_good_and_bad_files(run_predictor, mixed_folder):
         assert name in message and "\n" not in message
     assert "empty file" in errors["empty.wav"]
     assert "NaN" in errors["nan.wav"]
-    for result in results.values():
-        assert result["label"] in LABELS
+    no_speech = {"silent.wav", "very_short.wav"}
+    for name, result in results.items():
+        assert result["speech"] is (name not in no_speech), name
+        assert (result["label"] in LABELS) if result["speech"] else result["label"] is None
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert sum(result["attention"]["weights"]) == pytest.approx(1.0, abs=1e-4)
-    assert results["silent.wav"]["warnings"] == ["silent (all samples are zero)"]
+    for name in no_speech:  # no confident emotion: uniform probabilities
+        assert list(results[name]["probabilities"].values()) == pytest.approx([1 / len(LABELS)] * len(LABELS))
+    assert results["silent.wav"]["warnings"] == ["silent (all samples are zero)", "no speech: probabilities are uniform"]
     assert "zero-padded to one frame" in results["very_short.wav"]["warnings"][0]
     assert results["very_short.wav"]["duration_s"] == pytest.approx(0.005, abs=1e-4)
     for rate in (8000, 22050, 48000, 96000):

@@ -5,7 +5,10 @@ Three protocols, always named in every output:
 - ``loso``: leave-one-speaker-out, one fold per speaker (sorted), named ``speaker-<id>``;
 - ``session``: leave-one-session-out (IEMOCAP's Session1..5), named ``session-<id>``;
 - ``random``: seeded stratified k-fold over utterances (speaker-*dependent*: a speaker's other
-  utterances are in training), named ``random-<k>of<n>`` with k counted from 1.
+  utterances are in training), named ``random-<k>of<n>`` with k counted from 1;
+- ``all``: not a protocol that measures anything but the model to deploy: one fold named
+  ``all`` whose training part is every utterance (validation for early stopping taken from it
+  as ``loso`` takes it from a fold's training part) and whose test part is empty.
 
 Validation (early stopping, model selection) always comes from the training part of a fold,
 never from its test part, in one of two ways (``validation_split``):
@@ -20,7 +23,7 @@ never from its test part, in one of two ways (``validation_split``):
 - ``utterances``: per label, ``validation_fraction`` of the training utterances, spread evenly
   over the training speakers (speaker-dependent, like the test condition of ``random``).
 
-``auto`` (the default) takes ``utterances`` for ``random``, and for ``loso`` and ``session``
+``auto`` (the default) takes ``utterances`` for ``random``, and for ``loso``, ``session`` and ``all``
 takes ``speakers`` when at least ``MIN_TRAINING_SPEAKERS`` (3) speakers would remain to train on,
 ``utterances`` otherwise: a corpus of four speakers (CASIA, the demo) leaves three training
 speakers per LOSO fold, and holding one of them out trains on two voices. Measured on CASIA,
@@ -43,12 +46,15 @@ import pandas as pd
 
 from ser_keras.errors import SerKerasError
 
-PROTOCOLS = ("loso", "session", "random")
+PROTOCOLS = ("loso", "session", "random", "all")
 PROTOCOL_NAMES = {
     "loso": "leave-one-speaker-out",
     "session": "leave-one-session-out",
     "random": "seeded stratified {n}-fold (speaker-dependent)",
+    "all": "every speaker (a model to deploy; no test part)",
 }
+# The fold of protocol "all".
+ALL_FOLD = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +96,7 @@ def make_folds(
 
     Args:
         manifest: a corpus manifest (columns label, speaker, session).
-        protocol: "loso", "session" or "random".
+        protocol: "loso", "session", "random" or "all".
         n_folds: number of folds for "random" (ignored otherwise).
         seed: seeds the random split and the validation sample.
         validation_fraction: share of each fold's training speakers (validation_split
@@ -142,6 +148,8 @@ def make_folds(
         if len(keys) < 2:
             raise SerKerasError(f"train.protocol: session needs at least 2 sessions, found {keys}")
         test_sets = [(f"session-{key}", positions[groups == key]) for key in keys]
+    elif protocol == "all":
+        test_sets = [(ALL_FOLD, np.empty(0, dtype=np.int64))]
     else:
         test_sets = _stratified_kfold(labels, n_folds, seed)
 

@@ -71,8 +71,9 @@ def _fold_names(run_dir: pathlib.Path) -> list:
 def _rescore(run_dir, config, labels, fold_names, progress) -> dict:
     from ser_keras.training.run import collect_results
 
+    # A protocol "all" run has no test part: nothing to predict again.
     missing = [n for n in fold_names if not (run_dir / "folds" / n / "predictions.csv").is_file()
-               and (run_dir / "folds" / n / _model_file(config)).is_file()]
+               and (run_dir / "folds" / n / _model_file(config)).is_file() and config.train.protocol != "all"]
     if missing:
         _repredict_folds(run_dir, config, labels, missing, progress)
     if not any((run_dir / "folds" / n / "result.json").is_file() for n in fold_names):

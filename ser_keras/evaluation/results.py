@@ -103,6 +103,9 @@ def write_run_results(
             missing.append(name)
             continue
         fold_result = json.loads(result_path.read_text())
+        if fold_result.get("test") == "none":  # protocol "all": trained on everything, nothing to score
+            fold_results.append(fold_result)
+            continue
         frame = pd.read_csv(fold_dir / "predictions.csv", dtype={"speaker": str})
         frames.append(frame)
         summary = score_predictions(frame, labels)

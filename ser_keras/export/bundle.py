@@ -172,14 +172,20 @@ class FoldModel:
         return self._attention_net
 
     def raw_features(self, waveform: np.ndarray) -> np.ndarray:
-        """The un-normalised frame features of a waveform at `sample_rate` (NumPy front end)."""
+        """The frame features of a waveform at `sample_rate` before the per-dimension
+        normalisation (NumPy front end; level-normalised when the run was)."""
         if self.params.kind == "lld":
             from ser_keras.features.llds import frame_llds
 
             return frame_llds(waveform, self.config.features, self.sample_rate)
         from ser_keras.features.spectrogram import log_spectrogram
 
-        return log_spectrogram(waveform, self.config.features, self.sample_rate)
+        spectrogram = log_spectrogram(waveform, self.config.features, self.sample_rate)
+        if self.params.level_normalization:
+            from ser_keras.features.level import level_normalize
+
+            spectrogram = level_normalize(spectrogram)
+        return spectrogram
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:
         """Model input ``(frames, k)`` of a waveform: front end, normalisation, PCA (NumPy).

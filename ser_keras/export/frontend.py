@@ -10,11 +10,15 @@ raw waveform. The definitions are the same, step by step:
    ``frames = 1 + (n - frame) // hop``;
 3. each frame times a periodic Hann window of length ``frame``, zero-padded to ``n_fft``;
 4. power ``|rfft|^2``, the first ``n_bins`` bins, ``log(power + log_floor)``;
+4b. with ``level_normalization``: minus the recording's level reference (the mean log power of
+   its loudest fifth of valid frames; ``features.level``), so its gain does not matter;
 5. ``(x - mean) / std`` per dimension: by default with the training fold's pooled statistics
    (``norm_mean``/``norm_std``), or with statistics given by the caller (``stats=``: a
    speaker's, computed from all of their frames by ``tf_frame_moments`` / ``tf_mean_std``
    exactly as ``features.normalize.frame_stats`` does, std floored at ``std_floor``);
 6. ``(x - pca_mean) @ pca_components``.
+
+``tf_speech_flags`` is the twin of ``features.level.has_speech`` (the export's ``speech`` output).
 
 The statistics are baked into the graph as constants (``FrontEndParams`` holds them as NumPy
 arrays); nothing here needs ser_keras at serving time.
@@ -53,6 +57,10 @@ class FrontEndParams:
         pca_mean: ``(input_dim,)`` or None (no PCA).
         pca_components: ``(input_dim, k)`` or None (no PCA).
         std_floor: lower bound of every standard deviation computed from frames (a speaker's).
+        level_normalization: subtract each recording's level reference (``features.level``)
+            from its log spectrogram before the normalisation.
+        speech_threshold_dbfs, speech_min_contrast_db, speech_min_ms: speech detection
+            (``features.level.has_speech``).
     """
 
     kind: str
@@ -68,6 +76,10 @@ class FrontEndParams:
     pca_mean: typing.Optional[np.ndarray] = None
     pca_components: typing.Optional[np.ndarray] = None
     std_floor: float = 1e-3
+    level_normalization: bool = False
+    speech_threshold_dbfs: float = -70.0
+    speech_min_contrast_db: float = 3.0
+    speech_min_ms: float = 100.0
 
     @property
     def output_dim(self) -> int:
@@ -152,6 +164,11 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
         n_bins=n_bins, log_floor=float(feature_config.log_floor),
         norm_mean=norm_mean, norm_std=norm_std, pca_mean=pca_mean, pca_components=pca_components,
         std_floor=float(std_floor),
+        # Only the spectrogram has a log-power level to remove (exp2's LLDs ignore the flag).
+        level_normalization=bool(getattr(feature_config, "level_normalization", False)) and kind == "spectrogram",
+        speech_threshold_dbfs=float(feature_config.speech_threshold_dbfs),
+        speech_min_contrast_db=float(feature_config.speech_min_contrast_db),
+        speech_min_ms=float(feature_config.speech_min_ms),
     )
 
 
@@ -259,49 +276,131 @@ def tf_mean_std(count, total, squares, std_floor: float):
     return mean, tf.maximum(tf.sqrt(variance), tf.constant(std_floor, tf.float64))
 
 
-def tf_raw_features(inputs, params: FrontEndParams, per_row: bool = False):
-    """Un-normalised features ``(batch, frames, input_dim)``: the log spectrogram of a
-    ``(batch, samples)`` waveform, or the ``(batch, frames, D)`` LLDs as they are."""
+def tf_level_normalize(raw, n_frames):
+    """``raw`` ``[B, T, D]`` log spectrograms minus each row's level reference over its first
+    ``n_frames[b]`` frames (at least one): the twin of ``features.level.level_normalize``."""
+    import tensorflow as tf
+
+    x = tf.cast(raw, tf.float64)
+    peak = tf.reduce_max(x, axis=2, keepdims=True)
+    # log mean power of each frame, as features.level.frame_levels computes it
+    per_frame = (peak[:, :, 0] + tf.math.log(tf.reduce_sum(tf.exp(x - peak), axis=2))
+                 - tf.math.log(tf.cast(tf.shape(x)[2], tf.float64)))  # [B, T]
+    total = tf.shape(per_frame)[1]
+    n = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
+    lowest = tf.constant(np.finfo(np.float64).min, tf.float64)
+    ranked = tf.sort(tf.where(tf.sequence_mask(n, total), per_frame, lowest), axis=1, direction="DESCENDING")
+    k = _top_count(n)
+    top = tf.sequence_mask(k, total)
+    reference = tf.reduce_sum(tf.where(top, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
+    return raw - tf.cast(reference, raw.dtype)[:, None, None]
+
+
+def _top_count(n):
+    """``features.level.top_count`` of a frame-count tensor."""
+    import tensorflow as tf
+
+    from ser_keras.features.level import TOP_FRACTION_DENOMINATOR as den
+
+    return tf.maximum(1, (n + den - 1) // den)
+
+
+def tf_speech_flags(waveform, lengths, params: FrontEndParams):
+    """bool ``[B]``: whether each row's first ``lengths[b]`` samples hold speech — the twin of
+    ``features.level.has_speech`` (frame powers from a running sum of squares, float64)."""
+    import tensorflow as tf
+
+    x = tf.cast(waveform, tf.float64)
+    lengths = tf.cast(lengths, tf.int32)
+    x = x * tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float64)
+    x = tf.pad(x, [[0, 0], [0, tf.maximum(params.frame - tf.shape(x)[1], 0)]])
+    size = tf.shape(x)[1]
+    cumulative = tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
+    n_frames = tf_frame_counts(lengths, params)
+    total = tf.maximum(tf.reduce_max(tf.concat([n_frames, [1]], 0)), 1)
+    starts = tf.range(total) * params.hop
+    ends = tf.minimum(starts + params.frame, size)
+    starts = tf.minimum(starts, size)
+    powers = tf.maximum(tf.gather(cumulative, ends, axis=1) - tf.gather(cumulative, starts, axis=1), 0.0)
+    powers = powers / float(params.frame)
+    valid = tf.sequence_mask(n_frames, total)
+    k = _top_count(n_frames)
+    take = tf.sequence_mask(k, total)
+    big = tf.constant(np.finfo(np.float64).max, tf.float64)
+
+    def mean_of_first_k(ranked):
+        return tf.reduce_sum(tf.where(take, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
+
+    top = mean_of_first_k(tf.sort(tf.where(valid, powers, -tf.ones_like(powers)), axis=1, direction="DESCENDING"))
+    low = mean_of_first_k(tf.sort(tf.where(valid, powers, big * tf.ones_like(powers)), axis=1))
+    long_enough = tf.cast(lengths, tf.float64) >= params.speech_min_ms * params.sample_rate / 1000.0
+    loud = top >= 10.0 ** (params.speech_threshold_dbfs / 10.0)
+    modulated = top >= low * 10.0 ** (params.speech_min_contrast_db / 10.0)
+    return long_enough & loud & modulated
+
+
+def tf_raw_features(inputs, params: FrontEndParams, per_row: bool = False, n_frames=None):
+    """Features ``(batch, frames, input_dim)`` before the per-dimension normalisation: the log
+    spectrogram of a ``(batch, samples)`` waveform (level-normalised over each row's first
+    ``n_frames[b]`` frames, default all, when ``params.level_normalization``), or the
+    ``(batch, frames, D)`` LLDs as they are."""
     import tensorflow as tf
 
     if params.kind == "lld":
         return tf.convert_to_tensor(inputs, tf.float32)
-    return _by_row(lambda x: tf_log_spectrogram(x, params), inputs, params.input_dim, per_row)
+    return _by_row(lambda x, n: _spectrogram(x, n, params), inputs, _valid_frames(inputs, params, n_frames),
+                   params.input_dim, per_row)
 
 
-def _by_row(function, inputs, dim: int, per_row: bool):
-    """``function`` of the whole batch, or (``per_row``) of one row at a time (``tf.map_fn``):
-    the same numbers, but the frame/FFT intermediates of one row stay in the CPU caches, where
-    a whole batch's (32 x 10 s: ~300 MB of complex spectra) would not — 5-10x faster for large
-    batches without XLA. (XLA fuses the steps and needs no such help.)"""
+def _spectrogram(x, n_frames, params: FrontEndParams):
+    raw = tf_log_spectrogram(x, params)
+    return tf_level_normalize(raw, n_frames) if params.level_normalization else raw
+
+
+def _valid_frames(inputs, params: FrontEndParams, n_frames):
+    """`n_frames` as int32 ``[batch]``, or every row's full frame count when None."""
+    import tensorflow as tf
+
+    if n_frames is not None:
+        return tf.cast(n_frames, tf.int32)
+    shape = tf.shape(inputs)
+    return tf_frame_counts(tf.fill([shape[0]], shape[1]), params)
+
+
+def _by_row(function, inputs, n_frames, dim: int, per_row: bool):
+    """``function(inputs, n_frames)`` of the whole batch, or (``per_row``) of one row at a time
+    (``tf.map_fn``): the same numbers, but the frame/FFT intermediates of one row stay in the
+    CPU caches, where a whole batch's (32 x 10 s: ~300 MB of complex spectra) would not —
+    5-10x faster for large batches without XLA. (XLA fuses the steps and needs no such help.)"""
     import tensorflow as tf
 
     if not per_row:
-        return function(inputs)
+        return function(inputs, n_frames)
 
-    def rows(x):
-        return tf.map_fn(lambda row: function(row[None])[0], x,
+    def rows(x, n):
+        return tf.map_fn(lambda row: function(row[0][None], row[1][None])[0], (x, n),
                          fn_output_signature=tf.TensorSpec([None, dim], tf.float32),
                          parallel_iterations=2)
 
     # One row needs no loop around it.
-    return tf.cond(tf.shape(inputs)[0] <= 1, lambda: function(inputs), lambda: rows(inputs))
+    return tf.cond(tf.shape(inputs)[0] <= 1, lambda: function(inputs, n_frames), lambda: rows(inputs, n_frames))
 
 
-def tf_frontend(inputs, params: FrontEndParams, per_row: bool = False, stats=None):
+def tf_frontend(inputs, params: FrontEndParams, per_row: bool = False, stats=None, n_frames=None):
     """Model input ``(batch, frames, k)`` from a ``(batch, samples)`` float32 waveform
     (``kind="spectrogram"``) or from ``(batch, frames, D)`` LLDs (``kind="lld"``).
 
     Normalisation: by `stats` (mean, std: ``[D]`` or ``[batch, D]``) when given, else by the
     pooled statistics. ``per_row=True``: the waveform front end runs one batch row at a time
-    (see ``_by_row``).
+    (see ``_by_row``). `n_frames` ``[batch]``: the valid frames of each zero-padded row (the
+    level reference is taken over them); None: every frame is valid.
     """
     if stats is None:
         if params.kind == "lld":
             return tf_apply_stats(inputs, params)
-        return _by_row(lambda x: tf_apply_stats(tf_log_spectrogram(x, params), params), inputs,
-                       params.output_dim, per_row)
-    return tf_apply_stats(tf_raw_features(inputs, params, per_row), params, stats)
+        return _by_row(lambda x, n: tf_apply_stats(_spectrogram(x, n, params), params), inputs,
+                       _valid_frames(inputs, params, n_frames), params.output_dim, per_row)
+    return tf_apply_stats(tf_raw_features(inputs, params, per_row, n_frames), params, stats)
 
 
 def tf_frame_counts(lengths, params: FrontEndParams):

@@ -51,8 +51,8 @@ def plot_result(result: dict, out_png, sample_rate: int, feature_config=None) ->
               extent=[0, spec.shape[1] * seconds_per_column, 0, top_hz / 1000.0])
     ax.set_ylabel("kHz")
     label = result["label"]
-    ax.set_title(f"{pathlib.Path(result['path']).name}: {label} "
-                 f"(p = {result['probabilities'][label]:.2f})")
+    ax.set_title(f"{pathlib.Path(result['path']).name}: " + (
+        "no speech" if label is None else f"{label} (p = {result['probabilities'][label]:.2f})"))
 
     ax = axes[1]
     att = result["attention"]
@@ -71,8 +71,8 @@ def plot_result(result: dict, out_png, sample_rate: int, feature_config=None) ->
         name = window["label"]
         ax.barh(row, window["end_s"] - window["start_s"], left=window["start_s"], height=0.8,
                 color=colours.get(name, "grey"), alpha=0.8)
-        ax.text((window["start_s"] + window["end_s"]) / 2, row,
-                f"{name} {window['probabilities'][name]:.2f}", ha="center", va="center", fontsize=8)
+        text = "no speech" if name is None else f"{name} {window['probabilities'][name]:.2f}"
+        ax.text((window["start_s"] + window["end_s"]) / 2, row, text, ha="center", va="center", fontsize=8)
     ax.set_yticks([])
     ax.set_ylabel("windows")
     ax.set_xlabel("time (s)")

@@ -23,7 +23,14 @@ Per file:
   one window it is exactly the model's alpha. Models without attention (exp2, exp3) report
   uniform weights;
 - a recording shorter than one 20 ms frame is zero-padded to one frame (a defined result, with
-  a warning); a silent recording is scored as it is (a warning says so).
+  a warning);
+- ``speech``: whether the recording holds speech (``features.level.has_speech``: long enough,
+  loud enough, and with the level contrast of syllables and pauses; the thresholds are the
+  run's ``features.speech_*``), decided per window as the export's ``speech`` output decides it
+  per row. A window without speech gets uniform probabilities and no label (as the export's
+  endpoints give it); the recording's probabilities are pooled over its windows with speech,
+  and a recording with none has ``"speech": false``, ``"label": null``, uniform probabilities
+  (the text output says "no speech").
 
 Normalisation (see ``export.serving``): by default every file is a recording on its own, with
 no speaker context, normalised as the export's ``serve`` does (``serve_without_speaker``: the
@@ -54,6 +61,7 @@ import numpy as np
 
 from ser_keras.audio import AUDIO_SUFFIXES, load_audio
 from ser_keras.errors import SerKerasError
+from ser_keras.features.level import has_speech
 
 EXIT_OK = 0
 EXIT_NOTHING_SCORED = 1
@@ -317,6 +325,9 @@ def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="de
     windows = window_starts(n_frames, window, predictor.step_frames)
     if prepared is None:
         prepared = predictor.prepare(waveform)
+    speech = [has_speech(waveform[start * predictor.hop:start * predictor.hop + predictor.frame
+                                  + (length - 1) * predictor.hop], predictor.feature_config, sr)
+              for start, length in windows]
     # Group equal-length windows into batches (all but maybe the last are full windows).
     outputs = [None] * len(windows)
     by_length: dict = {}
@@ -330,12 +341,16 @@ def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="de
                 batch = np.pad(batch, [(0, 0), (0, predictor.frame - batch.shape[1])])
             probs, alpha = predictor.score(batch, stats)
             for row, i in enumerate(part):
-                outputs[i] = (probs[row], alpha[row, :predictor.steps(length)])
+                # No speech, no emotion (the export's endpoints give the same; a run's model
+                # and exports made before the speech output do not).
+                p = probs[row] if speech[i] else np.full(len(predictor.labels), 1.0 / len(predictor.labels))
+                outputs[i] = (p, alpha[row, :predictor.steps(length)])
 
     labels = predictor.labels
     hop_s, frame_s = predictor.hop / sr, predictor.frame / sr
     duration = waveform.shape[0] / sr
-    weights = np.array([length for _, length in windows], np.float64)
+    # Pooled over the windows with speech (all of them when none has: uniform).
+    weights = np.array([length for _, length in windows], np.float64) * (np.array(speech) if any(speech) else 1)
     pooled = sum(w * p.astype(np.float64) for w, (p, _) in zip(weights, outputs)) / weights.sum()
     step, span = predictor.step_frames, predictor.span_frames
     total_steps = max(start // step + len(a) for (start, _), (_, a) in zip(windows, outputs))
@@ -353,14 +368,15 @@ def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="de
         return min(duration, (first_frame + frames - 1) * hop_s + frame_s) if duration > frame_s else duration
 
     result = {
-        "label": labels[int(np.argmax(pooled))],
+        "label": labels[int(np.argmax(pooled))] if any(speech) else None,
+        "speech": bool(any(speech)),
         "probabilities": {name: _round(v) for name, v in zip(labels, pooled)},
         "duration_s": _round(duration, 4),
         "windows": [
             {"start_s": _round(start * hop_s, 4), "end_s": _round(end_of(start, length), 4),
-             "label": labels[int(np.argmax(p))],
+             "label": labels[int(np.argmax(p))] if has else None, "speech": bool(has),
              "probabilities": {name: _round(v) for name, v in zip(labels, p)}}
-            for (start, length), (p, _) in zip(windows, outputs)
+            for (start, length), (p, _), has in zip(windows, outputs, speech)
         ],
         "attention": {
             "step_s": _round(step * hop_s, 6),
@@ -375,6 +391,8 @@ def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="de
                                   "zero-padded to one frame")
     if not np.any(waveform):
         result["warnings"].append("silent (all samples are zero)")
+    if not any(speech):
+        result["warnings"].append("no speech: probabilities are uniform")
     return result
 
 
@@ -416,10 +434,14 @@ def predict_files(model, paths: typing.Sequence, fold=None, window_frames="defau
         predictor.require_statistics()
         inputs, moments = [], []  # two passes: every file is held in memory
         for path, waveform, prepared in loaded():
+            inputs.append((path, waveform, prepared))
+            if not has_speech(waveform, predictor.feature_config, predictor.sample_rate):
+                continue  # silence or noise says nothing about the speaker (serve_speaker agrees)
             value = _guarded(path, errors, lambda: predictor.moments(prepared))
             if value is not None:
-                inputs.append((path, waveform, prepared))
                 moments.append(value)
+            else:
+                inputs.pop()
         if moments:
             stats, normalization = predictor.statistics(moments), "speaker"
     results = []
@@ -467,9 +489,15 @@ def format_result(result: dict) -> str:
     probs = result["probabilities"]
     label = result["label"]
     others = "  ".join(f"{name} {p:.3f}" for name, p in probs.items())
-    lines = [f"{result['path']}\t{label}\t{probs[label]:.3f}\t({others})\t{result['duration_s']:.2f} s"]
+    if label is None:  # no speech: no emotion to name
+        lines = [f"{result['path']}\tno speech\t\t({others})\t{result['duration_s']:.2f} s"]
+    else:
+        lines = [f"{result['path']}\t{label}\t{probs[label]:.3f}\t({others})\t{result['duration_s']:.2f} s"]
     if len(result["windows"]) > 1:
         for w in result["windows"]:
+            if w["label"] is None:
+                lines.append(f"    {w['start_s']:7.2f}-{w['end_s']:7.2f} s\tno speech")
+                continue
             p = w["probabilities"][w["label"]]
             lines.append(f"    {w['start_s']:7.2f}-{w['end_s']:7.2f} s\t{w['label']}\t{p:.3f}")
     for warning in result.get("warnings", []):

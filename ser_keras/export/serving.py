@@ -81,9 +81,28 @@ Endpoints (signatures) of the SavedModel:
     No input; returns ``labels``: string ``[classes]`` and ``labels_file``, the path of
     ``assets/labels.txt`` (one label per line) in the loaded export.
 ``metadata``
-    No input; ``sample_rate`` (int32), ``attention_step_s``, ``attention_span_s`` (float32).
+    No input; ``sample_rate`` (int32), ``attention_step_s``, ``attention_span_s`` (float32);
+    what the model was trained on: ``corpus``, ``protocol``, ``fold`` (string),
+    ``training_speakers`` (string ``[n]``), ``n_training_utterances`` (int32, -1 if unknown),
+    ``level_normalization`` (bool); the protocol figure that estimates it (``fit --protocol all
+    --estimate-from`` or ``export --estimate-from``): ``estimate_protocol`` (string, empty when
+    none), ``estimate_wa``, ``estimate_ua``, ``estimate_serving_wa``, ``estimate_serving_ua``
+    (float32, -1 when none). ``export.json`` holds the same as ``training_data`` and
+    ``accuracy_estimate``.
 
-Inputs of the wrong dtype or rank are rejected: calling ``loaded.serve(x)`` with a tensor
+Speech. Every scoring endpoint also returns ``speech``: int32 ``[batch]``, 1 where the row holds
+speech, 0 where it does not (``features.level``: too short, too quiet, or steady noise; the
+thresholds are the run's ``features.speech_*``, in ``export.json["speech"]``). A row without
+speech gets uniform probabilities (``1 / classes``): the export names no emotion it has no
+speech for. ``serve_speaker`` and ``speaker_statistics`` leave such rows out of the speaker's
+statistics. exp2 exports take LLDs, not a waveform: every row counts as speech there.
+
+Level. A run trained with ``features.level_normalization`` subtracts each recording's level
+reference (``features.level``) from its log spectrogram in the graph too, before any
+normalisation, over the row's valid frames only (``serve_lengths``, padded batches).
+
+Inputs holding NaN or Inf are rejected with a message that says so. Inputs of the wrong dtype
+or rank are rejected: calling ``loaded.serve(x)`` with a tensor
 checks it against the TensorSpec (TypeError naming the expected spec), ``saved_model_cli`` and
 TF Serving check the feed, and the graph itself asserts the rank with a message naming the input
 (for callers of ``loaded.signatures[...]``, which do not check shapes). NumPy arrays of another
@@ -127,7 +146,9 @@ from ser_keras.export.bundle import FoldModel, call_network, load_fold
 EXPORT_FORMAT = "ser_keras-savedmodel"
 # 2: serve_speaker, speaker_statistics, serve_with_statistics; export.json normalization,
 # serve_without_speaker, norm_std_floor, feature_dim.
-EXPORT_FORMAT_VERSION = 2
+# 3: the speech output of every endpoint, level_normalization, training_data,
+# accuracy_estimate; the metadata endpoint names the training data.
+EXPORT_FORMAT_VERSION = 3
 BUCKETS_PER_OCTAVE = 4
 MIN_BUCKET_FRAMES = 16
 # Float audio may overshoot +-1 a little; beyond this it is integer PCM passed as float.
@@ -210,7 +231,7 @@ class _ServingGraph:
         """Moments (count, sum, sum of squares; float64) of all valid frames of a padded batch's
         un-normalised features (rows past the real batch have 0 valid frames)."""
         tf = self.tf
-        raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile)
+        raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile, n_frames=n_frames)
         count, total, squares = fe.tf_frame_moments(raw, n_frames)
         return tf.reduce_sum(count), tf.reduce_sum(total, axis=0), tf.reduce_sum(squares, axis=0)
 
@@ -220,7 +241,8 @@ class _ServingGraph:
         with these instead of the pooled statistics."""
         tf = self.tf
         stats = None if mean is None else (mean, std)
-        features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats)
+        features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats,
+                                  n_frames=n_frames)
         # Zero the padded frames: the model's Masking(0.0) turns them into a mask, and every
         # layer after it honours the mask, so the padding changes nothing.
         valid = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=features.dtype)
@@ -255,13 +277,20 @@ class _ServingGraph:
         return tf.debugging.assert_equal(actual, rank, message=f"ser_keras export: {what}")
 
     def _check_scale(self, waveform) -> list:
-        """Integer PCM passed as a NumPy array is cast to float32 silently by TensorFlow's
-        argument binding; samples far outside [-1, 1] can only be that mistake."""
-        if self.params.kind == "lld":
-            return []
+        """NaN or Inf samples are an error of their own. Integer PCM passed as a NumPy array is
+        cast to float32 silently by TensorFlow's argument binding; finite samples far outside
+        [-1, 1] can only be that mistake."""
         tf = self.tf
-        peak = tf.reduce_max(tf.concat([tf.reshape(tf.abs(waveform), [-1]), [0.0]], 0))
-        return [tf.debugging.assert_less_equal(
+        magnitude = tf.reshape(tf.abs(waveform), [-1])
+        finite = tf.math.is_finite(magnitude)
+        checks = [tf.debugging.assert_equal(
+            tf.reduce_all(finite), True,
+            message="ser_keras export: input holds NaN or Inf values; pass finite float audio")]
+        if self.params.kind == "lld":
+            return checks
+        # Non-finite samples are left to the check above, so each mistake gets its own message.
+        peak = tf.reduce_max(tf.concat([tf.where(finite, magnitude, tf.zeros_like(magnitude)), [0.0]], 0))
+        return checks + [tf.debugging.assert_less_equal(
             peak, MAX_ABS_SAMPLE, summarize=1,
             message=(f"ser_keras export: input waveform must be float audio in [-1, 1]; samples beyond "
                      f"+-{MAX_ABS_SAMPLE:g} look like integer PCM (int16: divide by 32768)"))]
@@ -299,10 +328,16 @@ class _ServingGraph:
             inputs = inputs * valid
             inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
         n_frames_b = tf.pad(n_frames, [[0, batch_b - batch]], constant_values=1)
-        if isinstance(stats, str):  # "speaker": padding rows (if any) hold no valid frame
-            moments = self.raw(inputs, tf.pad(n_frames, [[0, batch_b - batch]]))
+        if p.kind == "lld":  # the LLD input shows no waveform: every row counts as speech
+            speech = tf.ones([batch], tf.bool)
+        else:
+            speech = fe.tf_speech_flags(inputs[:batch], lengths, p)
+        if isinstance(stats, str):
+            # "speaker": padding rows (if any) hold no valid frame, and neither do rows without
+            # speech (silence or noise says nothing about the speaker; predict agrees).
+            moments = self.raw(inputs, tf.pad(tf.where(speech, n_frames, 0), [[0, batch_b - batch]]))
             if stats == "moments":
-                return moments
+                return moments, speech
             mean, std = fe.tf_mean_std(*moments, self.params.std_floor)
             probabilities, alpha = self.core(inputs, n_frames_b, tf.cast(mean, tf.float32),
                                              tf.cast(std, tf.float32))
@@ -311,7 +346,12 @@ class _ServingGraph:
         else:
             probabilities, alpha = self.core(inputs, n_frames_b)
         steps = self._steps(longest)
-        return {"probabilities": probabilities[:batch], "attention": alpha[:batch, :steps]}
+        probabilities = probabilities[:batch]
+        # No speech, no emotion: uniform probabilities, so no label is confident.
+        uniform = tf.fill(tf.shape(probabilities), 1.0 / len(self.bundle.labels))
+        probabilities = tf.where(speech[:, None], probabilities, uniform)
+        return {"probabilities": probabilities, "attention": alpha[:batch, :steps],
+                "speech": tf.cast(speech, tf.int32)}
 
     def input_spec(self):
         tf = self.tf
@@ -354,10 +394,10 @@ class _ServingGraph:
 
     def speaker_statistics(self, inputs, lengths):
         tf = self.tf
-        frames, total, squares = self.run(*self._checked(inputs, lengths), stats="moments")
+        (frames, total, squares), speech = self.run(*self._checked(inputs, lengths), stats="moments")
         mean, std = fe.tf_mean_std(frames, total, squares, self.params.std_floor)
         return {"mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32),
-                "frames": frames, "sum": total, "sum_squares": squares}
+                "frames": frames, "sum": total, "sum_squares": squares, "speech": tf.cast(speech, tf.int32)}
 
     def serve_with_statistics(self, inputs, lengths, mean, std):
         inputs, lengths, mean, std = self._checked(inputs, lengths, mean, std)
@@ -398,19 +438,32 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "serve_without_speaker_note": _SERVE_NOTES[serving_normalization(config.features.normalization)],
         "norm_std_floor": p.std_floor,
         "feature_dim": p.input_dim,
+        "level_normalization": bool(p.level_normalization),
+        "speech": {"threshold_dbfs": p.speech_threshold_dbfs, "min_contrast_db": p.speech_min_contrast_db,
+                   "min_ms": p.speech_min_ms,
+                   "rule": "speech when at least min_ms long, the mean power of the loudest fifth of the "
+                           "frames is at least threshold_dbfs (re RMS 1.0) and at least min_contrast_db "
+                           "above that of the quietest fifth; rows without speech get uniform probabilities"
+                   if waveform else "LLD input: every row counts as speech"},
+        "training_data": _training_data(bundle),
         "endpoints": {
-            "serve": "probabilities [batch, classes], attention [batch, steps]; each row one recording, "
-                     "normalised as serve_without_speaker says (no speaker context)",
+            "serve": "probabilities [batch, classes], attention [batch, steps], speech int32 [batch] (1: the "
+                     "row holds speech; 0: it does not, and its probabilities are uniform); each row one "
+                     "recording, normalised as serve_without_speaker says (no speaker context)",
             "serve_lengths": "as serve, plus lengths int32 [batch] (valid samples or frames per row)",
             "serve_speaker": ("as serve_lengths, all rows ONE speaker: normalised by the statistics of all "
                               "their valid frames (as fit normalises a test speaker)") if speaker_adapted(config)
             else "the same as serve_lengths (this model was not trained with per-speaker normalisation)",
             "speaker_statistics": "waveform, lengths -> mean, std float32 [feature_dim]; frames, sum, "
-                                  "sum_squares float64 (to add up over calls)",
+                                  "sum_squares float64 (to add up over calls), over the rows with speech; "
+                                  "speech int32 [batch]",
             "serve_with_statistics": "as serve_lengths, plus mean, std float32 [feature_dim]: every row "
                                      "normalised with these (a speaker's, from speaker_statistics)",
             "labels": "labels string [classes], labels_file (assets/labels.txt)",
-            "metadata": "sample_rate, attention_step_s, attention_span_s",
+            "metadata": "sample_rate, attention_step_s, attention_span_s, corpus, protocol, fold, "
+                        "training_speakers, n_training_utterances, level_normalization; with an accuracy "
+                        "estimate: estimate_protocol, estimate_wa, estimate_ua, estimate_serving_wa, "
+                        "estimate_serving_ua (-1 when unknown)",
         },
     }
     if not waveform:
@@ -418,6 +471,50 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
 
         meta["lld_names"] = lld_names(config.features)
     return meta
+
+
+def _training_data(bundle: FoldModel) -> dict:
+    """What the exported model was trained on, from the fold's result.json (runs made before
+    it named the speakers give null there)."""
+    result = {}
+    path = bundle.fold_dir / "result.json"
+    if path.is_file():
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            result = {}
+    return {"corpus": bundle.config.data.corpus, "protocol": bundle.config.train.protocol, "fold": bundle.fold,
+            "training_speakers": result.get("training_speakers"),
+            "n_training_utterances": result.get("n_training_utterances"),
+            "validation_speakers": result.get("validation_speakers"),
+            "test_speakers": None if bundle.config.train.protocol == "all" else _test_speakers(bundle)}
+
+
+def _test_speakers(bundle: FoldModel):
+    path = bundle.run_dir / "folds.json"
+    try:
+        folds = json.loads(path.read_text())["folds"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return next((f.get("test_speakers") for f in folds if f.get("name") == bundle.fold), None)
+
+
+def _accuracy_estimate(bundle: FoldModel, estimate_from) -> typing.Optional[dict]:
+    """The protocol figure that estimates the model: `estimate_from` (a run of the same config),
+    else the run's estimate.json (``fit --protocol all --estimate-from``), else None."""
+    if estimate_from is not None:
+        from ser_keras.evaluation.estimate import estimate_from as read_estimate
+
+        return read_estimate(bundle.config, estimate_from)
+    from ser_keras.training.run import ESTIMATE_FILE
+
+    path = bundle.run_dir / ESTIMATE_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise SerKerasError(f"{path}: not valid JSON") from None
+    return None
 
 
 _SERVE_NOTES = {
@@ -461,7 +558,7 @@ def _prepare_out_dir(out_dir: pathlib.Path) -> None:
 
 
 def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_compile: bool = False,
-               fused_lstm: bool = True) -> pathlib.Path:
+               fused_lstm: bool = True, estimate_from=None) -> pathlib.Path:
     """Export one fold of `run_dir` (default: the first) to `out_dir`; returns `out_dir`.
 
     Args:
@@ -473,6 +570,8 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
             as fast on CPU without compilation stalls.
         fused_lstm: run the recurrent layers with TensorFlow's fused LSTM kernel
             (``export.fastgraph``; same numbers as Keras, several times faster on CPU).
+        estimate_from: a run of the same config under a test protocol whose figures estimate
+            the model's accuracy (``evaluation.estimate``); default: the run's estimate.json.
 
     Raises:
         SerKerasError: exp1 runs (an SVM, not a Keras model), a missing fold, a non-export
@@ -494,6 +593,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
     graph = _ServingGraph(bundle, jit_compile=jit_compile, fused_lstm=fused_lstm)
     meta = _export_metadata(bundle, jit_compile)
     meta["fused_lstm"] = graph.fused_lstm
+    meta["accuracy_estimate"] = _accuracy_estimate(bundle, estimate_from)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -523,13 +623,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         archive.add_endpoint("labels", lambda: {"labels": tf.constant(labels, tf.string),
                                                 "labels_file": labels_asset.asset_path},
                              input_signature=[])
-        step_s, span_s = meta["attention_step_s"], meta["attention_span_s"]
-        rate = bundle.sample_rate
-        archive.add_endpoint("metadata", lambda: {
-            "sample_rate": tf.constant(rate, tf.int32),
-            "attention_step_s": tf.constant(step_s, tf.float32),
-            "attention_span_s": tf.constant(span_s, tf.float32),
-        }, input_signature=[])
+        archive.add_endpoint("metadata", lambda: _metadata_endpoint(meta, bundle.sample_rate), input_signature=[])
         saved = staging / "saved"
         with _quiet_tf_info():
             archive.write_out(str(saved), verbose=False)
@@ -548,6 +642,35 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _metadata_endpoint(meta: dict, rate: int) -> dict:
+    """The ``metadata`` endpoint's constants: what a plain-TensorFlow caller needs to know."""
+    import tensorflow as tf
+
+    data = meta["training_data"]
+    estimate = meta.get("accuracy_estimate") or {}
+
+    def number(value):
+        return tf.constant(-1.0 if value is None else float(value), tf.float32)
+
+    return {
+        "sample_rate": tf.constant(rate, tf.int32),
+        "attention_step_s": tf.constant(meta["attention_step_s"], tf.float32),
+        "attention_span_s": tf.constant(meta["attention_span_s"], tf.float32),
+        "corpus": tf.constant(str(data["corpus"])),
+        "protocol": tf.constant(str(data["protocol"])),
+        "fold": tf.constant(str(data["fold"])),
+        "training_speakers": tf.constant([str(s) for s in data["training_speakers"] or []], tf.string),
+        "n_training_utterances": tf.constant(-1 if data["n_training_utterances"] is None
+                                             else int(data["n_training_utterances"]), tf.int32),
+        "level_normalization": tf.constant(bool(meta["level_normalization"])),
+        "estimate_protocol": tf.constant(str(estimate.get("protocol_name") or estimate.get("protocol") or "")),
+        "estimate_wa": number(estimate.get("wa")),
+        "estimate_ua": number(estimate.get("ua")),
+        "estimate_serving_wa": number(estimate.get("serving_wa")),
+        "estimate_serving_ua": number(estimate.get("serving_ua")),
+    }
 
 
 def read_export_json(export_dir) -> dict:

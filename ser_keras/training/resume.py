@@ -31,6 +31,10 @@ VOLATILE = (
     ("train", "fold"),
     ("train", "strategy"),
     ("train", "jobs"),
+    # Speech detection acts only when a model is served (features/level.py), never in fit.
+    ("features", "speech_threshold_dbfs"),
+    ("features", "speech_min_contrast_db"),
+    ("features", "speech_min_ms"),
 )
 
 FOLD_RESULT = "result.json"

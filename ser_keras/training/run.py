@@ -34,6 +34,17 @@ exp1 fits ``models.build_svm`` on the functionals of the training part (its own 
 picks C), logs its validation WA/UA like an epoch, then refits on training + validation and
 predicts the test part; it saves ``model.joblib``.
 
+``train.protocol=all`` trains the model to deploy: one fold, ``all``, whose training part is
+every utterance; validation is taken from it as under ``loso`` (``train.validation_split``),
+early stopping picks the epoch count, and a fresh model is then trained on everything for that
+many epochs (as ``train.refit`` does, whatever ``train.refit`` says). There is no test part, so
+no WA/UA: ``results.json["deploy"]`` says what the model was trained on and that its accuracy
+must be estimated by a ``loso``/``session``/``random`` run of the same config (``fit
+--estimate-from RUN2`` records that run's figures in ``estimate.json``; ``evaluation.estimate``).
+
+Every fold's ``result.json`` names what its final model was trained on (``training_speakers``,
+``n_training_utterances``) and the ``validation_speakers``; the export reports them.
+
 The folds' test predictions are pooled into the run-level ``predictions.csv``,
 ``results.json`` and ``confusion_matrix.png`` (``evaluation.results``). With ``train.jobs`` > 1
 the folds train that many at a time in worker processes (``training.parallel``), each writing
@@ -78,6 +89,12 @@ def reports_serving(config: Config) -> bool:
     from ser_keras.features.normalize import SPEAKER_MODES
 
     return config.model.classifier == "network" and config.features.normalization in SPEAKER_MODES
+
+
+def refits(config: Config) -> bool:
+    """Whether exp2-4 folds end with a fresh model trained on training + validation: with
+    ``train.refit``, and always under protocol "all" (the model to deploy)."""
+    return bool(config.train.refit) or config.train.protocol == "all"
 
 
 def _serving_mode(config: Config) -> str:
@@ -185,8 +202,13 @@ def collect_results(config: Config, run_dir: pathlib.Path, labels: list, folds: 
     from ser_keras.evaluation.results import write_run_results
 
     extra = {"feature_failures": failures or {}, "last_invocation_s": round(invocation_s, 2)}
-    if reports_serving(config):
+    if reports_serving(config) and config.train.protocol != "all":
         extra["serving"] = serving_results(config, run_dir, labels, folds)
+    if config.train.protocol == "all":
+        extra["deploy"] = deploy_summary(config, run_dir)
+        estimate = run_dir / ESTIMATE_FILE
+        if estimate.is_file():
+            extra["estimate"] = json.loads(estimate.read_text())
     return write_run_results(
         run_dir,
         fold_names=[getattr(f, "name", f) for f in folds],
@@ -199,6 +221,24 @@ def collect_results(config: Config, run_dir: pathlib.Path, labels: list, folds: 
         seed=config.train.seed,
         extra=extra,
     )
+
+
+ESTIMATE_FILE = "estimate.json"
+NO_TEST_NOTE = ("protocol all trains on every utterance: there is no test part, so no WA/UA here; the "
+                "figure that estimates this model's accuracy must come from a loso, session or random "
+                "run of the same config (fit --estimate-from RUN2 records it)")
+
+
+def deploy_summary(config: Config, run_dir: pathlib.Path) -> typing.Optional[dict]:
+    """results.json["deploy"] of a protocol "all" run: what the model was trained on."""
+    path = run_dir / "folds" / "all" / resume.FOLD_RESULT
+    if not path.is_file():
+        return None
+    fold = json.loads(path.read_text())
+    return {"corpus": config.data.corpus, "training_speakers": fold.get("training_speakers"),
+            "n_training_utterances": fold.get("n_training_utterances"),
+            "validation_speakers": fold.get("validation_speakers"),
+            "epochs": fold.get("refit_epochs"), "note": NO_TEST_NOTE}
 
 
 def serving_results(config: Config, run_dir: pathlib.Path, labels: list,
@@ -263,7 +303,8 @@ def configure_determinism(seed: int) -> None:
 
 
 def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
-    """(features per manifest row or None, failures {path: message}) for the experiment."""
+    """(features per manifest row or None, failures {path: message}) for the experiment;
+    spectrograms level-normalised when ``features.level_normalization`` is on."""
     from ser_keras.features.extract import extract_features
 
     kind = config.model.input_features
@@ -271,6 +312,10 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
     extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
     features = list(extraction.features)
     failures = dict(extraction.failures)
+    if kind == "spectrogram":  # after the cache read: the cache holds the raw spectrograms
+        from ser_keras.features.level import maybe_level_normalize
+
+        features = maybe_level_normalize(features, config.features)
     if kind == "functionals":  # (D,) vectors -> (1, D) so they normalise like frame features
         features = [None if f is None else np.asarray(f, np.float32).reshape(1, -1) for f in features]
     if failures and progress:
@@ -299,21 +344,22 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     fold_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(int(context.config.train.seed))
     train, validation, test = (_usable(context, part) for part in (fold.train, fold.validation, fold.test))
-    if len(train) == 0 or len(test) == 0:
+    deploy = context.config.train.protocol == "all"  # no test part by design
+    if len(train) == 0 or (len(test) == 0 and not deploy):
         raise SerKerasError(f"fold {fold.name}: no usable training or test utterances after feature extraction")
     started = time.time()
     previous = _elapsed(fold_dir)
     frontend = fit_frontend(context, fold_dir, train)
     x = {name: frontend.apply(context, part) for name, part in
          (("train", train), ("validation", validation), ("test", test))}
-    if reports_serving(context.config):
+    if reports_serving(context.config) and len(test):
         x["serving"] = frontend.apply_serving(context, test)
     if context.config.model.input_features == "spectrogram":
         # The other versions of the training utterances a training epoch draws from (or, with
         # warp_mode copies, trains on as well): frequency-warped ones and, with
         # features.pooled_version, each normalised as a single served recording is.
         x["train_versions"] = frontend.apply_versions(context, train)
-        if context.config.train.refit and len(validation):  # for the refit on all of them
+        if refits(context.config) and len(validation):  # for the refit on all of them
             x["all_versions"] = frontend.apply_versions(context, np.concatenate([train, validation]))
     if context.config.model.classifier == "svm":
         outcome = _train_svm(context, fold, fold_dir, x, train, validation, test)
@@ -322,13 +368,28 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     probabilities, predicted = outcome.pop("probabilities"), outcome.pop("predicted")
     serving_probabilities = outcome.pop("serving_probabilities", None)
     wall = previous + (time.time() - started)
+    speakers = context.manifest["speaker"].astype(str)
+    # What the final model was fitted on: after a refit (and exp1's SVM) validation too.
+    refitted = bool(outcome.get("refit_epochs")) or context.config.model.classifier == "svm"
+    final = np.concatenate([train, validation]) if refitted else train
+    trained_on = {"training_speakers": sorted(set(speakers.iloc[final])),
+                  "n_training_utterances": int(len(final)),
+                  "validation_speakers": sorted(set(speakers.iloc[validation]))}
+    if deploy:
+        result = {"name": fold.name, "test": "none", "n_train": int(len(train)),
+                  "n_validation": int(len(validation)), "wall_time_s": round(wall, 2), **trained_on, **outcome}
+        resume.atomic_write_text(fold_dir / resume.FOLD_RESULT, json.dumps(result, indent=1))
+        if context.progress:
+            print(f"fold {fold.name}: trained on all {len(final)} utterances of {len(trained_on['training_speakers'])} "
+                  f"speakers ({wall:.0f} s); no test part")
+        return result
     frame = fold_predictions_frame(fold.name, context.manifest.iloc[test], probabilities,
                                    context.labels, predicted)
     frame.to_csv(fold_dir / "predictions.csv", index=False)
     summary = score_predictions(frame, context.labels)
     result = {"name": fold.name, "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
               "n_train": int(len(train)), "n_validation": int(len(validation)),
-              "wall_time_s": round(wall, 2), **outcome}
+              "wall_time_s": round(wall, 2), **trained_on, **outcome}
     if len(x.get("train_versions", [])):
         result["n_train_versions"] = len(x["train_versions"])
     serving_line = ""
@@ -371,11 +432,15 @@ class Frontend:
         ``features.warp_factors`` entry, each (speaker, factor) normalised as a speaker of its
         own (``features.augment``); empty without warp factors."""
         from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+        from ser_keras.features.level import maybe_level_normalize
 
         out = []
         speakers = context.manifest["speaker"].iloc[indices].tolist()
         for factor in check_factors(context.config.features.warp_factors):
-            warped = [warp_frequency(context.features[i], factor) for i in indices]
+            # A warped copy is a voice of its own: level-normalised by its own reference, as a
+            # recording of that voice would be (warping moves energy across bins).
+            warped = maybe_level_normalize([warp_frequency(context.features[i], factor) for i in indices],
+                                           context.config.features)
             normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
         return out
@@ -469,7 +534,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
                          validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir, title)
     state = read_state(fold_dir / "checkpoint") or {}
     refit_epochs = None
-    if config.train.refit and state.get("best") is not None:
+    if refits(config) and state.get("best") is not None:
         # The epoch count validation picked, now on every training speaker (validation ones too).
         refit_epochs = int(state["best_epoch"]) + 1
         if context.progress:
@@ -481,7 +546,10 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
                           np.concatenate([y["train"], y["validation"]]), x.get("all_versions", [])),
             None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
     model.save(fold_dir / "model.keras")
-    probabilities = make_predictor(model)(make_dataset(x["test"], None, batch, training=False, seed=seed))
+    if len(test):
+        probabilities = make_predictor(model)(make_dataset(x["test"], None, batch, training=False, seed=seed))
+    else:  # protocol "all": nothing to test
+        probabilities = np.zeros((0, len(context.labels)), np.float32)
     serving = {}
     if "serving" in x:  # the same model on single recordings, normalised as the export's serve does
         serving_ds = make_dataset(x["serving"], None, batch, training=False, seed=seed)
