@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Predict the emotion of audio files (directories are searched "
                                          "recursively). Long recordings are scored in sliding windows with "
                                          "a per-window timeline. A bad file is reported by name and never "
-                                         "stops the others.")
+                                         "stops the others. Exit status: 0 when at least one file was "
+                                         "scored (bad ones named on stderr); 2 when none could be scored "
+                                         "(every input missing, empty or corrupt) or MODEL is unusable.")
     predict.add_argument("model", help="a run directory or an export directory")
     predict.add_argument("paths", nargs="+", help="audio files or directories")
     predict.add_argument("--json", action="store_true", help="print one JSON object")

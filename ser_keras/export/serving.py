@@ -497,6 +497,9 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # mkdtemp makes the directory 0700 (private while it is written); the export is renamed to
+    # its final name as it is, so give it what mkdir would have given it under the user's umask.
+    os.chmod(staging, 0o777 & ~_current_umask())
     try:
         labels_path = staging / "labels.txt"
         labels_path.write_text("".join(f"{label}\n" for label in bundle.labels))
@@ -548,6 +551,12 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def read_export_json(export_dir) -> dict:
