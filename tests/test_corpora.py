@@ -26,7 +26,9 @@ SR = 16000
 
 def write_wav(path: pathlib.Path, samples: int = 400, sample_rate: int = SR) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(str(path)))
+    # Seeded by the whole path: files with paths of equal length must differ (equal bytes under
+    # two paths are a duplicate to a CSV manifest).
+    rng = np.random.default_rng(int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16))
     soundfile.write(str(path), 0.1 * rng.standard_normal(samples).astype(np.float32), sample_rate, subtype="PCM_16")
     return path
 
@@ -366,6 +368,29 @@ def test_csv_empty_cell_names_the_line(csv_root):
     with pytest.raises(SerKerasError) as exc_info:
         load_manifest("csv", str(csv_root))
     assert_one_line(exc_info, "manifest.csv", "line 3", "label")
+
+
+def test_fit_refuses_a_manifest_listing_one_file_twice(csv_root, tmp_path, capsys):
+    """Refused, not dropped (see corpora/csv_manifest.py): both lines named, nothing trained."""
+    from ser_keras.cli import main
+
+    manifest = csv_root / "manifest.csv"
+    write_text(manifest, "path,label,speaker\naudio/a.wav,joy,s1\naudio/b.wav,anger,s2\n./audio/../audio/a.wav,joy,s3\n")
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--corpus", "csv", "--data-dir", str(manifest), "--experiment", "exp1",
+                 "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{manifest} lines 2 and 4: the same audio file listed twice" in err, err
+    assert not run_dir.exists()
+
+
+def test_csv_same_audio_under_two_paths_is_refused(csv_root):
+    (csv_root / "audio" / "copy.wav").write_bytes((csv_root / "audio" / "b.wav").read_bytes())
+    write_text(csv_root / "manifest.csv",
+               "path,label,speaker\naudio/b.wav,anger,s2\naudio/a.wav,joy,s1\naudio/copy.wav,anger,s3\n")
+    with pytest.raises(SerKerasError) as exc_info:
+        load_manifest("csv", str(csv_root))
+    assert_one_line(exc_info, csv_root / "manifest.csv", "lines 2 and 4", "same audio content", "b.wav", "copy.wav")
 
 
 def test_csv_folder_without_manifest(tmp_path):

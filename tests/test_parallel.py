@@ -65,7 +65,7 @@ def test_a_failing_fold_stops_the_run_with_its_error(tmp_path):
     broken = []
     for label in sorted(demo["label"].unique()):
         path = tmp_path / f"aaa_{label}.wav"
-        path.write_bytes(b"not audio at all")
+        path.write_bytes(f"not audio at all ({label})".encode())  # distinct: equal bytes are duplicates
         broken.append({"path": str(path), "label": label, "speaker": "aaa"})
     manifest = pd.concat([pd.DataFrame(broken), demo[["path", "label", "speaker"]]], ignore_index=True)
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
