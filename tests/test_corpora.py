@@ -153,7 +153,8 @@ def make_tess(root: pathlib.Path) -> pathlib.Path:
         write_wav(root / folder / f"{name}.wav")
     write_text(root / "OAF_Fear" / ".DS_Store")
     write_text(root / "OAF_Fear" / "notes.txt")
-    write_wav(root / "OAF_Fear" / "take2.wav")  # not <SPK>_<word>_<emotion>
+    # As in the distributed set: not <SPK>_<word>_<emotion>, but its folder says OAF, neutral.
+    write_wav(root / "OAF_neutral" / "OA_bite_neutral.wav")
     write_text(root / "README.txt")
     return root
 
@@ -308,7 +309,7 @@ def test_tess_normalises_emotions(tmp_path):
     assert labels == {
         "OAF_back_fear": "fear", "OAF_back_ps": "pleasant_surprise", "OAF_back_sad": "sad",
         "OAF_back_neutral": "neutral", "YAF_bath_ps": "pleasant_surprise", "YAF_bath_angry": "angry",
-        "YAF_bath_disgust": "disgust", "YAF_bath_happy": "happy",
+        "YAF_bath_disgust": "disgust", "YAF_bath_happy": "happy", "OA_bite_neutral": "neutral",
     }
     assert set(manifest["speaker"]) == {"OAF", "YAF"}
     assert set(manifest["gender"]) == {"female"}
@@ -316,7 +317,51 @@ def test_tess_normalises_emotions(tmp_path):
 
 def test_tess_root_one_level_up(tmp_path):
     make_tess(tmp_path / "tess" / "TESS Toronto emotional speech set data")
-    assert len(load_manifest("tess", str(tmp_path / "tess"))) == 8
+    assert len(load_manifest("tess", str(tmp_path / "tess"))) == 9
+
+
+def test_info_counts_and_names_a_misnamed_tess_file(tmp_path, capsys):
+    """TESS ships OAF_neutral/OA_bite_neutral.wav; it is used (the folder is unambiguous) and named."""
+    from ser_keras.cli import main
+
+    root = make_tess(tmp_path / "tess")
+    manifest = load_manifest("tess", str(root))
+    row = manifest[manifest["path"].str.endswith("OA_bite_neutral.wav")]
+    assert row[["label", "speaker"]].values.tolist() == [["neutral", "OAF"]]
+    assert main(["info", "--corpus", "tess", "--data-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "not matching" in line]
+    assert len(lines) == 1 and "1 file not matching" in lines[0] and "(1 used, 0 skipped)" in lines[0], out
+    assert str(root / "OAF_neutral" / "OA_bite_neutral.wav") in lines[0]
+    assert "utterances  9" in out
+    # A file the folders cannot label is skipped, and counted and named as well.
+    write_wav(root / "OAF_misc" / "OAF_word_misc.wav")
+    assert main(["info", "--corpus", "tess", "--data-dir", str(root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["utterances"] == 9
+    assert [(pathlib.Path(r["path"]).name, r["used"]) for r in summary["unmatched_files"]] == [
+        ("OAF_word_misc.wav", False), ("OA_bite_neutral.wav", True)]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("casia", {"201.wav"}),  # liuchanhg/notes/201.wav: not an emotion folder
+    ("emodb", {"03a01Xa.wav", "take1.wav"}),
+    ("ravdess", {"01-01-03-01-01-01-02.wav", "03-01-09-01-01-01-02.wav"}),  # video modality, no emotion 09
+])
+def test_loaders_count_and_name_the_files_they_leave_out(name, expected, tmp_path, request):
+    from ser_keras.corpora import unmatched_line
+
+    if name == "ravdess":
+        root = make_ravdess(tmp_path / "ravdess")
+    else:
+        root = request.getfixturevalue(f"{name}_root")
+    manifest = load_manifest(name, str(root))
+    unmatched = manifest.attrs["unmatched"]
+    assert {pathlib.Path(r["path"]).name for r in unmatched} == expected and not any(r["used"] for r in unmatched)
+    line = unmatched_line(manifest)
+    assert "\n" not in line and line.startswith(f"{len(expected)} file{'s' * (len(expected) > 1)} not matching ")
+    assert all(name in line for name in expected)
+    assert not set(pathlib.Path(p).name for p in manifest["path"]) & (expected - {"201.wav"})
 
 
 # --- CSV manifest --------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 import typing
 
@@ -119,13 +120,16 @@ def fit(config: Config, run_dir, progress: bool = True) -> dict:
     Returns the results dict also written to ``run_dir/results.json`` (WA/UA are fractions).
     Raises SerKerasError when `run_dir` holds a run of a different config.
     """
-    from ser_keras.corpora import label_order, load_manifest
+    from ser_keras.corpora import label_order, load_manifest, unmatched_line
     from ser_keras.training.distribute import is_chief, worker_role
 
     run_dir = pathlib.Path(run_dir)
     started = time.time()
     configure_determinism(config.train.seed)
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    unmatched = unmatched_line(manifest)
+    if unmatched:  # a warning about the data, so shown with progress off too
+        print(f"{config.data.corpus}: {unmatched}", file=sys.stderr, flush=True)
     labels = label_order(manifest, config.data)
     if not is_chief(config.train.strategy):
         # A non-chief multi-worker worker: the same computation, written to its own scratch copy.
@@ -281,6 +285,11 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
         print(f"feature extraction failed for {len(failures)} file(s); they are left out:")
         for path, message in list(failures.items())[:10]:
             print(f"  {path}: {message}")
+    elif failures:  # quiet, but a file left out of the data is never silent: one line on stderr
+        path, message = next(iter(failures.items()))
+        more = f" (and {len(failures) - 1} more, listed in results.json feature_failures)" if len(failures) > 1 else ""
+        print(f"feature extraction failed for {len(failures)} file(s), left out: {path}: {message}{more}",
+              file=sys.stderr, flush=True)
     if all(f is None for f in features):
         raise SerKerasError(f"corpus '{config.data.corpus}': feature extraction failed for every file")
     return features, failures
