@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402 - required dependencies: a broken install fails, never skips
+import tensorflow as tf  # noqa: E402
 
 from ser_keras.data.pipeline import ZERO_FRAME_EPSILON, make_dataset, patch_dataset, sample_patches  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
