@@ -186,3 +186,60 @@ def test_a_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
     assert EpochCheckpoint(tmp_path).restore(other) == 5
     for a, b in zip(old, list(other.weights) + list(other.optimizer.variables)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_fold_interrupted_after_early_stopping_only_restores_its_best_weights(tmp_path):
+    """Killed after the checkpoint of the epoch that stopped training, before fit's end: the
+    re-run trains no further epoch, and fit's end puts back the best epoch's weights."""
+    import keras
+    import numpy as np
+
+    from ser_keras.data.pipeline import epoch_steps, make_dataset
+    from ser_keras.training.callbacks import EpochCheckpoint, ResumableEarlyStopping, read_state
+
+    features = [np.full((3, 3), i, np.float32) for i in range(8)]
+    labels = np.arange(8) % 2
+
+    class FakeValidation(keras.callbacks.Callback):  # validation UA 0.5, then worse: stop at epoch 1
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_ua"] = 0.5 - 0.1 * epoch
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise KeyboardInterrupt
+
+    def model_and_callbacks():
+        inputs = keras.Input((None, 3))
+        outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(inputs))
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        stopping = ResumableEarlyStopping(tmp_path, patience=1)
+        checkpoint = EpochCheckpoint(tmp_path / "backup", stateful=[stopping])
+        return model, [FakeValidation(), stopping, checkpoint], checkpoint
+
+    def train(model, callbacks, start, stop, extra=()):
+        data = make_dataset(features, labels, 4, training=True, seed=0, epochs=range(start, stop))
+        model.fit(data, epochs=stop, initial_epoch=start, steps_per_epoch=epoch_steps(8, 4),
+                  callbacks=[*callbacks, *extra], verbose=0)
+
+    model, callbacks, _ = model_and_callbacks()
+    best = None
+
+    class KeepBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal best
+            if epoch == 0:
+                best = [np.array(w) for w in self.model.get_weights()]
+
+    with pytest.raises(KeyboardInterrupt):  # on_train_end: ES would restore, but we die first
+        train(model, [Crash(), KeepBest(), *callbacks], 0, 10)  # Crash's on_train_end runs first
+    assert not read_state(tmp_path)["finished"]
+
+    model, callbacks, checkpoint = model_and_callbacks()
+    start = checkpoint.restore(model)
+    assert (start, checkpoint.stopped) == (2, True)
+    train(model, callbacks, start, start)  # no epoch runs
+    for a, b in zip(model.get_weights(), best):
+        np.testing.assert_array_equal(a, b)
+    state = read_state(tmp_path)
+    assert state["finished"] and state["stopped_early"] and state["best_epoch"] == 0
