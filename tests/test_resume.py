@@ -243,3 +243,21 @@ def test_a_fold_interrupted_after_early_stopping_only_restores_its_best_weights(
         np.testing.assert_array_equal(a, b)
     state = read_state(tmp_path)
     assert state["finished"] and state["stopped_early"] and state["best_epoch"] == 0
+
+
+def test_a_keras_backup_and_restore_checkpoint_still_resumes(tmp_path):
+    """Older versions used Keras' BackupAndRestore (latest.weights.h5 + training_metadata.json)."""
+    import keras
+    import numpy as np
+
+    from ser_keras.training.callbacks import EpochCheckpoint
+
+    model = tiny_model()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False)
+    model.fit(np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32), epochs=2, verbose=0, callbacks=[backup])
+    assert (tmp_path / "latest.weights.h5").is_file()
+    other = tiny_model()
+    checkpoint = EpochCheckpoint(tmp_path)
+    assert checkpoint.restore(other) == 2 and checkpoint.resumed_from == tmp_path / "latest.weights.h5"
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
