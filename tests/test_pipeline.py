@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import keras  # noqa: E402 - required dependencies: a broken install fails, never skips
-import tensorflow as tf  # noqa: E402
+import keras  # a required dependency: a broken install fails, never skips
 
 from ser_keras.data.pipeline import ZERO_FRAME_EPSILON, make_dataset, patch_dataset, sample_patches  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
