@@ -43,7 +43,8 @@ def test_reproduce_on_demo_writes_the_report(tmp_path, monkeypatch):
     assert rows["exp3"] == "PCA spectrogram -> SAE-CNN -> BLSTM 1x4" and rows["exp2"] == "LLD -> Dense 8 -> BLSTM 1x4"
     for experiment in ("exp1", "exp2", "exp3", "exp4"):
         assert rows[experiment] == describe_model(load_run_config(tmp_path / "out" / experiment)[0])
-    assert "2x30" not in text and "| PCA spectrogram -> SAE-CNN -> LSTM 1x4 -> attention pooling (`model.bidirectional=false`) |" in text
+    assert "2x30" not in text
+    assert "| PCA spectrogram -> SAE-CNN -> LSTM 1x4 -> attention pooling (`model.bidirectional=false`) |" in text
 
 
 def test_model_descriptions_follow_the_shipped_configs():
