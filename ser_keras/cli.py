@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Predict the emotion of audio files (directories are searched "
                                          "recursively). Long recordings are scored in sliding windows with "
                                          "a per-window timeline. A bad file is reported by name and never "
-                                         "stops the others.")
+                                         "stops the others. Exit status: 0 when at least one file was "
+                                         "scored (bad ones named on stderr); 2 when none could be scored "
+                                         "(every input missing, empty or corrupt) or MODEL is unusable.")
     predict.add_argument("model", help="a run directory or an export directory")
     predict.add_argument("paths", nargs="+", help="audio files or directories")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
@@ -138,14 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_info(args) -> int:
     from ser_keras.config import DataConfig
-    from ser_keras.corpora import corpus_root, describe, load_manifest
+    from ser_keras.corpora import corpus_root, describe, load_manifest, unmatched_line
 
     data_config = DataConfig(corpus=args.corpus, data_dir=args.data_dir, cache_dir=args.cache_dir)
     root = corpus_root(args.corpus, args.data_dir, data_config)
     if args.print_dir:
         print(root)
         return 0
-    summary = describe(load_manifest(args.corpus, args.data_dir, data_config))
+    manifest = load_manifest(args.corpus, args.data_dir, data_config)
+    summary = describe(manifest)
     summary = {"corpus": args.corpus, "data_dir": str(root), **summary}
     if args.json:
         print(json.dumps(summary))
@@ -157,6 +160,8 @@ def cmd_info(args) -> int:
     print(f"duration    {summary['duration_s'] / 60:.1f} min")
     if summary["unreadable_files"]:
         print(f"unreadable  {summary['unreadable_files']} files (reported by name during extraction)")
+    if summary["unmatched_files"]:
+        print(f"unmatched   {unmatched_line(manifest)}")
     print("labels      " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
     print("per speaker " + ", ".join(f"{k} {v}" for k, v in summary["per_speaker"].items()))
     for key in ("genders", "sessions"):

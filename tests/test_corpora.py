@@ -26,7 +26,9 @@ SR = 16000
 
 def write_wav(path: pathlib.Path, samples: int = 400, sample_rate: int = SR) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(str(path)))
+    # Seeded by the whole path: files with paths of equal length must differ (equal bytes under
+    # two paths are a duplicate to a CSV manifest).
+    rng = np.random.default_rng(int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16))
     soundfile.write(str(path), 0.1 * rng.standard_normal(samples).astype(np.float32), sample_rate, subtype="PCM_16")
     return path
 
@@ -151,7 +153,8 @@ def make_tess(root: pathlib.Path) -> pathlib.Path:
         write_wav(root / folder / f"{name}.wav")
     write_text(root / "OAF_Fear" / ".DS_Store")
     write_text(root / "OAF_Fear" / "notes.txt")
-    write_wav(root / "OAF_Fear" / "take2.wav")  # not <SPK>_<word>_<emotion>
+    # As in the distributed set: not <SPK>_<word>_<emotion>, but its folder says OAF, neutral.
+    write_wav(root / "OAF_neutral" / "OA_bite_neutral.wav")
     write_text(root / "README.txt")
     return root
 
@@ -306,7 +309,7 @@ def test_tess_normalises_emotions(tmp_path):
     assert labels == {
         "OAF_back_fear": "fear", "OAF_back_ps": "pleasant_surprise", "OAF_back_sad": "sad",
         "OAF_back_neutral": "neutral", "YAF_bath_ps": "pleasant_surprise", "YAF_bath_angry": "angry",
-        "YAF_bath_disgust": "disgust", "YAF_bath_happy": "happy",
+        "YAF_bath_disgust": "disgust", "YAF_bath_happy": "happy", "OA_bite_neutral": "neutral",
     }
     assert set(manifest["speaker"]) == {"OAF", "YAF"}
     assert set(manifest["gender"]) == {"female"}
@@ -314,7 +317,51 @@ def test_tess_normalises_emotions(tmp_path):
 
 def test_tess_root_one_level_up(tmp_path):
     make_tess(tmp_path / "tess" / "TESS Toronto emotional speech set data")
-    assert len(load_manifest("tess", str(tmp_path / "tess"))) == 8
+    assert len(load_manifest("tess", str(tmp_path / "tess"))) == 9
+
+
+def test_info_counts_and_names_a_misnamed_tess_file(tmp_path, capsys):
+    """TESS ships OAF_neutral/OA_bite_neutral.wav; it is used (the folder is unambiguous) and named."""
+    from ser_keras.cli import main
+
+    root = make_tess(tmp_path / "tess")
+    manifest = load_manifest("tess", str(root))
+    row = manifest[manifest["path"].str.endswith("OA_bite_neutral.wav")]
+    assert row[["label", "speaker"]].values.tolist() == [["neutral", "OAF"]]
+    assert main(["info", "--corpus", "tess", "--data-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "not matching" in line]
+    assert len(lines) == 1 and "1 file not matching" in lines[0] and "(1 used, 0 skipped)" in lines[0], out
+    assert str(root / "OAF_neutral" / "OA_bite_neutral.wav") in lines[0]
+    assert "utterances  9" in out
+    # A file the folders cannot label is skipped, and counted and named as well.
+    write_wav(root / "OAF_misc" / "OAF_word_misc.wav")
+    assert main(["info", "--corpus", "tess", "--data-dir", str(root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["utterances"] == 9
+    assert [(pathlib.Path(r["path"]).name, r["used"]) for r in summary["unmatched_files"]] == [
+        ("OAF_word_misc.wav", False), ("OA_bite_neutral.wav", True)]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("casia", {"201.wav"}),  # liuchanhg/notes/201.wav: not an emotion folder
+    ("emodb", {"03a01Xa.wav", "take1.wav"}),
+    ("ravdess", {"01-01-03-01-01-01-02.wav", "03-01-09-01-01-01-02.wav"}),  # video modality, no emotion 09
+])
+def test_loaders_count_and_name_the_files_they_leave_out(name, expected, tmp_path, request):
+    from ser_keras.corpora import unmatched_line
+
+    if name == "ravdess":
+        root = make_ravdess(tmp_path / "ravdess")
+    else:
+        root = request.getfixturevalue(f"{name}_root")
+    manifest = load_manifest(name, str(root))
+    unmatched = manifest.attrs["unmatched"]
+    assert {pathlib.Path(r["path"]).name for r in unmatched} == expected and not any(r["used"] for r in unmatched)
+    line = unmatched_line(manifest)
+    assert "\n" not in line and line.startswith(f"{len(expected)} file{'s' * (len(expected) > 1)} not matching ")
+    assert all(name in line for name in expected)
+    assert not set(pathlib.Path(p).name for p in manifest["path"]) & (expected - {"201.wav"})
 
 
 # --- CSV manifest --------------------------------------------------------------------------
@@ -366,6 +413,29 @@ def test_csv_empty_cell_names_the_line(csv_root):
     with pytest.raises(SerKerasError) as exc_info:
         load_manifest("csv", str(csv_root))
     assert_one_line(exc_info, "manifest.csv", "line 3", "label")
+
+
+def test_fit_refuses_a_manifest_listing_one_file_twice(csv_root, tmp_path, capsys):
+    """Refused, not dropped (see corpora/csv_manifest.py): both lines named, nothing trained."""
+    from ser_keras.cli import main
+
+    manifest = csv_root / "manifest.csv"
+    write_text(manifest, "path,label,speaker\naudio/a.wav,joy,s1\naudio/b.wav,anger,s2\n./audio/../audio/a.wav,joy,s3\n")
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--corpus", "csv", "--data-dir", str(manifest), "--experiment", "exp1",
+                 "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{manifest} lines 2 and 4: the same audio file listed twice" in err, err
+    assert not run_dir.exists()
+
+
+def test_csv_same_audio_under_two_paths_is_refused(csv_root):
+    (csv_root / "audio" / "copy.wav").write_bytes((csv_root / "audio" / "b.wav").read_bytes())
+    write_text(csv_root / "manifest.csv",
+               "path,label,speaker\naudio/b.wav,anger,s2\naudio/a.wav,joy,s1\naudio/copy.wav,anger,s3\n")
+    with pytest.raises(SerKerasError) as exc_info:
+        load_manifest("csv", str(csv_root))
+    assert_one_line(exc_info, csv_root / "manifest.csv", "lines 2 and 4", "same audio content", "b.wav", "copy.wav")
 
 
 def test_csv_folder_without_manifest(tmp_path):
@@ -589,4 +659,14 @@ def test_real_emodb():
     assert manifest["speaker"].nunique() == 10
     assert set(manifest["label"]) == {"anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"}
     assert not manifest["gender"].isna().any()
-    assert manifest["duration"].round(3).eq(2.0).all()  # this copy is cropped/padded to 2.0 s
+    # The loader takes any length (the distributor's EMO-DB runs from about 1.2 to 9 s): only
+    # that every header was read is a loader property.
+    assert (manifest["duration"] > 0).all()
+
+
+@pytest.mark.corpus
+def test_the_shared_emodb_copy_is_the_two_second_one():
+    """Not a loader requirement: a check that ../shared/corpora/emodb is the modified copy the
+    README's EMO-DB figures were measured on (resampled, cropped or padded to exactly 2.0 s)."""
+    manifest = load_manifest("emodb", str(corpus_dir("emodb")))
+    assert manifest["duration"].round(3).eq(2.0).all()

@@ -95,3 +95,14 @@ def test_keras_fold_model_predicts_again_identically(tmp_path):
     evaluate_run(run_dir, progress=False)
     after = pd.read_csv(run_dir / "predictions.csv")
     np.testing.assert_allclose(after.filter(like="p_").to_numpy(), before.filter(like="p_").to_numpy(), atol=1e-5)
+
+    # Cross-corpus with the network: the test speaker's files as a CSV corpus of their own. The
+    # speaker is normalised by the same utterances as in fit, so the fold model must give fit's
+    # test predictions: a cross-corpus path that lost the front end, the PCA or the model would not.
+    before[["path", "label", "speaker"]].to_csv(tmp_path / "manifest.csv", index=False)
+    cross = evaluate_run(run_dir, corpus="csv", data_dir=str(tmp_path / "manifest.csv"), progress=False)
+    assert cross["experiment"] == "exp4" and cross["n_models"] == 1 and cross["pooled"]["n"] == len(before)
+    assert cross["labels"] == sorted(before["label"].unique())
+    frame = pd.read_csv(run_dir / "cross_corpus" / "csv" / "predictions.csv").set_index("path").loc[before["path"]]
+    assert list(frame["predicted"]) == list(before["predicted"])
+    np.testing.assert_allclose(frame.filter(like="p_").to_numpy(), before.filter(like="p_").to_numpy(), atol=1e-5)

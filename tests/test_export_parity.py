@@ -3,8 +3,11 @@
 A real exp4 run (``training.run.fit`` on the demo corpus: one fold, one epoch) is exported;
 a fresh Python process that imports only TensorFlow and NumPy loads the SavedModel and scores
 the utterances; ``predict_files`` scores the same utterances in-process from the run
-directory. Targets (issue #6): the same label on >= 99 % of utterances and max |dp| <= 1e-3.
-Measured: max |dp| ~1e-6 (float32 rounding: scipy.fft vs tf.signal.rfft, summation order).
+directory. Asserted: the same label on every utterance and max |dp| < 1e-6, what the README
+says. Measured: max |dp| 5.1e-7 to 5.3e-7 on demo, CASIA and EMO-DB files, serve and
+serve_speaker (float32 rounding: scipy.fft vs tf.signal.rfft, summation order). fit's CSV
+files hold probabilities rounded to 6 decimals (up to 5e-7 more), so against them 2e-6
+(measured 5.0e-7 and 5.3e-7).
 
 Both uses of a speaker-normalised model are checked: single recordings (``serve`` vs
 ``predict``), and all recordings of one speaker (``serve_speaker`` on a padded batch per demo
@@ -26,8 +29,10 @@ from ser_keras.export.predict import predict_files
 from tests.conftest import SHARED_CORPORA, corpus_dir
 from tests.test_export_support import TRAIN_OVERRIDES, demo_files, exported, root, trained_demo_run
 
-MAX_DP = 1e-3
-MIN_AGREEMENT = 0.99
+MAX_DP = 1e-6
+MIN_AGREEMENT = 1.0
+# fit's predictions.csv / serving_predictions.csv: rounded to 6 decimals, so MAX_DP + 5e-7, with room.
+FIT_MAX_DP = 2e-6
 
 # Runs in a process that never imports ser_keras: TensorFlow and NumPy only.
 SERVE_SCRIPT = textwrap.dedent("""
@@ -157,7 +162,7 @@ def _check_parity(entry, tag):
     agreement = float(np.mean(in_process.argmax(1) == exported_p.argmax(1)))
     max_dp = float(np.abs(in_process - exported_p).max())
     print(f"parity {tag}: {len(in_process)} utterances, argmax agreement {agreement:.4f}, max |dp| {max_dp:.2e}")
-    assert max_dp <= MAX_DP, f"{tag}: max |dp| = {max_dp:.2e}"
+    assert max_dp < MAX_DP, f"{tag}: max |dp| = {max_dp:.2e}"
     assert agreement >= MIN_AGREEMENT, f"{tag}: argmax agreement {agreement:.3f}"
     for result, alpha in zip(report["results"], entry["attention"]):
         if len(result["windows"]) == 1:  # single window: the timeline is the model's alpha
@@ -168,7 +173,7 @@ def _check_parity(entry, tag):
 def test_export_parity_on_demo_corpus(parity):
     agreement, max_dp = _check_parity(parity["demo"], "demo")
     assert len(parity["demo"]["report"]["results"]) == len(demo_files())
-    assert agreement == 1.0 and max_dp < 1e-4
+    assert agreement == 1.0
 
 
 @pytest.mark.corpus
@@ -201,7 +206,7 @@ def test_serve_speaker_parity_with_same_speaker_predict(parity):
     agreement = float(np.mean(in_process.argmax(1) == entry["probabilities"].argmax(1)))
     max_dp = float(np.abs(in_process - entry["probabilities"]).max())
     print(f"serve_speaker parity demo: argmax agreement {agreement:.4f}, max |dp| {max_dp:.2e}")
-    assert max_dp <= MAX_DP and agreement >= MIN_AGREEMENT
+    assert max_dp < MAX_DP and agreement >= MIN_AGREEMENT
     # The speaker's statistics, not each recording's own: a different input than serve's.
     assert np.abs(in_process - parity["demo"]["probabilities"]).max() > 1e-4
 
@@ -222,7 +227,8 @@ def test_fit_serving_figure_is_what_serve_gives(trained, parity):
     served = dict(zip((r["path"] for r in parity["demo"]["report"]["results"]), parity["demo"]["probabilities"]))
     fit_p = frame[[f"p_{label}" for label in labels]].to_numpy()
     export_p = np.array([served[p] for p in frame["path"]])
-    assert np.abs(fit_p - export_p).max() <= MAX_DP
+    print(f"fit serving vs serve: max |dp| {np.abs(fit_p - export_p).max():.2e}")
+    assert np.abs(fit_p - export_p).max() <= FIT_MAX_DP
     assert np.mean(fit_p.argmax(1) == export_p.argmax(1)) >= MIN_AGREEMENT
     y_true = frame["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
     summary = summarize(y_true, export_p.argmax(1), labels)
@@ -264,7 +270,8 @@ def test_fit_protocol_figure_is_what_serve_speaker_gives(loso_run):
     loaded = tf.saved_model.load(str(export_dir))
     export_p = loaded.serve_speaker(batch, lengths)["probabilities"].numpy()
     fit_p = frame[[f"p_{label}" for label in labels]].to_numpy()
-    assert np.abs(fit_p - export_p).max() <= MAX_DP
+    print(f"fit protocol vs serve_speaker: max |dp| {np.abs(fit_p - export_p).max():.2e}")
+    assert np.abs(fit_p - export_p).max() <= FIT_MAX_DP
     assert np.mean(fit_p.argmax(1) == export_p.argmax(1)) >= MIN_AGREEMENT
     assert results["serving"]["normalization"] == "pooled"
 

@@ -1,8 +1,10 @@
 """export_run: the SavedModel's endpoints, labels, metadata, input checks, exp1/exp2/exp3."""
 
 import json
+import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -252,8 +254,16 @@ def test_cli_export_command(tmp_path):
     from ser_keras.cli import main
 
     out = tmp_path / "cli_export"
-    assert main(["export", str(tiny_run("exp4")), "--out", str(out)]) == 0
+    previous = os.umask(0o022)
+    try:
+        assert main(["export", str(tiny_run("exp4")), "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
     assert (out / "saved_model.pb").is_file()
+    # Readable by others, as anything made under a 022 umask (mkdtemp alone would give 0700).
+    modes = {p.relative_to(out): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert {m for p, m in modes.items() if (out / p).is_dir()} == {0o755}, modes
+    assert {m for p, m in modes.items() if (out / p).is_file()} == {0o644}, modes
     # Exporting again replaces the earlier export (and nothing else).
     (out / "stale.txt").write_text("old")
     assert main(["export", str(tiny_run("exp4")), "--out", str(out), "--fold", "0"]) == 0

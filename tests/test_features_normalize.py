@@ -173,7 +173,7 @@ def test_pca_is_fitted_on_training_frames_only():
 
 
 def test_pca_matches_sklearn_up_to_sign():
-    sklearn_decomposition = pytest.importorskip("sklearn.decomposition")
+    import sklearn.decomposition as sklearn_decomposition
     frames = correlated(400, 1)
     ours = FramePCA(4, seed=0).fit([frames[:150], frames[150:]])
     theirs = sklearn_decomposition.PCA(4).fit(frames)
@@ -210,3 +210,38 @@ def test_pca_round_trip_and_errors():
         FramePCA(2).transform(frames[0])
     config = Config()
     assert FramePCA.from_config(config).n_components == 60
+
+
+def test_speaker_mode_uses_all_of_each_speakers_frames_and_no_labels():
+    """Mode ``speaker`` (what every shipped experiment uses): a training speaker by the mean/std
+    of ALL of their training frames, an unseen speaker by all of their frames in the call, the
+    pooled statistics over all training frames; labels play no part."""
+    (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
+    norm = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    for speaker in ("A", "B"):
+        mine = [x for x, s in zip(train_x, train_s) if s == speaker]
+        np.testing.assert_allclose(norm.speaker_stats_[speaker][0], stats(mine)[0])
+        np.testing.assert_allclose(norm.speaker_stats_[speaker][1], stats(mine)[1])
+    np.testing.assert_allclose(norm.global_mean_, stats(train_x)[0])
+    np.testing.assert_allclose(norm.global_std_, stats(train_x)[1])
+    assert "C" not in norm.speaker_stats_
+    out = np.concatenate(norm.transform(test_x, list(test_s)))  # C by C's own frames
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-4)
+    relabelled = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, np.array(["x"] * len(train_y)),
+                                                                         train_s)
+    for key, value in norm.to_arrays().items():
+        if key.startswith(("speaker", "global")):
+            np.testing.assert_array_equal(value, relabelled.to_arrays()[key])
+
+
+def test_speaker_mode_a_huge_test_utterance_moves_no_training_statistic():
+    (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
+    norm = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    fitted = norm.to_arrays()
+    train_out = norm.transform(train_x, list(train_s))
+    both = norm.transform(train_x + [test_x[0] + 1e6] + test_x[1:], list(train_s) + list(test_s))
+    for key, value in norm.to_arrays().items():
+        np.testing.assert_array_equal(value, fitted[key])
+    for a, b in zip(train_out, both[: len(train_x)]):
+        np.testing.assert_array_equal(a, b)

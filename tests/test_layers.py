@@ -5,8 +5,6 @@ import math
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
 from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling  # noqa: E402
 from ser_keras.layers.block_pooling import num_blocks  # noqa: E402
 from tests.layer_harness import run_layer_test  # noqa: E402

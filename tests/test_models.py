@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402 - a required dependency: a broken install fails, never skips
 
 from ser_keras.config import Config, config_from_dict  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
@@ -217,7 +217,7 @@ def test_build_svm_rejects_bad_grids(model):
 
 def test_exp4_exports_as_tf_saved_model(tmp_path):
     """The custom layers must survive a TF SavedModel export (the serving path)."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     model = attention_model(build_model(tiny_config("exp4"), N_CLASSES, D))
     x = padded_batch()
     model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+import keras  # a required dependency: a broken install fails, never skips
 
 from ser_keras.data.pipeline import ZERO_FRAME_EPSILON, make_dataset, patch_dataset, sample_patches  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402

@@ -208,8 +208,13 @@ def test_cli_predict_exit_code_when_nothing_could_be_scored(mixed_folder, capsys
     folder, _, _ = mixed_folder
     code = main(["predict", str(tiny_run("exp4")), str(folder / "empty.wav"), str(folder / "nested" / "corrupt.wav")])
     out, err = capsys.readouterr()
-    assert code == 1 and out == ""
+    # README: errors the user can fix exit with status 2; every input being bad is one.
+    assert code == 2 and out == ""
     assert "empty.wav" in err and "corrupt.wav" in err
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "0 when at least one file was scored" in help_text and "2 when none could be scored" in help_text
 
 
 def test_cli_predict_model_errors_are_one_line(tmp_path, capsys):

@@ -32,6 +32,30 @@ def test_reproduce_on_demo_writes_the_report(tmp_path, monkeypatch):
         assert f"({figure})" in text
     for run in ("exp1", "exp2", "exp3", "exp4", "exp4-lstm"):
         assert (tmp_path / "out" / run / "results.json").is_file()
+    # The model column describes the model each run trained (TINY: one layer of 4 cells), not
+    # the shipped YAML's nor the paper's.
+    from ser_keras.config import load_run_config
+    from ser_keras.evaluation.reproduce import describe_model
+
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+            if line.startswith("| exp")}
+    assert rows["exp4"] == "PCA spectrogram -> SAE-CNN -> BLSTM 1x4 -> attention pooling"
+    assert rows["exp3"] == "PCA spectrogram -> SAE-CNN -> BLSTM 1x4" and rows["exp2"] == "LLD -> Dense 8 -> BLSTM 1x4"
+    for experiment in ("exp1", "exp2", "exp3", "exp4"):
+        assert rows[experiment] == describe_model(load_run_config(tmp_path / "out" / experiment)[0])
+    assert "2x30" not in text
+    assert "| PCA spectrogram -> SAE-CNN -> LSTM 1x4 -> attention pooling (`model.bidirectional=false`) |" in text
+
+
+def test_model_descriptions_follow_the_shipped_configs():
+    from ser_keras.config import load_config
+    from ser_keras.evaluation.reproduce import describe_model
+
+    assert describe_model(load_config("exp4", corpus="demo")) == \
+        "PCA spectrogram -> SAE-CNN -> BLSTM 2x64 -> attention pooling"  # exp4.yaml: 2 layers of 64
+    assert describe_model(load_config("exp4", corpus="demo", overrides=["model.lstm_units=30"])).endswith(
+        "BLSTM 2x30 -> attention pooling")
+    assert describe_model(load_config("exp1", corpus="demo")) == "LLD functionals + RBF SVM"
 
 
 def _fake_opensmile():

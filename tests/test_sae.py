@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402 - required dependencies: a broken install fails, never skips
+import tensorflow as tf  # noqa: E402
 
 from ser_keras.config import Config  # noqa: E402
 from ser_keras.data.pipeline import sample_patches  # noqa: E402

@@ -29,7 +29,8 @@ SCRIPT = textwrap.dedent("""
         results = fit(config, run_dir, progress=False)
         print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync,
                                       "devices": list(strategy.extended.worker_devices),
-                                      "ua": results["pooled"]["ua"], "folds": len(results["folds"])}))
+                                      "ua": results["pooled"]["ua"], "folds": len(results["folds"]),
+                                      "fit_replicas": [f["replicas"] for f in results["folds"]]}))
 """)
 
 
@@ -44,6 +45,11 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["replicas"] == 2 and len(result["devices"]) == 2
+    # What fit itself trained under (results.json, from the fold's result.json), not only what
+    # this script built: a fit that ignored train.strategy would record 1.
+    assert result["fit_replicas"] == [2]
+    saved_fold = json.loads((tmp_path / "run" / "folds" / "speaker-spk_f1" / "result.json").read_text())
+    assert saved_fold["replicas"] == 2
     assert result["folds"] == 1 and 0.0 <= result["ua"] <= 1.0
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "strategy: mirrored" in saved

@@ -6,11 +6,16 @@ Every loader is a module here with
 - ``LAYOUT``: one line describing the expected layout (used in error messages);
 - ``scan(root: pathlib.Path, config: DataConfig) -> list[dict]``: one dict per utterance with
   ``path``, ``label``, ``speaker`` and, where the corpus knows them, ``gender`` and ``session``.
-  Unrelated files (annotations, desktop.ini, stray files) are skipped silently.
+  Unrelated files (annotations, desktop.ini, non-audio files) are skipped silently. An audio
+  file where the layout expects one that does not follow its naming is never dropped silently:
+  if its folders alone give label and speaker unambiguously it is used, its row carrying a
+  ``note`` (why it did not match); otherwise the loader returns ``{"path": ..., "skip": why}``.
 
 ``load_manifest`` adds the ``duration`` column (from the headers, no decoding), sorts rows by
 path so the manifest is identical on every machine, applies ``config.labels``, and fails with
-one line naming the directory and the expected layout when nothing matches.
+one line naming the directory and the expected layout when nothing matches. The files that did
+not match the naming (used or skipped) are in ``manifest.attrs["unmatched"]`` (``[{"path",
+"reason", "used"}]``); ``unmatched_line`` words them for ``info`` and ``fit``.
 """
 
 from __future__ import annotations
@@ -85,7 +90,10 @@ def load_manifest(name: str, data_dir: typing.Optional[str] = None, config: typi
     config = config or DataConfig(corpus=name)
     module = corpus_module(name)
     root = corpus_root(name, data_dir, config)
-    rows = module.scan(root, config)
+    scanned = module.scan(root, config)
+    unmatched = [{"path": str(r["path"]), "reason": r.get("skip") or r["note"], "used": "skip" not in r}
+                 for r in scanned if "skip" in r or r.get("note")]
+    rows = [{k: v for k, v in r.items() if k != "note"} for r in scanned if "skip" not in r]
     if not rows:
         raise SerKerasError(
             f"{root}: no {name} utterances found (expected layout: {module.LAYOUT}; found {_found(root)})"
@@ -105,7 +113,23 @@ def load_manifest(name: str, data_dir: typing.Optional[str] = None, config: typi
                 f"data.labels: {unknown} not in corpus '{name}' (it has {sorted(set(frame['label']))})"
             )
         frame = frame[frame["label"].isin(config.labels)].reset_index(drop=True)
-    return frame[COLUMNS]
+    frame = frame[COLUMNS]
+    frame.attrs["unmatched"] = sorted(unmatched, key=lambda r: r["path"])
+    frame.attrs["layout"] = module.LAYOUT
+    return frame
+
+
+def unmatched_line(manifest: pd.DataFrame, shown: int = 3) -> typing.Optional[str]:
+    """One line counting and naming the files that did not match the corpus' naming, or None."""
+    unmatched = manifest.attrs.get("unmatched") or []
+    if not unmatched:
+        return None
+    used = sum(r["used"] for r in unmatched)
+    listed = "; ".join(f"{r['path']} ({r['reason']}{', used' if r['used'] else ', skipped'})"
+                       for r in unmatched[:shown])
+    more = f"; and {len(unmatched) - shown} more" if len(unmatched) > shown else ""
+    return (f"{len(unmatched)} file{'s' * (len(unmatched) != 1)} not matching {manifest.attrs.get('layout', 'the layout')} "
+            f"({used} used, {len(unmatched) - used} skipped): {listed}{more}")
 
 
 def _found(root: pathlib.Path, shown: int = 4) -> str:
@@ -149,6 +173,7 @@ def describe(manifest: pd.DataFrame) -> dict:
         "per_speaker": {k: int(v) for k, v in per_speaker.items()},
         "duration_s": round(float(manifest["duration"].sum(skipna=True)), 3),
         "unreadable_files": int(unreadable.sum()),
+        "unmatched_files": list(manifest.attrs.get("unmatched") or []),
     }
     if manifest["gender"].notna().any():
         summary["genders"] = {k: int(v) for k, v in manifest.groupby("gender").size().items()}

@@ -6,11 +6,17 @@ ignored. Relative paths are resolved against the CSV's folder, so a corpus folde
 manifest can be moved as a whole. A missing column, an empty cell or a listed file that does
 not exist is an error naming the CSV, the line and the problem: a manifest is the user's
 statement of what the corpus is, so nothing in it is skipped silently.
+
+Duplicates are refused, with one line naming both manifest lines: the same file listed twice
+(the same path after resolving, or the same bytes under two paths — a copied file). Kept, a
+duplicate would sit in two folds, one copy training the model the other tests it on; dropping
+one would silently change the corpus the user described.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import pathlib
 
 from ser_keras.errors import SerKerasError
@@ -48,12 +54,44 @@ def scan(root: pathlib.Path, config) -> list:
                     f"required: {', '.join(REQUIRED)})"
                 )
             reader.fieldnames = header
-            rows = [_row(record, path, base, line=reader.line_num) for record in reader]
+            rows = [(reader.line_num, _row(record, path, base, line=reader.line_num)) for record in reader]
     except UnicodeDecodeError:
         raise SerKerasError(f"{path}: not a UTF-8 text CSV file") from None
     except csv.Error as exc:
         raise SerKerasError(f"{path}: not a valid CSV file ({exc})") from None
-    return [row for row in rows if row is not None]
+    rows = [(line, row) for line, row in rows if row is not None]
+    _refuse_duplicates(path, rows)
+    return [row for _, row in rows]
+
+
+def _refuse_duplicates(path: pathlib.Path, rows: list) -> None:
+    """SerKerasError naming both lines of the first duplicate: one path twice, or one content
+    under two paths (only files of equal size are hashed, so a clean manifest costs no reads)."""
+    import hashlib
+
+    first_line: dict = {}
+    for line, row in rows:
+        key = os.path.realpath(row["path"])
+        if key in first_line:
+            raise SerKerasError(f"{path} lines {first_line[key]} and {line}: the same audio file listed twice "
+                                f"({row['path']}); remove one of them")
+        first_line[key] = line
+    by_size: dict = {}
+    for line, row in rows:
+        by_size.setdefault(os.path.getsize(row["path"]), []).append((line, row))
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        seen: dict = {}
+        for line, row in group:
+            with open(row["path"], "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+                    else hashlib.sha256(handle.read()).hexdigest()
+            if digest in seen:
+                other_line, other = seen[digest]
+                raise SerKerasError(f"{path} lines {other_line} and {line}: the same audio content under two paths "
+                                    f"({other['path']}, {row['path']}); remove one of them")
+            seen[digest] = (line, row)
 
 
 def _row(record: dict, path: pathlib.Path, base: pathlib.Path, line: int):

@@ -21,6 +21,7 @@ def scan(root: pathlib.Path, config) -> list:
     for wav in sorted(folder.glob("*.wav")):
         match = PATTERN.match(wav.name)
         if not match:
+            rows.append({"path": wav, "skip": "name not <spk><text><emotion letter><version>.wav"})
             continue
         speaker, _text, letter, _version = match.groups()
         rows.append({"path": wav, "label": EMOTIONS[letter], "speaker": speaker, "gender": GENDERS.get(speaker)})

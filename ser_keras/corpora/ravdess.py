@@ -29,9 +29,14 @@ def scan(root: pathlib.Path, config) -> list:
     for wav in wavs:
         match = PATTERN.match(wav.name)
         if not match:
+            rows.append({"path": wav, "skip": "name not MM-VV-EE-II-SS-RR-AA.wav"})
             continue
         modality, channel, emotion, _intensity, _statement, _repetition, actor = match.groups()
-        if modality != AUDIO_ONLY or channel not in channels or emotion not in EMOTIONS:
+        if channel == SONG and channel not in channels:
+            continue  # song, left out by choice (data.ravdess_song)
+        if modality != AUDIO_ONLY or channel not in (SPEECH, SONG) or emotion not in EMOTIONS:
+            rows.append({"path": wav, "skip": f"modality {modality}, channel {channel}, emotion {emotion}: "
+                                              "not an audio-only speech/song recording of a known emotion"})
             continue
         # The same file may sit in two copies of the tree (e.g. an unpacked zip next to
         # the merged folders); the file name identifies the recording.

@@ -16,6 +16,10 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
   utterances (the originals, then each augmented version, e.g. frequency-warped), and every
   epoch shows each utterance once, as one of its versions drawn at random (seeded, a fresh draw
   every epoch), so augmentation adds variety without adding steps per epoch.
+- ``epochs``: training only: the dataset is those epochs back to back, each epoch's order
+  (shuffle and version draws) a pure function of (seed, epoch) — so a run resumed at epoch k
+  (``range(k, n)``) sees exactly the batches an uninterrupted one sees from epoch k on. Pass
+  ``steps_per_epoch=epoch_steps(...)`` to ``fit`` (the dataset is not one epoch long).
 - ``prefetch`` last.
 
 The arrays are concatenated into one tensor and each element is a slice of it, so the dataset
@@ -81,6 +85,7 @@ def make_dataset(
     bucket_boundaries: typing.Optional[typing.Sequence[int]] = None,
     drop_remainder: bool = False,
     variants: int = 1,
+    epochs: typing.Optional[typing.Sequence[int]] = None,
 ) -> tf.data.Dataset:
     """Padded batches of utterances.
 
@@ -98,6 +103,9 @@ def make_dataset(
         variants: `features` is this many consecutive blocks of ``len(labels)`` utterances
             (block 0 the originals, the others versions of them with the same labels); each
             epoch draws one version per utterance. Needs labels and `training`.
+        epochs: training only: the epoch indices (e.g. ``range(start, stop)``) this dataset
+            covers, back to back; each epoch's shuffle and draws depend on (seed, epoch) only.
+            None: one pass is one epoch, reshuffled (a seeded stream) on every pass.
 
     Returns:
         tf.data.Dataset of ``(x, y)`` (or ``x`` when labels is None) with x
@@ -123,36 +131,65 @@ def make_dataset(
     else:
         dataset = tf.data.Dataset.from_tensor_slices(np.arange(count))
 
-    if shuffle:
-        dataset = dataset.shuffle(count, seed=int(seed), reshuffle_each_iteration=True)
-    if variants > 1:  # one version per utterance, drawn afresh each epoch, the same draws per seed
-        draws = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, draws).map(
-            lambda pair, draw: (pair[0] + count * tf.cast(draw % variants, tf.int64), pair[1]))
     starts, lengths = tf.constant(starts), tf.constant(lengths)
 
     def take(index, *label):
         x = table[starts[index]:starts[index] + lengths[index]]
         return (x, label[0]) if label else x
 
-    dataset = dataset.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     x_shape = tf.TensorShape([None, dim])
     padded_shapes = (x_shape, tf.TensorShape([])) if labels is not None else x_shape
     padding_values = (tf.constant(0.0), tf.constant(0, tf.int32)) if labels is not None else tf.constant(0.0)
-    if training and bucket_boundaries:
-        boundaries = sorted(int(b) for b in bucket_boundaries)
-        dataset = dataset.bucket_by_sequence_length(
-            element_length_func=lambda x, *_: tf.shape(x)[0],
-            bucket_boundaries=boundaries,
-            bucket_batch_sizes=[int(batch_size)] * (len(boundaries) + 1),
-            padded_shapes=padded_shapes,
-            padding_values=padding_values,
-            drop_remainder=drop_remainder,
-        )
-    else:
-        dataset = dataset.padded_batch(int(batch_size), padded_shapes=padded_shapes,
-                                       padding_values=padding_values, drop_remainder=drop_remainder)
+
+    def batch(dataset):
+        dataset = dataset.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if training and bucket_boundaries:
+            boundaries = sorted(int(b) for b in bucket_boundaries)
+            return dataset.bucket_by_sequence_length(
+                element_length_func=lambda x, *_: tf.shape(x)[0],
+                bucket_boundaries=boundaries,
+                bucket_batch_sizes=[int(batch_size)] * (len(boundaries) + 1),
+                padded_shapes=padded_shapes,
+                padding_values=padding_values,
+                drop_remainder=drop_remainder,
+            )
+        return dataset.padded_batch(int(batch_size), padded_shapes=padded_shapes,
+                                    padding_values=padding_values, drop_remainder=drop_remainder)
+
+    if epochs is not None:
+        if not training or labels is None:
+            raise ValueError("make_dataset: epochs= needs labelled training data")
+        label_table = tf.constant(labels.astype(np.int32))
+
+        def one_epoch(epoch):
+            # Stateless: the same (seed, epoch) gives the same order and draws in any process.
+            order = tf.range(count, dtype=tf.int64)
+            if shuffle:
+                order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([int(seed), epoch]))
+            chosen = order
+            if variants > 1:  # a seed of its own for the draws: (seed, -1 - epoch) never meets a shuffle seed
+                draws = tf.random.stateless_uniform([count], seed=tf.stack([int(seed), -1 - epoch]),
+                                                    minval=0, maxval=variants, dtype=tf.int64)
+                chosen = order + count * draws
+            return batch(tf.data.Dataset.from_tensor_slices((chosen, tf.gather(label_table, order))))
+
+        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), np.int64)).flat_map(one_epoch)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    if shuffle:
+        dataset = dataset.shuffle(count, seed=int(seed), reshuffle_each_iteration=True)
+    if variants > 1:  # one version per utterance, drawn afresh each epoch, the same draws per seed
+        draws = tf.data.Dataset.random(seed=int(seed) + 1, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, draws).map(
+            lambda pair, draw: (pair[0] + count * tf.cast(draw % variants, tf.int64), pair[1]))
+    dataset = batch(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_steps(n_utterances: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches in one epoch of ``make_dataset(..., epochs=...)`` (without bucketing)."""
+    n, size = int(n_utterances), int(batch_size)
+    return n // size if drop_remainder else -(-n // size)
 
 
 # ------------------------------------------------------------------------------- patches

@@ -36,12 +36,21 @@ HEADLINE = "exp4"
 PAPER_WA_EXP4 = {"casia": 74.03, "emodb": 77.97, "iemocap": 82.95}
 # The paper's stated WA gains between experiments (section 4.2), averaged over its corpora.
 PAPER_GAINS = {"exp2": ("exp1", 4.72), "exp3": ("exp2", 4.2), "exp4": ("exp3", 3.4)}
-DESCRIPTIONS = {
-    "exp1": "LLD functionals + RBF SVM",
-    "exp2": "LLD -> Dense 512 -> BLSTM 128",
-    "exp3": "PCA spectrogram -> SAE-CNN -> BLSTM 128",
-    "exp4": "exp3 + attention pooling, BLSTM 2x30",
-}
+
+
+def describe_model(config) -> str:
+    """One line naming the model a resolved config trains (the report's "model" column), so
+    the report describes the run it reports on, whatever its YAML or ``--set`` overrides said."""
+    m = config.model
+    if m.classifier == "svm":
+        return "LLD functionals + RBF SVM"
+    rnn = f"{'BLSTM' if m.bidirectional else 'LSTM'} {m.lstm_layers}x{m.lstm_units}"
+    inputs = "LLD" if m.input_features == "lld" else "PCA spectrogram"
+    front = f"{inputs} -> Dense {m.dense_units}" if m.frontend == "dense" else f"{inputs} -> SAE-CNN"
+    head = " -> attention pooling" if m.attention else ""
+    if m.statistics_units:
+        head += f", + utterance statistics -> Dense {m.statistics_units}"
+    return f"{front} -> {rnn}{head}"
 
 
 def reproduce(corpus: str, data_dir: typing.Optional[str], protocol: str, out_dir,
@@ -149,7 +158,7 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
     for exp in PAPER_EXPERIMENTS:
         r = runs[exp]
         paper = f"{paper_wa:.2f}" if (exp == HEADLINE and paper_wa) else "—"
-        lines.append(f"| {exp} | {DESCRIPTIONS[exp]} | {_pct(r['pooled']['wa'])} | {_pct(r['pooled']['ua'])} | "
+        lines.append(f"| {exp} | {describe_model(r['_config'])} | {_pct(r['pooled']['wa'])} | {_pct(r['pooled']['ua'])} | "
                      f"{paper} | {_folds_note(r)} | {r.get('wall_time_s', 0):.0f} |")
     for row in baseline_rows:
         lines.append(f"| baseline | {row['name']}, {row['normalisation']} normalisation ({row['n_features']} features) | "
@@ -185,8 +194,8 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
         "",
         "| recurrent layers | WA % | UA % | folds |",
         "|---|---:|---:|---:|",
-        f"| BLSTM (exp4) | {_pct(exp4['pooled']['wa'])} | {_pct(exp4['pooled']['ua'])} | {_folds_note(exp4)} |",
-        f"| LSTM (`model.bidirectional=false`) | {_pct(lstm['pooled']['wa'])} | {_pct(lstm['pooled']['ua'])} | "
+        f"| {describe_model(exp4_config)} (exp4) | {_pct(exp4['pooled']['wa'])} | {_pct(exp4['pooled']['ua'])} | {_folds_note(exp4)} |",
+        f"| {describe_model(lstm['_config'])} (`model.bidirectional=false`) | {_pct(lstm['pooled']['wa'])} | {_pct(lstm['pooled']['ua'])} | "
         f"{_folds_note(lstm)} |",
         "",
         "## UAR vs context frames (exp4)",
@@ -222,8 +231,9 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
     report.write_text("\n".join(lines))
     summary = {
         "corpus": corpus, "protocol": protocol, "protocol_name": protocol_name,
-        "experiments": {name: {"wa": r["pooled"]["wa"], "ua": r["pooled"]["ua"], "folds": len(r["folds"]),
-                               "complete": r["complete"]} for name, r in runs.items()},
+        "experiments": {name: {"model": describe_model(r["_config"]), "wa": r["pooled"]["wa"],
+                               "ua": r["pooled"]["ua"], "folds": len(r["folds"]), "complete": r["complete"]}
+                        for name, r in runs.items()},
         "context_sweep": sweep, "baseline": baseline_rows, "baseline_note": baseline_note,
         "paper_wa_exp4": paper_wa,
     }

@@ -64,7 +64,9 @@ from ser_keras.errors import SerKerasError
 from ser_keras.features.level import has_speech
 
 EXIT_OK = 0
-EXIT_NOTHING_SCORED = 1
+# Nothing could be scored: every input was bad (missing, empty, corrupt) — an error the user
+# can fix, so the status of every other fixable error (cli.EXIT_USER_ERROR).
+EXIT_NOTHING_SCORED = 2
 MAX_BATCH = 32
 
 
@@ -509,9 +511,9 @@ def run_predict_command(model, paths, as_json: bool = False, plot=None, fold=Non
                         same_speaker: bool = False) -> int:
     """``ser-keras predict``: print a line per file (or one JSON object), report every bad file.
 
-    Returns 0 when at least one file was scored, 1 when none was (bad files are reported on
-    stderr, and in the JSON's ``errors``, either way). Errors in MODEL itself raise
-    ``SerKerasError`` (the CLI prints it and exits 2).
+    Returns 0 when at least one file was scored, 2 (``EXIT_NOTHING_SCORED``) when none was
+    (bad files are reported on stderr, and in the JSON's ``errors``, either way). Errors in
+    MODEL itself raise ``SerKerasError`` (the CLI prints it and exits 2 as well).
     """
     predictor = load_predictor(model, fold)
     report = predict_files(predictor, paths, same_speaker=same_speaker)

@@ -597,6 +597,9 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # mkdtemp makes the directory 0700 (private while it is written); the export is renamed to
+    # its final name as it is, so give it what mkdir would have given it under the user's umask.
+    os.chmod(staging, 0o777 & ~_current_umask())
     try:
         labels_path = staging / "labels.txt"
         labels_path.write_text("".join(f"{label}\n" for label in bundle.labels))
@@ -671,6 +674,12 @@ def _metadata_endpoint(meta: dict, rate: int) -> dict:
         "estimate_serving_wa": number(estimate.get("serving_wa")),
         "estimate_serving_ua": number(estimate.get("serving_ua")),
     }
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def read_export_json(export_dir) -> dict:

@@ -8,10 +8,13 @@
   per epoch, not twice.
 - ``ResumableEarlyStopping``: ``keras.callbacks.EarlyStopping`` on validation UA, restoring the
   best weights, whose best-so-far state (best UA, its epoch, the patience counter and the best
-  weights) is written to disk every epoch so an interrupted fold resumes with it.
-- ``training_callbacks``: the ordered list for one fold; weights, optimizer state and epoch are
-  checkpointed every epoch by ``EpochCheckpoint`` (Keras' ``BackupAndRestore`` with a faster
-  writer; kept after training, so the run directory holds its checkpoints).
+  weights) travels in the epoch checkpoint, so an interrupted fold resumes with it; it also
+  writes ``early_stopping.json`` and ``best.weights.npz`` for the code that reads a finished fold.
+- ``EpochCheckpoint``: a callback on Keras' public API that saves, every epoch, one ``.npz``
+  with the model's variables (seed states included), the optimizer's and the callbacks' state;
+  ``restore`` puts it back before ``fit``, which is then called with ``initial_epoch``.
+- ``training_callbacks``: the ordered list for one fold (checkpoints are kept after training,
+  so the run directory holds them).
 
 Order matters: ``ValidationMetrics`` must come before every callback that reads its keys.
 """
@@ -138,9 +141,11 @@ class ValidationMetrics(keras.callbacks.Callback):
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on validation UA whose best-so-far state survives an interruption.
 
-    Every epoch it writes ``state_dir/early_stopping.json`` (best value, best epoch, patience
-    counter, whether training has finished) and, when the monitored value improves,
-    ``state_dir/best.weights.npz``; ``on_train_begin`` reads them back.
+    Its state goes into every epoch's checkpoint (``checkpoint_state``) and comes back from it
+    (``restore_checkpoint_state``, applied in ``on_train_begin``). Every epoch it also writes
+    ``state_dir/early_stopping.json`` (best value, best epoch, patience counter, whether
+    training has finished) and, when the monitored value improves, ``state_dir/best.weights.npz``:
+    what the code that reads a finished fold uses (``read_state``, ``load_best_weights``).
     """
 
     def __init__(self, state_dir: os.PathLike, monitor: str = MONITOR, patience: int = 8, **kwargs):
@@ -148,6 +153,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         kwargs.setdefault("restore_best_weights", True)
         super().__init__(monitor=monitor, patience=patience, **kwargs)
         self.state_dir = pathlib.Path(state_dir)
+        self._pending = None
 
     @property
     def state_path(self) -> pathlib.Path:
@@ -159,15 +165,40 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        state = read_state(self.state_dir)
-        if state is None:
+        # What EpochCheckpoint.restore put back (None: a fresh start).
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
+        state, best_weights = pending
         self.best = state["best"]
         self.best_epoch = state["best_epoch"]
         self.wait = state["wait"]
+        self.stopped_epoch = state.get("stopped_epoch", 0)
+        self.best_weights = best_weights
+
+    def checkpoint_state(self) -> tuple:
+        """(JSON-able state, arrays) for EpochCheckpoint."""
+        state = {"best": None if self.best is None else float(self.best), "best_epoch": int(self.best_epoch),
+                 "wait": int(self.wait), "stopped_epoch": int(self.stopped_epoch)}
+        arrays = {} if self.best_weights is None else {f"w{i}": w for i, w in enumerate(self.best_weights)}
+        return state, arrays
+
+    def restore_checkpoint_state(self, state: typing.Optional[dict], arrays: dict) -> None:
+        if state is None:
+            return
+        weights = [arrays[f"w{i}"] for i in range(len(arrays))] if arrays else None
+        self._pending = (state, weights)
+
+    def restore_legacy_state(self) -> None:
+        """Checkpoints of earlier versions kept this state only in the files it writes."""
+        state = read_state(self.state_dir)
+        if state is None:
+            return
+        weights = None
         if self.weights_path.is_file():
             with np.load(self.weights_path) as data:
-                self.best_weights = [data[f"w{i}"] for i in range(len(data.files))]
+                weights = [data[f"w{i}"] for i in range(len(data.files))]
+        self._pending = (state, weights)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -234,73 +265,195 @@ def training_callbacks(
         callbacks.append(ValidationMetrics(validation_dataset, y_validation, labels, tensorboard_dir, title))
     elif tensorboard_dir is not None:
         callbacks.append(ScalarLogger(tensorboard_dir))
-    callbacks.append(ResumableCSVLogger(fold_dir / "history.csv", checkpoint_dir / "backup"))
+    checkpoint = EpochCheckpoint(checkpoint_dir / "backup", title=title)
+    callbacks.append(ResumableCSVLogger(fold_dir / "history.csv", checkpoint))
     if has_validation:
-        callbacks.append(ResumableEarlyStopping(checkpoint_dir, patience=patience))
+        stopping = ResumableEarlyStopping(checkpoint_dir, patience=patience)
+        checkpoint.stateful.append(stopping)
+        callbacks.append(stopping)
     callbacks.extend(extra)
-    # Last, so the saved epoch counter never runs ahead of the state written above.
-    callbacks.append(EpochCheckpoint(checkpoint_dir / "backup"))
+    # Last, so the checkpoint holds what the callbacks above wrote for this epoch.
+    callbacks.append(checkpoint)
     return callbacks
 
 
-class EpochCheckpoint(keras.callbacks.BackupAndRestore):
-    """``keras.callbacks.BackupAndRestore`` (weights, optimizer state and epoch counter every
-    epoch, restored by ``fit`` on resume) that writes the arrays as one ``latest.npz`` instead of
-    Keras' ``latest.weights.h5``: the h5 writer walks the model's whole object tree (exp4:
-    0.17 s a save, a tenth of an EMO-DB epoch; this: 0.06 s). It holds what the h5 file holds
-    (``model.weights``, then ``optimizer.variables``) and is written before the epoch counter
-    (Keras' ``training_metadata.json``), both atomically, so the counter never runs ahead of the
-    arrays. A checkpoint in the older h5 form is still resumed.
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Everything that shapes the next epoch, saved at the end of every epoch as ONE ``.npz``
+    written atomically (``latest.npz``; the one before it is kept as ``previous.npz``):
+
+    - ``model.variables``: the weights AND the seed states of the noise and dropout layers
+      (Keras' ``SeedGenerator`` variables, which ``model.weights`` leaves out);
+    - ``optimizer.variables`` (slots and step counter);
+    - the epoch count, whether training was stopping, and the state of the callbacks that
+      carry state across epochs (``ResumableEarlyStopping``: best value, epoch, patience
+      counter, best weights), so that state can never be ahead of or behind the weights.
+
+    The order in which an epoch sees the data is not in it: it is a pure function of
+    (seed, epoch) (``data.pipeline.make_dataset(epochs=...)``). Together, a fold killed at any
+    point and re-run repeats the uninterrupted run's numbers exactly.
+
+    Use: ``start = checkpoint.restore(model)`` before ``fit``, then
+    ``model.fit(..., initial_epoch=start)``. A damaged ``latest.npz`` (a truncated write, a
+    full disk) is reported in one line and the fold resumes from ``previous.npz``, or from its
+    first epoch. Checkpoints of earlier versions (``latest.npz`` holding ``model.weights`` +
+    optimizer variables, or Keras' ``latest.weights.h5``, with ``training_metadata.json``) are
+    still resumed, from the same weights, optimizer state and epoch (not bit-identically: they
+    hold no seed states).
     """
 
-    def __init__(self, backup_dir: os.PathLike):
-        super().__init__(str(backup_dir), delete_checkpoint=False)
-        self.arrays_path = pathlib.Path(backup_dir) / "latest.npz"
+    FORMAT = 2
 
-    def _variables(self) -> list:
-        return list(self.model.weights) + list(self.model.optimizer.variables)
+    def __init__(self, directory: os.PathLike, stateful: typing.Sequence = (), title: str = ""):
+        super().__init__()
+        self.directory = pathlib.Path(directory)
+        self.stateful = list(stateful)
+        self.title = title
+        self.initial_epoch = 0
+        self.stopped = False
+        self.resumed_from: typing.Optional[pathlib.Path] = None
 
-    def _save_model(self):
-        _atomic_savez(self.arrays_path, {f"v{i}": v.numpy() for i, v in enumerate(self._variables())})
-        _atomic_write_text(pathlib.Path(self._training_metadata_path),
-                           json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+    @property
+    def latest_path(self) -> pathlib.Path:
+        return self.directory / "latest.npz"
 
-    def _load_model(self):
-        # Keras keeps the resumed epoch on the model and never clears it; `fit` reuses one model
-        # across folds and phases, so a fresh one must not start where a resumed one did.
-        self.model._initial_epoch = None
-        if not self.arrays_path.is_file():  # nothing saved yet, or an h5 checkpoint
-            return super()._load_model()
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        variables = self._variables()
-        with np.load(self.arrays_path) as data:
-            if len(data.files) != len(variables):
-                raise SerKerasError(f"{self.arrays_path}: holds {len(data.files)} arrays, the model has "
-                                    f"{len(variables)}; delete the fold's directory to train it again")
-            for i, variable in enumerate(variables):
-                variable.assign(data[f"v{i}"])
-        metadata = pathlib.Path(self._training_metadata_path)
-        if metadata.is_file():
-            self.model._initial_epoch = json.loads(metadata.read_text())["epoch"]
+    @property
+    def previous_path(self) -> pathlib.Path:
+        return self.directory / "previous.npz"
+
+    @staticmethod
+    def _model_variables(model) -> list:
+        return list(model.variables)
+
+    def on_epoch_end(self, epoch, logs=None):
+        arrays = {f"m{i}": np.asarray(v) for i, v in enumerate(self._model_variables(self.model))}
+        arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)})
+        callbacks = {}
+        for position, callback in enumerate(self.stateful):
+            state, callback_arrays = callback.checkpoint_state()
+            callbacks[type(callback).__name__] = state
+            arrays.update({f"c{position}_{key}": value for key, value in callback_arrays.items()})
+        meta = {"format": self.FORMAT, "epoch": int(epoch) + 1, "stopped": bool(self.model.stop_training),
+                "callbacks": callbacks}
+        arrays["meta"] = np.array(json.dumps(meta))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "latest.tmp.npz"
+        np.savez(tmp, **arrays)
+        if self.latest_path.is_file():
+            os.replace(self.latest_path, self.previous_path)
+        os.replace(tmp, self.latest_path)
+
+    # ------------------------------------------------------------------------- restoring
+
+    def restore(self, model: keras.Model) -> int:
+        """Put the latest good checkpoint into `model` (and the stateful callbacks); returns the
+        epoch to start from (0: none). One line on stderr for every damaged file passed over."""
+        import sys
+
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for path in (self.latest_path, self.previous_path):
+            if not path.is_file():
+                continue
+            try:
+                epoch = self._restore_npz(model, path)
+            except _Damaged as exc:
+                fallback = ("resumes from previous.npz" if path == self.latest_path and self.previous_path.is_file()
+                            else "restarts from its first epoch")
+                print(f"{path}: damaged checkpoint ({exc}); {self.title or 'the fold'} {fallback}",
+                      file=sys.stderr, flush=True)
+                continue
+            self.initial_epoch, self.resumed_from = epoch, path
+            return epoch
+        legacy = self._restore_legacy(model)
+        if legacy:
+            self.initial_epoch = legacy
+            for callback in self.stateful:
+                callback.restore_legacy_state()
+        return self.initial_epoch
+
+    def _restore_npz(self, model, path: pathlib.Path) -> int:
+        try:
+            with np.load(path) as data:
+                arrays = {key: data[key] for key in data.files}
+        except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, ValueError: a broken file
+            raise _Damaged(f"{type(exc).__name__}: {exc}") from None
+        if "meta" not in arrays:  # the format before 2: model.weights, then the optimizer's variables
+            return self._restore_v1(model, path, arrays)
+        try:
+            meta = json.loads(str(arrays["meta"]))
+            epoch = int(meta["epoch"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Damaged(f"unreadable epoch record: {exc}") from None
+        variables = self._model_variables(model)
+        slots = list(model.optimizer.variables)
+        n_model = sum(key.startswith("m") and key[1:].isdigit() for key in arrays)
+        n_opt = sum(key.startswith("o") and key[1:].isdigit() for key in arrays)
+        if (n_model, n_opt) != (len(variables), len(slots)):
+            raise SerKerasError(f"{path}: holds {n_model} model and {n_opt} optimizer arrays, the model has "
+                                f"{len(variables)} and {len(slots)}; delete the fold's directory to train it again")
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"m{i}"])
+        for i, variable in enumerate(slots):
+            variable.assign(arrays[f"o{i}"])
+        for position, callback in enumerate(self.stateful):
+            prefix = f"c{position}_"
+            callback.restore_checkpoint_state(
+                meta.get("callbacks", {}).get(type(callback).__name__),
+                {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)})
+        self.stopped = bool(meta.get("stopped", False))
+        return epoch
+
+    def _restore_v1(self, model, path: pathlib.Path, arrays: dict) -> int:
+        variables = list(model.weights) + list(model.optimizer.variables)
+        if len(arrays) != len(variables):
+            raise SerKerasError(f"{path}: holds {len(arrays)} arrays, the model has {len(variables)}; "
+                                "delete the fold's directory to train it again")
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"v{i}"])
+        for callback in self.stateful:
+            callback.restore_legacy_state()
+        return self._legacy_epoch()
+
+    def _restore_legacy(self, model) -> int:
+        """Keras ``BackupAndRestore``'s ``latest.weights.h5`` (checkpoints of earlier versions)."""
+        import sys
+
+        h5 = self.directory / "latest.weights.h5"
+        if not h5.is_file():
+            return 0
+        try:
+            model.load_weights(h5)
+        except Exception as exc:  # noqa: BLE001 - any failure to read it means it cannot be resumed
+            print(f"{h5}: damaged checkpoint ({type(exc).__name__}); {self.title or 'the fold'} restarts from "
+                  "its first epoch", file=sys.stderr, flush=True)
+            return 0
+        self.resumed_from = h5
+        return self._legacy_epoch()
+
+    def _legacy_epoch(self) -> int:
+        path = self.directory / "training_metadata.json"
+        try:
+            return int(json.loads(path.read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+
+class _Damaged(Exception):
+    """A checkpoint file that cannot be read."""
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """CSVLogger in append mode that first drops the rows of epochs the backup does not hold
+    """CSVLogger in append mode that first drops the rows of epochs the checkpoint does not hold
     (an epoch logged just before an interruption is re-run on resume, and logged once)."""
 
-    def __init__(self, filename, backup_dir, separator=","):
+    def __init__(self, filename, checkpoint: "EpochCheckpoint", separator=","):
         super().__init__(str(filename), separator=separator, append=True)
-        self.backup_dir = pathlib.Path(backup_dir)
+        self.checkpoint = checkpoint
 
     def on_train_begin(self, logs=None):
         path = pathlib.Path(self.filename)
-        meta = self.backup_dir / "training_metadata.json"
+        resumed_epoch = self.checkpoint.initial_epoch
         if path.is_file():
-            try:
-                resumed_epoch = int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else 0
-            except (OSError, ValueError, KeyError):
-                resumed_epoch = 0
             lines = path.read_text().splitlines(keepends=True)
             if lines:
                 kept = [lines[0]] + [

@@ -60,8 +60,11 @@ weights and metrics; a fold run alone (``train.fold``) gives what it gives insid
 TensorFlow's thread count changes floating-point summation order, so fold workers (fewer
 threads each) give slightly different numbers than ``train.jobs=1``; the same config with the
 same ``train.jobs`` on the same machine repeats exactly.
-A resumed fold continues from identical weights and optimizer state, but its shuffling and
-noise streams restart, so it is not bit-identical to an uninterrupted one.
+A fold interrupted inside its epochs (Ctrl-C, SIGKILL) and re-run gives the uninterrupted
+run's numbers exactly: the checkpoint holds the weights, the noise and dropout layers' seed
+states, the optimizer and the early-stopping state (``training.callbacks.EpochCheckpoint``),
+and each epoch's data order is a function of (seed, epoch) (``make_dataset(epochs=...)``). Its
+``result.json`` records ``resumed_at_epoch``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 import typing
 
@@ -132,13 +136,16 @@ def fit(config: Config, run_dir, progress: bool = True) -> dict:
     Returns the results dict also written to ``run_dir/results.json`` (WA/UA are fractions).
     Raises SerKerasError when `run_dir` holds a run of a different config.
     """
-    from ser_keras.corpora import label_order, load_manifest
+    from ser_keras.corpora import label_order, load_manifest, unmatched_line
     from ser_keras.training.distribute import is_chief, worker_role
 
     run_dir = pathlib.Path(run_dir)
     started = time.time()
     configure_determinism(config.train.seed)
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    unmatched = unmatched_line(manifest)
+    if unmatched:  # a warning about the data, so shown with progress off too
+        print(f"{config.data.corpus}: {unmatched}", file=sys.stderr, flush=True)
     labels = label_order(manifest, config.data)
     if not is_chief(config.train.strategy):
         # A non-chief multi-worker worker: the same computation, written to its own scratch copy.
@@ -322,6 +329,11 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
         print(f"feature extraction failed for {len(failures)} file(s); they are left out:")
         for path, message in list(failures.items())[:10]:
             print(f"  {path}: {message}")
+    elif failures:  # quiet, but a file left out of the data is never silent: one line on stderr
+        path, message = next(iter(failures.items()))
+        more = f" (and {len(failures) - 1} more, listed in results.json feature_failures)" if len(failures) > 1 else ""
+        print(f"feature extraction failed for {len(failures)} file(s), left out: {path}: {message}{more}",
+              file=sys.stderr, flush=True)
     if all(f is None for f in features):
         raise SerKerasError(f"corpus '{config.data.corpus}': feature extraction failed for every file")
     return features, failures
@@ -529,9 +541,10 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
         if len(validation) else None
     title = f"{config.data.corpus} {config.model.experiment} {fold.name}"
     tensorboard_dir = context.run_dir / "tensorboard" / config.data.corpus / fold.name
-    model = _fit_network(context, fold_dir, fold_dir, kernels,
-                         _training_set(config, x["train"], y["train"], x.get("train_versions", [])),
-                         validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir, title)
+    model, resumed_at = _fit_network(context, fold_dir, fold_dir, kernels,
+                                     _training_set(config, x["train"], y["train"], x.get("train_versions", [])),
+                                     validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir,
+                                     title)
     state = read_state(fold_dir / "checkpoint") or {}
     refit_epochs = None
     if refits(config) and state.get("best") is not None:
@@ -540,7 +553,7 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
         if context.progress:
             print(f"fold {fold.name}: refit on all {len(train) + len(validation)} training utterances "
                   f"for {refit_epochs} epoch{'s' * (refit_epochs != 1)} (the best validation epoch)")
-        model = _fit_network(
+        model, refit_resumed_at = _fit_network(
             context, fold_dir, fold_dir / "refit", kernels,
             _training_set(config, list(x["train"]) + list(x["validation"]),
                           np.concatenate([y["train"], y["validation"]]), x.get("all_versions", [])),
@@ -562,6 +575,11 @@ def _train_network(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: d
         "best_val_ua": state.get("best"),
         "stopped_early": bool(state.get("stopped_early", False)),
         **({"refit_epochs": refit_epochs} if refit_epochs else {}),
+        # A fold continued by a re-run after an interruption says where (0: never interrupted);
+        # the epochs' random state is checkpointed, so it gives the uninterrupted numbers.
+        **({"resumed_at_epoch": resumed_at} if resumed_at else {}),
+        **({"refit_resumed_at_epoch": refit_resumed_at} if refit_epochs and refit_resumed_at else {}),
+        "replicas": int(context.strategy.num_replicas_in_sync),
         **serving,
     }
 
@@ -584,11 +602,13 @@ def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib
     """A fresh model (with the SAE kernels) trained on `training_set`, its checkpoints and
     history in `phase_dir` (the fold's directory, or its ``refit/``): with validation data,
     early stopping restores its best epoch; without, the last epoch is kept. Resumes from
-    ``phase_dir/checkpoint``; a finished phase is only loaded."""
+    ``phase_dir/checkpoint``; a finished phase is only loaded. Returns (model, the epoch count
+    it resumed at: 0 for a fresh start)."""
     import keras
 
-    from ser_keras.data.pipeline import make_dataset
-    from ser_keras.training.callbacks import EpochLine, load_best_weights, read_state, training_callbacks
+    from ser_keras.data.pipeline import epoch_steps, make_dataset
+    from ser_keras.training.callbacks import (EpochCheckpoint, EpochLine, load_best_weights, read_state,
+                                              training_callbacks)
 
     config = context.config
     seed = int(config.train.seed)
@@ -606,21 +626,27 @@ def _fit_network(context: RunContext, fold_dir: pathlib.Path, phase_dir: pathlib
     if state is not None and state.get("finished"):
         # Training ended before an interruption; only what follows it was missing.
         load_best_weights(model, checkpoint_dir)
-        return model
-    train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
-                            max_frames=config.features.max_frames, variants=variants)
+        return model, int(state.get("epochs_done", 0))
     extra = [_ElapsedLogger(fold_dir)]
     if context.progress and context.epoch_lines:
         extra.append(EpochLine(title, epochs))
     callbacks = training_callbacks(phase_dir, validation_ds, y_validation, context.labels,
                                    config.train.patience, tensorboard_dir, title=title, extra=extra)
+    checkpoint = next(c for c in callbacks if isinstance(c, EpochCheckpoint))
+    start = checkpoint.restore(model)
+    # Stopped early at the last checkpoint (interrupted before the end of fit): run no more
+    # epochs; fit's end still restores the best weights and records that training finished.
+    last = start if checkpoint.stopped else max(int(epochs), start)
+    steps = epoch_steps(len(labels), int(config.train.batch_size))
+    train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
+                            max_frames=config.features.max_frames, variants=variants, epochs=range(start, last))
     fit_kwargs = {}
     weights = _class_weights(config, labels, n_classes)
     if weights is not None:
         fit_kwargs["class_weight"] = weights
-    model.fit(train_ds, epochs=epochs, callbacks=callbacks,
+    model.fit(train_ds, epochs=last, initial_epoch=start, steps_per_epoch=steps, callbacks=callbacks,
               verbose=1 if context.progress and not context.epoch_lines else 0, shuffle=False, **fit_kwargs)
-    return model
+    return model, start
 
 
 def fold_model(context: RunContext, n_classes: int, input_dim: int):
