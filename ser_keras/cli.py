@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "same command resumes an interrupted run.")
     _add_corpus_args(fit)
     fit.add_argument("--experiment", choices=experiment_names(), default=None,
-                     help=f"which experiment: exp1-exp4 are the paper's, exp5 goes beyond it (default {DEFAULT_EXPERIMENT})")
+                     help="which experiment: exp1-exp4 are the paper's, exp5 goes beyond it "
+                          f"(default {DEFAULT_EXPERIMENT})")
     fit.add_argument("--protocol", choices=["loso", "session", "random", "all"],
                      help="leave-one-speaker-out, leave-one-session-out (IEMOCAP), seeded stratified k-fold, "
                           "or 'all': the model to deploy, trained on every speaker (no test part, no WA/UA)")
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
     fit.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"],
                      help="tf.distribute strategy (multi-worker reads TF_CONFIG)")
-    fit.add_argument("--jobs", type=int, help="folds trained at once, each in its own process (default 1; "
-                                             "e.g. the number of CPU cores: see README, Time)")
+    fit.add_argument("--jobs", type=int,
+                     help="folds trained at once, each in its own process (default 1; "
+                          "e.g. the number of CPU cores: see README, Time)")
     fit.add_argument("--run-dir", help="where to write the run (default runs/<corpus>_<experiment>_<protocol>)")
     _add_config_args(fit)
     fit.set_defaults(handler=cmd_fit)

@@ -112,7 +112,8 @@ def check_masking(layer, x, mask, expected_mask, atol):
                 # A sequence output: the utterance's own steps first, zeros after them.
                 steps = alone_row.shape[0]
                 np.testing.assert_allclose(batch_row[:steps], alone_row, atol=atol, err_msg=message)
-                np.testing.assert_array_equal(batch_row[steps:], 0, err_msg=f"utterance {i}: non-zero output on padding")
+                np.testing.assert_array_equal(batch_row[steps:], 0,
+                                              err_msg=f"utterance {i}: non-zero output on padding")
             else:
                 np.testing.assert_allclose(batch_row, alone_row, atol=atol, err_msg=message)
 
@@ -136,7 +137,7 @@ def check_save_load(layer_cls, init_kwargs, x, atol, prepare=None):
     after = _numpy(loaded.predict(x, verbose=0))
     for a, b in zip(_flat(before), _flat(after)):
         np.testing.assert_allclose(a, b, atol=atol, err_msg=".keras round trip changed outputs")
-    assert any(isinstance(l, layer_cls) for l in loaded.layers)
+    assert any(isinstance(layer, layer_cls) for layer in loaded.layers)
 
 
 def check_fit_step(layer_cls, init_kwargs, x):

@@ -1,7 +1,5 @@
 """Frequency-warping augmentation (features/augment.py) and its use by `fit`."""
 
-import json
-
 import numpy as np
 import pytest
 

@@ -420,7 +420,8 @@ def test_fit_refuses_a_manifest_listing_one_file_twice(csv_root, tmp_path, capsy
     from ser_keras.cli import main
 
     manifest = csv_root / "manifest.csv"
-    write_text(manifest, "path,label,speaker\naudio/a.wav,joy,s1\naudio/b.wav,anger,s2\n./audio/../audio/a.wav,joy,s3\n")
+    write_text(manifest, "path,label,speaker\naudio/a.wav,joy,s1\naudio/b.wav,anger,s2\n"
+                         "./audio/../audio/a.wav,joy,s3\n")
     run_dir = tmp_path / "run"
     assert main(["fit", "--corpus", "csv", "--data-dir", str(manifest), "--experiment", "exp1",
                  "--run-dir", str(run_dir), "--quiet"]) == 2
@@ -506,7 +507,8 @@ def test_env_var_for_each_corpus(name, make, tmp_path, monkeypatch):
 
 
 def _digest(root: pathlib.Path) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.wav"))}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.wav"))}
 
 
 @pytest.fixture(scope="module")
@@ -554,9 +556,11 @@ def test_demo_utterances_differ_by_seed_and_emotion():
     np.testing.assert_array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
     assert a.dtype == np.float32 and np.max(np.abs(a)) <= 0.95
+
     # Angry is louder than neutral for the same speaker, on average.
     def rms(emotion, index):
-        x = demo.synthesize(np.random.default_rng([0, 0, index, 0, 1]), speaker, emotion, demo._speaker_style(0, 0, index))
+        x = demo.synthesize(np.random.default_rng([0, 0, index, 0, 1]), speaker, emotion,
+                            demo._speaker_style(0, 0, index))
         return np.sqrt(np.mean(x ** 2))
     assert rms(angry, 3) > rms(neutral, 0)
 

@@ -247,7 +247,8 @@ def test_functionals_reject_a_mismatched_layout(config):
 
 @pytest.mark.corpus
 @pytest.mark.parametrize("corpus, speaker, low, high", [
-    ("emodb", "03", 80, 200), ("emodb", "08", 150, 320), ("casia", "wangzhe", 80, 220), ("casia", "liuchanhg", 160, 380),
+    ("emodb", "03", 80, 200), ("emodb", "08", 150, 320),
+    ("casia", "wangzhe", 80, 220), ("casia", "liuchanhg", 160, 380),
 ])
 def test_real_speech_f0_and_formants_are_plausible(corpus, speaker, low, high):
     from tests.conftest import corpus_dir

@@ -229,7 +229,7 @@ def test_speaker_mode_uses_all_of_each_speakers_frames_and_no_labels():
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-4)
     relabelled = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, np.array(["x"] * len(train_y)),
-                                                                         train_s)
+                                                                            train_s)
     for key, value in norm.to_arrays().items():
         if key.startswith(("speaker", "global")):
             np.testing.assert_array_equal(value, relabelled.to_arrays()[key])

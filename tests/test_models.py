@@ -84,7 +84,8 @@ def test_prediction_does_not_depend_on_the_padding(experiment):
 
 def test_names_and_structure():
     names = {
-        "exp2": ["features", "masking", "input_noise", "dense", "frontend_dropout", "blstm_1", "dropout", "probabilities"],
+        "exp2": ["features", "masking", "input_noise", "dense", "frontend_dropout", "blstm_1", "dropout",
+                 "probabilities"],
         "exp3": ["features", "masking", "input_noise", "sae_conv", "block_pooling", "frontend_dropout", "blstm_1",
                  "dropout", "probabilities"],
         "exp4": ["features", "masking", "input_noise", "sae_conv", "block_pooling", "frontend_dropout", "blstm_1",
@@ -193,8 +194,8 @@ def test_compile_model_and_one_fit_step(optimizer):
 
 
 def test_build_svm_grid_and_fit():
-    config = config_from_dict({"model": {"experiment": "exp1", "svm_c_grid": [0.1, 10], "svm_gamma_grid": ["scale", "1e-2"],
-                                         "svm_cv_folds": 3}})
+    config = config_from_dict({"model": {"experiment": "exp1", "svm_c_grid": [0.1, 10],
+                                         "svm_gamma_grid": ["scale", "1e-2"], "svm_cv_folds": 3}})
     search = build_svm(config)
     assert search.param_grid == {"svc__C": [0.1, 10.0], "svc__gamma": ["scale", 0.01]}
     rng = np.random.default_rng(0)

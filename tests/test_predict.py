@@ -82,7 +82,8 @@ def test_folder_with_good_and_bad_files(run_predictor, mixed_folder):
         assert sum(result["attention"]["weights"]) == pytest.approx(1.0, abs=1e-4)
     for name in no_speech:  # no confident emotion: uniform probabilities
         assert list(results[name]["probabilities"].values()) == pytest.approx([1 / len(LABELS)] * len(LABELS))
-    assert results["silent.wav"]["warnings"] == ["silent (all samples are zero)", "no speech: probabilities are uniform"]
+    assert results["silent.wav"]["warnings"] == ["silent (all samples are zero)",
+                                                 "no speech: probabilities are uniform"]
     assert "zero-padded to one frame" in results["very_short.wav"]["warnings"][0]
     assert results["very_short.wav"]["duration_s"] == pytest.approx(0.005, abs=1e-4)
     for rate in (8000, 22050, 48000, 96000):

@@ -228,7 +228,8 @@ def test_bad_inputs_raise_one_line_errors():
 
 def casia_dir() -> pathlib.Path:
     env = os.environ.get("SER_KERAS_CASIA")
-    path = pathlib.Path(env) if env else pathlib.Path(__file__).resolve().parent / ".." / ".." / "shared" / "corpora" / "casia"
+    path = (pathlib.Path(env) if env
+            else pathlib.Path(__file__).resolve().parent / ".." / ".." / "shared" / "corpora" / "casia")
     if not path.is_dir():
         pytest.skip(f"CASIA corpus not found at {path} (set SER_KERAS_CASIA to run this test)")
     return path

@@ -129,7 +129,8 @@ def exp4_cli_run(tmp_path_factory):
 def test_cli_fit_exp4_two_epochs(exp4_cli_run, capsys):
     run_dir, _ = exp4_cli_run
     results = check_run_dir(run_dir, "exp4")
-    assert len(results["folds"]) == 1 and results["missing_folds"] == ["speaker-spk_f2", "speaker-spk_m1", "speaker-spk_m2"]
+    assert (len(results["folds"]) == 1
+            and results["missing_folds"] == ["speaker-spk_f2", "speaker-spk_m1", "speaker-spk_m2"])
     fold = results["folds"][0]["name"]
     history = pd.read_csv(run_dir / "folds" / fold / "history.csv")
     assert list(history["epoch"]) == [0, 1]
@@ -197,7 +198,7 @@ def test_interrupted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     # It continued at epoch 2 (0-based) with the optimizer's step counter where the checkpoint
     # left it: it did not start over. The next fold then started at its own first epoch.
     assert [(f, e) for f, e, _ in seen] == [("random-1of2", 2), ("random-2of2", 0), ("random-2of2", 1),
-                                           ("random-2of2", 2)]
+                                            ("random-2of2", 2)]
     assert seen[0][2] == 2 * steps_per_epoch > 0 and seen[1][2] == 0
     assert list(pd.read_csv(fold_dir / "history.csv")["epoch"]) == [0, 1, 2]
     assert [f["name"] for f in results["folds"]] == ["random-1of2", "random-2of2"]
@@ -295,7 +296,7 @@ def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_config("exp4", *common, "train.refit=true"), tmp_path / "refit", progress=False)
     assert [(p, e) for p, e, _ in seen] == [("speaker-spk_f1", 0), ("speaker-spk_f1", 1),
-                                           ("speaker-spk_f1", 2), ("refit", 0)]
+                                            ("speaker-spk_f1", 2), ("refit", 0)]
     assert seen[3][2] == 0  # the refit starts from a fresh optimizer
     interrupt = False
     seen.clear()

@@ -85,7 +85,8 @@ def corpus_root(name: str, data_dir: typing.Optional[str] = None,
     return root
 
 
-def load_manifest(name: str, data_dir: typing.Optional[str] = None, config: typing.Optional[DataConfig] = None) -> pd.DataFrame:
+def load_manifest(name: str, data_dir: typing.Optional[str] = None,
+                  config: typing.Optional[DataConfig] = None) -> pd.DataFrame:
     """Scan corpus `name` into a manifest with the columns in COLUMNS."""
     config = config or DataConfig(corpus=name)
     module = corpus_module(name)
@@ -128,7 +129,8 @@ def unmatched_line(manifest: pd.DataFrame, shown: int = 3) -> typing.Optional[st
     listed = "; ".join(f"{r['path']} ({r['reason']}{', used' if r['used'] else ', skipped'})"
                        for r in unmatched[:shown])
     more = f"; and {len(unmatched) - shown} more" if len(unmatched) > shown else ""
-    return (f"{len(unmatched)} file{'s' * (len(unmatched) != 1)} not matching {manifest.attrs.get('layout', 'the layout')} "
+    return (f"{len(unmatched)} file{'s' * (len(unmatched) != 1)} not matching "
+            f"{manifest.attrs.get('layout', 'the layout')} "
             f"({used} used, {len(unmatched) - used} skipped): {listed}{more}")
 
 

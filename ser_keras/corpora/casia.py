@@ -17,7 +17,8 @@ def scan(root: pathlib.Path, config) -> list:
     for wav in sorted(root.glob("*/*/*.wav")):
         speaker, emotion = wav.parent.parent.name, wav.parent.name.lower()
         if emotion not in EMOTIONS:
-            rows.append({"path": wav, "skip": f"emotion folder '{wav.parent.name}' is not one of {', '.join(EMOTIONS)}"})
+            rows.append({"path": wav,
+                         "skip": f"emotion folder '{wav.parent.name}' is not one of {', '.join(EMOTIONS)}"})
             continue
         rows.append({"path": wav, "label": emotion, "speaker": speaker, "gender": GENDERS.get(speaker.lower())})
     # Audio one level too high (<speaker>/<id>.wav): no emotion folder, so no label.

@@ -50,7 +50,8 @@ def scan(root: pathlib.Path, config) -> list:
             missing = [name for name in REQUIRED if name not in header]
             if missing:
                 raise SerKerasError(
-                    f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(header) or 'nothing'}; "
+                    f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(the header has: {', '.join(header) or 'nothing'}; "
                     f"required: {', '.join(REQUIRED)})"
                 )
             reader.fieldnames = header

@@ -125,7 +125,8 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
 
     protocol_name = describe_protocol(protocol, exp4_config.train.folds)
     paper_wa = PAPER_WA_EXP4.get(corpus)
-    rows = [{"name": exp, "wa": runs[exp]["pooled"]["wa"], "ua": runs[exp]["pooled"]["ua"]} for exp in PAPER_EXPERIMENTS]
+    rows = [{"name": exp, "wa": runs[exp]["pooled"]["wa"], "ua": runs[exp]["pooled"]["ua"]}
+            for exp in PAPER_EXPERIMENTS]
     experiment_bars(rows, out_dir / "fig4_experiments.png",
                     f"{corpus}: WA and UA per experiment ({protocol_name})",
                     paper={"exp4": paper_wa} if paper_wa else None)
@@ -158,10 +159,12 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
     for exp in PAPER_EXPERIMENTS:
         r = runs[exp]
         paper = f"{paper_wa:.2f}" if (exp == HEADLINE and paper_wa) else "—"
-        lines.append(f"| {exp} | {describe_model(r['_config'])} | {_pct(r['pooled']['wa'])} | {_pct(r['pooled']['ua'])} | "
+        lines.append(f"| {exp} | {describe_model(r['_config'])} | "
+                     f"{_pct(r['pooled']['wa'])} | {_pct(r['pooled']['ua'])} | "
                      f"{paper} | {_folds_note(r)} | {r.get('wall_time_s', 0):.0f} |")
     for row in baseline_rows:
-        lines.append(f"| baseline | {row['name']}, {row['normalisation']} normalisation ({row['n_features']} features) | "
+        lines.append(f"| baseline | {row['name']}, {row['normalisation']} normalisation "
+                     f"({row['n_features']} features) | "
                      f"{_pct(row['wa'])} | {_pct(row['ua'])} | — | {_folds_note(exp4)} | {row['wall_time_s']:.0f} |")
     lines += [
         "",
@@ -194,8 +197,10 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
         "",
         "| recurrent layers | WA % | UA % | folds |",
         "|---|---:|---:|---:|",
-        f"| {describe_model(exp4_config)} (exp4) | {_pct(exp4['pooled']['wa'])} | {_pct(exp4['pooled']['ua'])} | {_folds_note(exp4)} |",
-        f"| {describe_model(lstm['_config'])} (`model.bidirectional=false`) | {_pct(lstm['pooled']['wa'])} | {_pct(lstm['pooled']['ua'])} | "
+        f"| {describe_model(exp4_config)} (exp4) | {_pct(exp4['pooled']['wa'])} | {_pct(exp4['pooled']['ua'])} | "
+        f"{_folds_note(exp4)} |",
+        f"| {describe_model(lstm['_config'])} (`model.bidirectional=false`) | "
+        f"{_pct(lstm['pooled']['wa'])} | {_pct(lstm['pooled']['ua'])} | "
         f"{_folds_note(lstm)} |",
         "",
         "## UAR vs context frames (exp4)",

@@ -764,7 +764,8 @@ def _train_svm(context: RunContext, fold: Fold, fold_dir: pathlib.Path, x: dict,
         val_pred = svm_scores(model, stack(x["validation"]), len(context.labels)).argmax(axis=1)
         cm = metrics_lib.confusion_matrix(context.y[validation], val_pred, len(context.labels))
         row = {"epoch": 0, "val_wa": metrics_lib.weighted_accuracy(cm), "val_ua": metrics_lib.unweighted_accuracy(cm),
-               "best_C": float(model.best_params_.get("svc__C", float("nan"))) if hasattr(model, "best_params_") else None}
+               "best_C": (float(model.best_params_.get("svc__C", float("nan")))
+                          if hasattr(model, "best_params_") else None)}
         _log_single_epoch(context, fold, fold_dir, row, cm)
         # Refit on everything the fold may train on (the grid search picks C again).
         x_train = np.concatenate([x_train, stack(x["validation"])])
