@@ -1,6 +1,7 @@
 """Parity of a trained, exported model with the in-process pipeline, served without ser_keras.
 
-A real exp4 run (``training.run.fit`` on the demo corpus: one fold, one epoch) is exported;
+A real run of the shipped default (``training.run.fit`` of the default experiment on the demo
+corpus: one fold, one epoch) is exported;
 a fresh Python process that imports only TensorFlow and NumPy loads the SavedModel and scores
 the utterances; ``predict_files`` scores the same utterances in-process from the run
 directory. Asserted: the same label on every utterance and max |dp| < 1e-6, what the README
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 from ser_keras.audio import load_audio
+from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.export.predict import predict_files
 from tests.conftest import SHARED_CORPORA, corpus_dir
 from tests.test_export_support import TRAIN_OVERRIDES, demo_files, exported, root, trained_demo_run
@@ -189,7 +191,7 @@ def test_export_parity_on_real_speech(parity, corpus):
 def test_export_of_trained_run_metadata(trained):
     run_dir, export_dir = trained
     meta = json.loads((export_dir / "export.json").read_text())
-    assert meta["experiment"] == "exp4" and meta["protocol"] == "random" and meta["corpus"] == "demo"
+    assert meta["experiment"] == DEFAULT_EXPERIMENT and meta["protocol"] == "random" and meta["corpus"] == "demo"
     assert meta["fold"] == "random-1of4"
     assert (export_dir / "model.keras").is_file()
     results = json.loads((run_dir / "results.json").read_text())

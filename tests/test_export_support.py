@@ -2,7 +2,7 @@
 
 ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model`` + a
 ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run()`` trains a
-real exp4 run with ``training.run.fit`` on the demo corpus (one fold, one epoch, small
+real run of the default experiment with ``training.run.fit`` on the demo corpus (one fold, one epoch, small
 SAE) once per test session; ``exported(run_dir, jit)`` exports a run once. Results are
 cached at module level, so every test module that imports these shares them.
 """
@@ -86,14 +86,15 @@ def tiny_run(experiment: str = "exp4", seed: int = 0, level: bool = False) -> pa
 
 
 def trained_demo_run() -> pathlib.Path:
-    """A real exp4 run on the demo corpus (training.run.fit, one fold, one epoch)."""
+    """A real run of the default experiment (the shipped model) on the demo corpus
+    (training.run.fit, one fold, one epoch)."""
     if "trained" in _CACHE:
         return _CACHE["trained"]
-    from ser_keras.config import load_config
+    from ser_keras.config import DEFAULT_EXPERIMENT, load_config
     from ser_keras.training.run import fit
 
-    config = load_config(experiment="exp4", corpus="demo", overrides=TRAIN_OVERRIDES)
-    run_dir = _ROOT / "demo_exp4"
+    config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
+    run_dir = _ROOT / f"demo_{DEFAULT_EXPERIMENT}"
     fit(config, run_dir, progress=False)
     _CACHE["trained"] = run_dir
     return run_dir

@@ -15,6 +15,8 @@ import re
 import subprocess
 import sys
 
+from ser_keras.config import DEFAULT_EXPERIMENT
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -58,5 +60,5 @@ def test_readme_demo_blocks_run_as_written(tmp_path):
                                 text=True, timeout=1200)
         assert result.returncode == 0, f"README block failed:\n{script}\n---\n{result.stderr[-3000:]}"
     # The tour's model must have learned: 4 balanced classes, chance is 0.25 (README: 0.745).
-    results = json.loads((tmp_path / "runs" / "demo_exp4_loso" / "results.json").read_text())
+    results = json.loads((tmp_path / "runs" / f"demo_{DEFAULT_EXPERIMENT}_loso" / "results.json").read_text())
     assert results["complete"] and results["pooled"]["ua"] >= 0.50, results["pooled"]["ua"]
