@@ -295,3 +295,46 @@ def test_bench_normalisation_prints_the_table(loso_run, capsys):
     assert "agrees with fit's predictions.csv per fold: 100.0 %" in out
     for row in ("(a) speaker", "(b) pooled", "(c) per-utterance", "(d) enrol k=1", "(d) enrol k=3"):
         assert row in out
+
+
+# TensorFlow and NumPy only: what the export does with input that holds nothing to score.
+NOTHING_TO_SCORE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.saved_model.load(sys.argv[1])
+    rng = np.random.default_rng(0)
+    cases = {"empty": np.zeros((1, 0), np.float32), "silence": np.zeros((1, 32000), np.float32),
+             "low_noise": rng.normal(0, 1e-3, (1, 32000)).astype(np.float32),
+             "nan": np.full((1, 16000), np.nan, np.float32)}
+    out = {}
+    for name, waveform in cases.items():
+        try:
+            result = model.serve(tf.constant(waveform))
+            out[name] = {"speech": result["speech"].numpy().tolist(),
+                         "probabilities": result["probabilities"].numpy()[0].tolist()}
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    out["ser_keras_imported"] = any(name.split(".")[0] == "ser_keras" for name in sys.modules)
+    print(json.dumps(out))
+""")
+
+
+def test_export_scores_no_emotion_where_there_is_nothing_to_score(trained):
+    """In a process without ser_keras: an empty waveform [1, 0], digital silence and 2 s of
+    low-level white noise come back with speech 0 and uniform probabilities; NaN input is an
+    error that names it (not a guess at integer PCM)."""
+    _, export_dir = trained
+    script = root() / "nothing_to_score.py"
+    script.write_text(NOTHING_TO_SCORE_SCRIPT)
+    done = subprocess.run([sys.executable, "-I", str(script), str(export_dir)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["ser_keras_imported"] is False
+    for name in ("empty", "silence", "low_noise"):
+        assert out[name].get("speech") == [0], (name, out[name])
+        classes = len(out[name]["probabilities"])
+        np.testing.assert_allclose(out[name]["probabilities"], 1 / classes, atol=1e-6)
+    assert "NaN or Inf" in out["nan"].get("error", "") and "integer PCM" not in out["nan"]["error"]

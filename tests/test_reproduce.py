@@ -24,7 +24,7 @@ def test_reproduce_on_demo_writes_the_report(tmp_path, monkeypatch):
         assert f"| {experiment} |" in text
     assert "leave-one-speaker-out" in text and "UA %" in text and "WA %" in text
     assert "Fig. 4" in text and "without numbers" in text
-    assert "LSTM (`model.bidirectional=false`)" in text
+    assert "(`model.bidirectional=false`)" in text
     assert "UAR vs context frames" in text
     assert "openSMILE baseline skipped" in text
     for figure in ("fig4_experiments.png", "fig3_confusion_exp4.png", "context_sweep.png"):
