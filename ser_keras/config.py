@@ -25,7 +25,7 @@ from ser_keras import __version__
 from ser_keras.errors import SerKerasError
 
 # The experiment `fit` runs when none is named.
-DEFAULT_EXPERIMENT = "exp4"
+DEFAULT_EXPERIMENT = "exp5"
 CLASSIFIERS = ("network", "svm")
 INPUT_FEATURES = ("spectrogram", "lld", "functionals")
 FRONTENDS = ("sae_conv", "dense")
