@@ -117,8 +117,9 @@ class FeatureConfig:
     # Level (gain) normalisation (features/level.py): subtract from every log-spectrogram bin a
     # per-utterance reference (the mean log power of the loudest fifth of the frames) before
     # any other normalisation and the PCA, in training and serving, so a recording's gain does
-    # not change its features. exp3/exp4 only (exp1/exp2 read LLDs and ignore it). False keeps
-    # the features of runs made before it existed.
+    # not change its features except in the cells it pushes to the log floor (features/level.py).
+    # Spectrogram models only (exp1/exp2 read LLDs and ignore it). False keeps the features of
+    # runs made before it existed.
     level_normalization: bool = False
     # Speech detection (features/level.py), for the serving `speech` output and predict's
     # "speech": a recording without speech gets uniform probabilities. These do not change
@@ -164,7 +165,9 @@ class ModelConfig:
     """What the model is. The experiment YAMLs set these fields; the code branches on them,
     never on the experiment's name (which only names the run)."""
 
-    experiment: str = DEFAULT_EXPERIMENT
+    # The run's name (and the experiment YAML that set it). The defaults below are the paper's
+    # exp4 shape; DEFAULT_EXPERIMENT is which YAML `fit` loads when none is named.
+    experiment: str = "exp4"
     # "network" (a Keras model, exp2-exp5) or "svm" (the exp1 baseline, scikit-learn).
     classifier: str = "network"
     # What the model reads: "spectrogram" (log spectrogram -> normalisation -> PCA),

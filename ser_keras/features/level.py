@@ -2,9 +2,11 @@
 
 Level normalisation (``features.level_normalization``). A gain ``g`` on the waveform multiplies
 every bin of the power spectrum by ``g**2``, i.e. adds ``2 ln g`` to every bin of the
-(natural-log) spectrogram of ``spectrogram.log_spectrogram`` — except where the power is near
-``log_floor`` (1e-10, about -100 dB: only digital silence or the padding gets there). So
-subtracting a per-utterance *reference* that moves by exactly that constant removes the gain:
+(natural-log) spectrogram of ``spectrogram.log_spectrogram`` — except where the power is at or
+is pushed down to ``log_floor`` (1e-10, about -100 dB): digital silence, padding, band edges left
+empty by resampling, and quiet cells once the gain is low (at gain 0.1 a few per cent of the
+cells of real EMO-DB and CASIA recordings). Elsewhere, subtracting a per-utterance *reference*
+that moves by exactly that constant removes the gain:
 
 - per frame, ``e_t`` = the log of the frame's mean power over the bins, computed from the log
   features as ``logsumexp_k(x_tk) - ln(bins)``: it moves by exactly ``c`` when every bin does,
