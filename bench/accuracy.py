@@ -31,7 +31,7 @@ def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, ru
     """Fit (or resume / re-read) one run and return its table row."""
     from ser_keras.config import load_config
     from ser_keras.data.splits import describe_protocol
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     settings = [f"train.protocol={protocol}", f"train.jobs={jobs}", *overrides]
     if data_dir:

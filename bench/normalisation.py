@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from ser_keras.corpora import label_order, load_manifest
     from ser_keras.data.splits import make_folds, select_folds
     from ser_keras.errors import SerKerasError
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     overrides = [f"train.protocol={args.protocol}"] + list(args.overrides)
     if args.data_dir:
@@ -116,14 +116,15 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
     import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
     from ser_keras.data.pipeline import make_dataset
     from ser_keras.data.splits import select_folds
-    from ser_keras.evaluation.evaluate import load_fold_frontend
-    from ser_keras.evaluation.metrics import summarize
+    from ser_keras.features.extract import extract_for_model
+    from ser_keras.features.frontend import FittedFrontEnd, uses_pca
     from ser_keras.features.normalize import frame_stats, normalize_with
-    from ser_keras.training.callbacks import make_predictor
-    from ser_keras.training.run import extract
+    from ser_keras.metrics import summarize
+    from ser_keras.models.predictor import make_predictor
+    from ser_keras.rundir import RunDir
 
     ks = list(ks)
-    features, _ = extract(config, manifest, progress=False)
+    features, _ = extract_for_model(config, manifest, progress=False)
     label_index = {label: i for i, label in enumerate(labels)}
     y_all = manifest["label"].map(label_index).to_numpy()
     speakers_all = manifest["speaker"].astype(str).to_numpy()
@@ -134,9 +135,10 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
     fit_check = []
     for index in indices:
         fold = select_folds(folds, index)[0]
-        fold_dir = out / "folds" / fold.name
-        normalizer, pca = load_fold_frontend(fold_dir, config)
-        model = keras.saving.load_model(fold_dir / "model.keras", compile=False)
+        fold_dir = RunDir(out).fold(fold.name)
+        frontend = FittedFrontEnd.load(fold_dir, pca=uses_pca(config))
+        normalizer, pca = frontend.normalizer, frontend.pca
+        model = keras.saving.load_model(fold_dir.keras_model, compile=False)
         predict = make_predictor(model)
         test = np.array([i for i in fold.test if features[i] is not None])
         raw = [features[i] for i in test]
@@ -203,10 +205,10 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
     return table, fit_check
 
 
-def _read_predictions(fold_dir: pathlib.Path, labels) -> np.ndarray:
+def _read_predictions(fold_dir, labels) -> np.ndarray:
     import pandas as pd
 
-    frame = pd.read_csv(fold_dir / "predictions.csv")
+    frame = pd.read_csv(fold_dir.predictions)
     index = {label: i for i, label in enumerate(labels)}
     return frame["predicted"].map(index).to_numpy()
 

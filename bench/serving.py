@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from ser_keras.corpora import load_manifest
     from ser_keras.data.splits import make_folds
     from ser_keras.errors import SerKerasError
-    from ser_keras.training import resume
+    from ser_keras.rundir import RunDir
 
     run_dir = pathlib.Path(args.run)
     try:
@@ -68,11 +68,11 @@ def main(argv=None) -> int:
         if args.folds:
             indices = [int(i) for i in args.folds.split(",")]
         else:
-            indices = [i for i, f in enumerate(folds) if resume.fold_done(run_dir, f.name)]
+            indices = [i for i, f in enumerate(folds) if RunDir(run_dir).fold(f.name).done()]
         if not indices:
             raise SerKerasError(f"{run_dir}: no finished fold")
         for i in indices:
-            if not resume.fold_done(run_dir, folds[i].name):
+            if not RunDir(run_dir).fold(folds[i].name).done():
                 raise SerKerasError(f"{run_dir}: fold {folds[i].name} is not finished")
     except SerKerasError as exc:
         print(f"bench/serving.py: error: {exc}", file=sys.stderr)
@@ -125,10 +125,10 @@ def gain_sweep(run_dir, config, labels, manifest, folds, indices, gains) -> dict
     the folds, each file scaled and scored alone as the export's serve scores it."""
     from ser_keras.audio import load_audio
     from ser_keras.data.pipeline import make_dataset
-    from ser_keras.evaluation.metrics import summarize
     from ser_keras.export.bundle import load_fold
     from ser_keras.features.level import has_speech
-    from ser_keras.training.callbacks import make_predictor
+    from ser_keras.metrics import summarize
+    from ser_keras.models.predictor import make_predictor
 
     label_index = {label: i for i, label in enumerate(labels)}
     truth, probabilities, flags = [], {g: [] for g in gains}, {g: [] for g in gains}

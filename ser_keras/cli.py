@@ -191,7 +191,7 @@ def _config_from_args(args, experiment: typing.Optional[str]):
 
 def cmd_fit(args) -> int:
     config = _config_from_args(args, args.experiment)
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation import fit as fit_module
 
     run_dir = pathlib.Path(args.run_dir or
                            f"runs/{config.data.corpus}_{config.model.experiment}_{config.train.protocol}")
@@ -202,10 +202,10 @@ def cmd_fit(args) -> int:
             raise SerKerasError("--estimate-from is for --protocol all (a loso, session or random run "
                                 "measures its own figure)")
         estimate_from(config, args.estimate_from)  # refuse a run of another config before training
-    results = fit(config, run_dir, progress=not args.quiet)
+    results = fit_module.fit(config, run_dir, progress=not args.quiet)
     if args.estimate_from:
         from ser_keras.evaluation.estimate import write_estimate
-        from ser_keras.training.run import collect_results
+        from ser_keras.evaluation.results import collect_results
 
         write_estimate(run_dir, args.estimate_from)
         results = collect_results(config, run_dir, results["labels"], [f["name"] for f in results["folds"]],

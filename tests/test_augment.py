@@ -34,7 +34,7 @@ def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
     from tests.test_training import tiny_config
 
     steps = []

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ser_keras.evaluation import metrics
+from ser_keras import metrics
 from ser_keras.evaluation.plots import save_confusion_png
 
 
@@ -47,7 +47,7 @@ def test_confusion_png(tmp_path):
 def test_confusion_image_cells_follow_the_row_percentages():
     """The TensorBoard raster: one cell per (true, predicted) pair, darker where the row % is
     higher, the 100 % diagonal cell darkest; a larger matrix gives a larger image."""
-    from ser_keras.evaluation.confusion_image import CELL, confusion_image
+    from ser_keras.training.confusion_image import CELL, confusion_image
 
     cm = np.array([[10, 0, 0], [5, 5, 0], [0, 2, 8]])
     image = confusion_image(cm, ["angry", "happy", "sad"], "title — line one\nline two")

@@ -13,7 +13,7 @@ from tests.test_training import tiny_config
 
 @pytest.fixture(scope="module")
 def exp1_run(tmp_path_factory):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path_factory.mktemp("exp1") / "run"
     fit(tiny_config("exp1", "train.fold=0"), run_dir, progress=False)
@@ -86,7 +86,7 @@ def _no_shared(run_dir, tmp_path):
 
 def test_keras_fold_model_predicts_again_identically(tmp_path):
     from ser_keras.evaluation.evaluate import evaluate_run
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path / "run"
     fit(tiny_config("exp4", "train.fold=0"), run_dir, progress=False)

@@ -152,8 +152,11 @@ def test_bad_statistics_are_one_line_errors(stats, message):
 
 
 def test_missing_frontend_npz_names_the_file(tmp_path):
+    from ser_keras.features.frontend import FittedFrontEnd
+    from ser_keras.rundir import FoldDir
+
     with pytest.raises(SerKerasError, match="frontend.npz: front-end statistics not found"):
-        fe.load_frontend_npz(tmp_path / "frontend.npz")
+        FittedFrontEnd.read_serving_arrays(FoldDir(tmp_path))
 
 
 # ------------------------------------------------------------------ statistics from frames

@@ -218,7 +218,7 @@ def test_fit_serving_figure_is_what_serve_gives(trained, parity):
     are what the export's serve endpoint gives for the same test files."""
     import pandas as pd
 
-    from ser_keras.evaluation.metrics import summarize
+    from ser_keras.metrics import summarize
 
     run_dir, _ = trained
     results = json.loads((run_dir / "results.json").read_text())
@@ -243,7 +243,7 @@ def loso_run():
     """exp4 on the demo corpus under leave-one-speaker-out (first fold, one epoch), exported."""
     from ser_keras.config import load_config
     from ser_keras.export.serving import export_run
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds"))]
     config = load_config(experiment="exp4", corpus="demo", overrides=["train.protocol=loso", *overrides])

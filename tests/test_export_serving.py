@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from ser_keras.errors import SerKerasError
+from ser_keras.export import graph as serving_graph
 from ser_keras.export import serving
 from ser_keras.export.bundle import attention_steps, load_fold
 from tests.test_export_support import LABELS, exported, root, tiny_run, tone
@@ -170,11 +171,11 @@ def test_xla_export_agrees_and_buckets():
 
 
 def test_bucket_grid():
-    assert serving.bucket_frames(1) == 16 and serving.bucket_frames(99) == 112
-    assert serving.bucket_frames(999) == 1024 and serving.bucket_frames(5999) == 6144
-    grid = serving.frame_buckets(100000)
+    assert serving_graph.bucket_frames(1) == 16 and serving_graph.bucket_frames(99) == 112
+    assert serving_graph.bucket_frames(999) == 1024 and serving_graph.bucket_frames(5999) == 6144
+    grid = serving_graph.frame_buckets(100000)
     assert np.all(np.diff(grid) > 0) and np.all(grid[1:] / grid[:-1] <= 1.25 + 1e-9)
-    assert [serving.bucket_batch(b) for b in (1, 3, 17, 32, 33, 70)] == [1, 4, 32, 32, 64, 96]
+    assert [serving_graph.bucket_batch(b) for b in (1, 3, 17, 32, 33, 70)] == [1, 4, 32, 32, 64, 96]
 
 
 def test_exp3_attention_is_uniform():
@@ -361,7 +362,7 @@ def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_stat
     config, labels = load_run_config(run_dir)
     config.features.normalization = "neutral_global"
     save_run_config(config, run_dir, labels)
-    graph = serving._ServingGraph(load_fold(run_dir))
+    graph = serving_graph.ServingGraph(load_fold(run_dir))
     batch, lengths = _padded([tone(0.6, seed=1), tone(1.1, seed=2)])
     speaker = graph.serve_speaker(tf.constant(batch), tf.constant(lengths))["probabilities"].numpy()
     alone = graph.serve_lengths(tf.constant(batch), tf.constant(lengths))["probabilities"].numpy()

@@ -91,7 +91,7 @@ def trained_demo_run() -> pathlib.Path:
     if "trained" in _CACHE:
         return _CACHE["trained"]
     from ser_keras.config import DEFAULT_EXPERIMENT, load_config
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
     run_dir = _ROOT / f"demo_{DEFAULT_EXPERIMENT}"

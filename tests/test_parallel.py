@@ -12,7 +12,7 @@ from tests.test_training import tiny_config
 
 
 def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.jobs=2")
     first = fit(config, tmp_path / "a", progress=True)
@@ -70,7 +70,7 @@ def test_a_failing_fold_stops_the_run_with_its_error(tmp_path):
     in one process: here the first LOSO fold's test speaker has only corrupt files."""
     from ser_keras.config import DataConfig
     from ser_keras.corpora import load_manifest
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     demo = load_manifest("demo", None, DataConfig(corpus="demo"))
     broken = []

@@ -30,7 +30,7 @@ KILLER = textwrap.dedent("""
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
     from tests.test_training import tiny_config
 
     run_dir, kill_at, overrides = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
@@ -56,7 +56,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     results = fit(config(), run_dir, progress=False)
@@ -77,7 +77,7 @@ def same_outputs(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 def test_a_fold_killed_inside_its_epochs_repeats_the_uninterrupted_run(uninterrupted, tmp_path):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path / "run"
     script = tmp_path / "killer.py"
@@ -100,7 +100,7 @@ def test_a_damaged_checkpoint_is_named_and_the_fold_resumes_from_the_one_before(
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     original = callbacks_module.training_callbacks
 

@@ -63,7 +63,7 @@ def level_run():
     """A real exp4 demo run (one fold, one epoch) trained with level normalisation, exported."""
     from ser_keras.config import load_config
     from ser_keras.export.serving import export_run
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = load_config(experiment="exp4", corpus="demo",
                          overrides=TRAIN_OVERRIDES + ["features.level_normalization=true", "features.warp_factors=[]"])

@@ -104,7 +104,7 @@ def check_serving_figures(run_dir: pathlib.Path, results: dict, experiment: str,
 
 @pytest.mark.parametrize("experiment", ["exp1", "exp2", "exp3"])
 def test_every_experiment_trains_one_epoch_and_leaves_its_artifacts(experiment, tmp_path):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = tiny_config(experiment, "train.fold=0")
     results = fit(config, tmp_path / "run", progress=False)
@@ -160,7 +160,7 @@ def test_interrupted_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=3", "train.patience=10")
     run_dir = tmp_path / "run"
@@ -218,7 +218,7 @@ def test_rescoring_keeps_the_serving_figure(exp4_cli_run):
 def test_same_config_twice_gives_same_folds_and_metrics(exp4_cli_run, tmp_path):
     """The library call with the CLI's config reproduces the CLI run exactly."""
     from ser_keras.config import load_run_config
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     cli_dir, _ = exp4_cli_run
     config, _ = load_run_config(cli_dir)
@@ -238,7 +238,7 @@ def test_same_config_twice_gives_same_folds_and_metrics(exp4_cli_run, tmp_path):
 def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
     """`fit` reuses one compiled model across folds (training.run.fold_model) and resets all of
     its state; the second fold must come out bit for bit as it does in a run of its own."""
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     both = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2")
     alone = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.fold=1")
@@ -250,7 +250,7 @@ def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
 
 
 def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path / "run"
     fit(tiny_config("exp1", "train.fold=0"), run_dir, progress=False)
@@ -269,7 +269,7 @@ def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path
     import keras
 
     from ser_keras.training import callbacks as callbacks_module
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     common = ("train.fold=0", "train.epochs=3", "train.patience=10")
     original = callbacks_module.training_callbacks
@@ -375,7 +375,7 @@ def test_the_network_learns_a_separable_task(tmp_path):
     """The demo's emotions are synthesised to be told apart; with its speakers in training
     (protocol random) a tiny exp4 must be far above chance (0.25) after 6 epochs (it gives
     0.67). A model that cannot learn (a broken layer, mask or optimizer) stays near 0.25."""
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     config = tiny_config("exp4", "train.protocol=random", "train.folds=4", "train.fold=0", "train.epochs=6",
                          "train.learning_rate=1e-2", "train.patience=6")

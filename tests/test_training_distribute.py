@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
 
     from ser_keras.config import load_config
     from ser_keras.training.distribute import make_strategy
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     if __name__ == "__main__":
         run_dir, overrides = sys.argv[1], json.loads(sys.argv[2])
@@ -59,7 +59,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 WORKER = textwrap.dedent("""
     import json, sys
     from ser_keras.config import load_config
-    from ser_keras.training.run import fit
+    from ser_keras.evaluation.fit import fit
 
     if __name__ == "__main__":
         run_dir, overrides = sys.argv[1], json.loads(sys.argv[2])

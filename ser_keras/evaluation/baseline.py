@@ -16,15 +16,21 @@ grid-searched on the training part). Features are cached in the output directory
 from __future__ import annotations
 
 import pathlib
+import time
 import typing
+import warnings
 
 import numpy as np
 import pandas as pd
+
+from ser_keras.metrics import summarize
+from ser_keras.models import build_svm
 
 FEATURE_SETS = {"eGeMAPS": "eGeMAPSv02", "ComParE": "ComParE_2016"}
 
 
 def opensmile_available() -> bool:
+    # opensmile is an optional dependency: imported where it is used, never at module level.
     try:
         import opensmile  # noqa: F401
     except ImportError:
@@ -74,12 +80,6 @@ def speaker_normalise(features: np.ndarray, speakers: typing.Sequence[str]) -> n
 def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[str], out_dir: pathlib.Path,
                  progress: bool = False) -> list:
     """Score eGeMAPS/ComParE x raw/speaker-normalised on `folds`; one dict per variant."""
-    import time
-    import warnings
-
-    from ser_keras.evaluation.metrics import summarize
-    from ser_keras.models import build_svm
-
     out_dir = pathlib.Path(out_dir)
     index = {label: i for i, label in enumerate(labels)}
     y = manifest["label"].map(index).to_numpy()

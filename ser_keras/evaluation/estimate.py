@@ -15,15 +15,16 @@ from __future__ import annotations
 import json
 import pathlib
 
+from ser_keras.config import load_run_config
 from ser_keras.errors import SerKerasError
+from ser_keras.rundir import RunDir, atomic_write_json
+from ser_keras.training.resume import _differences, identity
 
 # Settings a protocol run and the deployed model may differ in.
 PROTOCOL_KEYS = (("train", "protocol"), ("train", "folds"))
 
 
 def _comparable(config) -> dict:
-    from ser_keras.training.resume import identity
-
     data = identity(config)
     for section, key in PROTOCOL_KEYS:
         data.get(section, {}).pop(key, None)
@@ -36,12 +37,9 @@ def estimate_from(config, source_dir) -> dict:
     Raises SerKerasError (one line naming the run) when `source_dir` is not a finished run
     with a test protocol, or its config differs from `config` in more than the protocol.
     """
-    from ser_keras.config import load_run_config
-    from ser_keras.training.resume import _differences
-
     source_dir = pathlib.Path(source_dir)
-    results_path = source_dir / "results.json"
-    if not (source_dir / "config.yaml").is_file() or not results_path.is_file():
+    results_path = RunDir(source_dir).results
+    if not RunDir(source_dir).config.is_file() or not results_path.is_file():
         raise SerKerasError(f"{source_dir}: not a finished run (needs config.yaml and results.json)")
     other, _ = load_run_config(source_dir)
     if other.train.protocol == "all":
@@ -78,15 +76,11 @@ def estimate_from(config, source_dir) -> dict:
 
 def write_estimate(run_dir, source_dir) -> dict:
     """``estimate_from`` for the protocol "all" run `run_dir`, written to its estimate.json."""
-    from ser_keras.config import load_run_config
-    from ser_keras.training import resume
-    from ser_keras.training.run import ESTIMATE_FILE
-
     run_dir = pathlib.Path(run_dir)
     config, _ = load_run_config(run_dir)
     if config.train.protocol != "all":
         raise SerKerasError(f"{run_dir}: --estimate-from is for a protocol 'all' run (this one is "
                             f"{config.train.protocol}, which measures its own figure)")
     estimate = estimate_from(config, source_dir)
-    resume.atomic_write_text(run_dir / ESTIMATE_FILE, json.dumps(estimate, indent=1))
+    atomic_write_json(RunDir(run_dir).estimate, estimate)
     return estimate

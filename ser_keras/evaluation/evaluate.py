@@ -21,11 +21,25 @@ import json
 import pathlib
 import typing
 
+import joblib
+import keras
 import numpy as np
 import pandas as pd
 
+import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
 from ser_keras.config import load_run_config
+from ser_keras.corpora import load_manifest
+from ser_keras.data.pipeline import make_dataset
 from ser_keras.errors import SerKerasError
+from ser_keras.evaluation.plots import save_confusion_png
+from ser_keras.evaluation.results import collect_results
+from ser_keras.features.extract import extract_for_model
+from ser_keras.features.frontend import FittedFrontEnd, uses_pca
+from ser_keras.metrics import predictions_frame, score_predictions, summarize
+from ser_keras.models.predictor import make_predictor
+from ser_keras.models.svm import svm_scores
+from ser_keras.rundir import (CONFUSION_FILE, PREDICTIONS_FILE, RESULTS_FILE, FoldDir, RunDir, atomic_write_json,
+                              common_root, relative_path)
 
 # Emotion names across corpora -> one canonical name (cross-corpus label matching).
 CANONICAL = {
@@ -49,123 +63,80 @@ def evaluate_run(run_dir, corpus: typing.Optional[str] = None, data_dir: typing.
                  progress: bool = True) -> dict:
     """Re-score `run_dir`; with `corpus` (and `data_dir`), evaluate it on that corpus."""
     run_dir = pathlib.Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise SerKerasError(f"{run_dir}: not a run directory (no config.yaml); run 'ser-keras fit' first")
     config, labels = load_run_config(run_dir)
-    fold_names = _fold_names(run_dir)
+    fold_names = RunDir(run_dir).fold_names()
     if corpus is None:
         return _rescore(run_dir, config, labels, fold_names, progress)
     return _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progress)
-
-
-def _fold_names(run_dir: pathlib.Path) -> list:
-    path = run_dir / "folds.json"
-    if not path.is_file():
-        raise SerKerasError(f"{path}: missing; the run directory is incomplete")
-    return [f["name"] for f in json.loads(path.read_text())["folds"]]
 
 
 # ------------------------------------------------------------------------------ re-score
 
 
 def _rescore(run_dir, config, labels, fold_names, progress) -> dict:
-    from ser_keras.training.run import collect_results
-
+    run = RunDir(run_dir)
     # A protocol "all" run has no test part: nothing to predict again.
-    missing = [n for n in fold_names if not (run_dir / "folds" / n / "predictions.csv").is_file()
-               and (run_dir / "folds" / n / _model_file(config)).is_file() and config.train.protocol != "all"]
+    missing = [n for n in fold_names if not run.fold(n).predictions.is_file()
+               and run.fold(n).model(config.model.classifier).is_file() and config.train.protocol != "all"]
     if missing:
         _repredict_folds(run_dir, config, labels, missing, progress)
-    if not any((run_dir / "folds" / n / "result.json").is_file() for n in fold_names):
+    if not any(run.fold(n).done() for n in fold_names):
         raise SerKerasError(f"{run_dir}: no finished fold to score; run 'ser-keras fit' on it first")
     previous = {}
-    if (run_dir / "results.json").is_file():
-        previous = json.loads((run_dir / "results.json").read_text())
+    if run.results.is_file():
+        previous = json.loads(run.results.read_text())
     return collect_results(config, run_dir, labels, fold_names, previous.get("feature_failures"),
                            previous.get("last_invocation_s", 0.0))
 
 
-def _model_file(config) -> str:
-    return "model.joblib" if config.model.classifier == "svm" else "model.keras"
-
-
 def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
     """Predict the test part of folds that have a model but lost their predictions."""
-    from ser_keras.corpora import load_manifest
-    from ser_keras.evaluation.results import common_root, fold_predictions_frame, relative_path, score_predictions
-    from ser_keras.training import resume
-    from ser_keras.training.run import extract
-
+    run = RunDir(run_dir)
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
     manifest = manifest[manifest["label"].isin(labels)].reset_index(drop=True)
-    folds = json.loads((run_dir / "folds.json").read_text())["folds"]
+    folds = run.read_folds()
     root = common_root(manifest["path"])
     relative = {relative_path(p, root): i for i, p in enumerate(manifest["path"])}
-    features, _ = extract(config, manifest, progress)
+    features, _ = extract_for_model(config, manifest, progress)
     for fold in folds:
         if fold["name"] not in fold_names:
             continue
         rows = [relative[p] for p in fold["test_paths"] if p in relative and features[relative[p]] is not None]
         if not rows:
             continue
-        fold_dir = run_dir / "folds" / fold["name"]
+        fold_dir = run.fold(fold["name"])
         probabilities = predict_with_fold(fold_dir, config, [features[i] for i in rows],
-                                          manifest["speaker"].iloc[rows].tolist())
-        frame = fold_predictions_frame(fold["name"], manifest.iloc[rows], probabilities, labels)
-        frame.to_csv(fold_dir / "predictions.csv", index=False)
+                                          manifest["speaker"].iloc[rows].tolist(), n_classes=len(labels))
+        frame = predictions_frame(fold["name"], manifest.iloc[rows], probabilities, labels)
+        frame.to_csv(fold_dir.predictions, index=False)
         summary = score_predictions(frame, labels)
-        if not (fold_dir / "result.json").is_file():
-            resume.atomic_write_text(fold_dir / "result.json", json.dumps(
-                {"name": fold["name"], "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
-                 "repredicted": True}, indent=1))
+        if not fold_dir.done():
+            atomic_write_json(fold_dir.result, {"name": fold["name"], "wa": summary["wa"], "ua": summary["ua"],
+                                                "n": summary["n"], "repredicted": True})
 
 
 # --------------------------------------------------------------------------- prediction
 
 
-def load_fold_frontend(fold_dir: pathlib.Path, config):
-    """(NeutralNormalizer, FramePCA or None) of a finished fold."""
-    from ser_keras.features.normalize import NeutralNormalizer
-    from ser_keras.features.pca import FramePCA
-
-    with np.load(fold_dir / "normalizer.npz") as arrays:
-        normalizer = NeutralNormalizer.from_arrays(dict(arrays))
-    pca = None
-    if config.model.input_features == "spectrogram":
-        with np.load(fold_dir / "frontend.npz") as arrays:
-            pca = FramePCA.from_arrays(dict(arrays))
-    return normalizer, pca
-
-
-def predict_with_fold(fold_dir: pathlib.Path, config, features: list, speakers: list,
-                      model=None) -> np.ndarray:
+def predict_with_fold(fold_dir, config, features: list, speakers: list, model=None,
+                      n_classes: typing.Optional[int] = None) -> np.ndarray:
     """Class probabilities of one fold's model for raw per-utterance features (as extracted),
     normalised and projected with that fold's saved front end. All utterances of a speaker must
-    be passed together (an unseen speaker is normalised with statistics of all of them)."""
-    normalizer, pca = load_fold_frontend(fold_dir, config)
-    x = normalizer.transform(features, speakers)
-    if pca is not None:
-        x = pca.transform(x)
-    n_classes = None
+    be passed together (an unseen speaker is normalised with statistics of all of them).
+    `n_classes` (an SVM's output width): default, the run's label count."""
+    fold_dir = FoldDir(fold_dir)
+    x = FittedFrontEnd.load(fold_dir, pca=uses_pca(config)).transform(features, speakers)
     if config.model.classifier == "svm":
-        import joblib
-
-        from ser_keras.training.run import svm_scores
-
-        model = model or joblib.load(fold_dir / "model.joblib")
+        model = model or joblib.load(fold_dir.svm_model)
         stacked = np.concatenate([np.asarray(v).reshape(1, -1) for v in x], axis=0)
-        n_classes = len(load_run_config(fold_dir.parent.parent)[1])
+        if n_classes is None:
+            n_classes = len(load_run_config(fold_dir.run_dir.path)[1])
         return svm_scores(model, stacked, n_classes)
-    import keras
-
-    import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
-    from ser_keras.data.pipeline import make_dataset
-
-    model = model or keras.models.load_model(fold_dir / "model.keras", compile=False)
+    model = model or keras.models.load_model(fold_dir.keras_model, compile=False)
     dataset = make_dataset(x, None, int(config.train.batch_size), training=False,
                            seed=int(config.train.seed))
-    from ser_keras.training.callbacks import make_predictor
-
     return make_predictor(model)(dataset)
 
 
@@ -173,11 +144,7 @@ def predict_with_fold(fold_dir: pathlib.Path, config, features: list, speakers: 
 
 
 def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progress) -> dict:
-    from ser_keras.corpora import load_manifest
-    from ser_keras.evaluation.metrics import summarize
-    from ser_keras.evaluation.plots import save_confusion_png
-    from ser_keras.training.run import extract
-
+    run = RunDir(run_dir)
     target_config = copy.deepcopy(config)
     target_config.data.corpus = corpus
     target_config.data.data_dir = data_dir
@@ -194,12 +161,12 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
         )
     shared = [label for label in labels if label in set(label_map.values())]
     manifest = manifest[manifest["label"].isin(label_map)].reset_index(drop=True)
-    features, failures = extract(target_config, manifest, progress)
+    features, failures = extract_for_model(target_config, manifest, progress)
     keep = [i for i, f in enumerate(features) if f is not None]
     manifest = manifest.iloc[keep].reset_index(drop=True)
     features = [features[i] for i in keep]
     speakers = manifest["speaker"].tolist()
-    model_folds = [n for n in fold_names if (run_dir / "folds" / n / _model_file(config)).is_file()]
+    model_folds = [n for n in fold_names if run.fold(n).model(config.model.classifier).is_file()]
     if not model_folds:
         raise SerKerasError(f"{run_dir}: no trained fold model to evaluate")
     shared_index = [labels.index(s) for s in shared]
@@ -209,7 +176,7 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     for name in model_folds:
         if progress:
             print(f"cross-corpus: fold model {name} on {corpus} ({len(manifest)} utterances)")
-        probabilities = predict_with_fold(run_dir / "folds" / name, config, features, speakers)
+        probabilities = predict_with_fold(run.fold(name), config, features, speakers, n_classes=len(labels))
         total += probabilities
         restricted = probabilities[:, shared_index]
         summary = summarize(y_true, restricted.argmax(axis=1), shared)
@@ -218,7 +185,7 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     restricted /= np.maximum(restricted.sum(axis=1, keepdims=True), 1e-12)
     predicted = restricted.argmax(axis=1)
     pooled = summarize(y_true, predicted, shared)
-    out_dir = run_dir / "cross_corpus" / corpus
+    out_dir = run.cross_corpus(corpus)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({
         "path": manifest["path"], "speaker": manifest["speaker"], "label": manifest["label"],
@@ -227,9 +194,9 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     })
     for j, label in enumerate(shared):
         frame[f"p_{label}"] = np.round(restricted[:, j], 6)
-    frame.to_csv(out_dir / "predictions.csv", index=False)
+    frame.to_csv(out_dir / PREDICTIONS_FILE, index=False)
     protocol = f"cross-corpus: trained on {config.data.corpus} ({config.train.protocol}), tested on {corpus}"
-    save_confusion_png(pooled["confusion"], shared, out_dir / "confusion_matrix.png", pooled["wa"], pooled["ua"],
+    save_confusion_png(pooled["confusion"], shared, out_dir / CONFUSION_FILE, pooled["wa"], pooled["ua"],
                        protocol, prefix=f"{config.model.experiment}")
     results = {
         "mode": "cross-corpus",
@@ -246,5 +213,5 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
         "pooled": pooled,
         "feature_failures": failures,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     return results

@@ -13,7 +13,7 @@ import typing
 import numpy as np
 from matplotlib.figure import Figure
 
-from ser_keras.evaluation.metrics import row_normalized
+from ser_keras.metrics import metrics_title, row_normalized
 
 
 def _figure(width: float, height: float):
@@ -50,11 +50,6 @@ def save_figure(fig, path: pathlib.Path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=fig.dpi)
     return path
-
-
-def metrics_title(wa: float, ua: float, protocol: str, prefix: str = "") -> str:
-    head = f"{prefix} — " if prefix else ""
-    return f"{head}WA {100 * wa:.2f} %  UA {100 * ua:.2f} %\n{protocol}"
 
 
 def save_confusion_png(cm_counts, labels, path, wa: float, ua: float, protocol: str, prefix: str = ""):

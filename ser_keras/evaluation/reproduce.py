@@ -27,7 +27,11 @@ import time
 import typing
 
 from ser_keras.config import load_config
-from ser_keras.data.splits import describe_protocol
+from ser_keras.corpora import label_order, load_manifest
+from ser_keras.data.splits import describe_protocol, make_folds, select_folds
+from ser_keras.evaluation import baseline
+from ser_keras.evaluation.fit import fit
+from ser_keras.evaluation.plots import experiment_bars, save_confusion_png, sweep_plot
 
 # The paper's weighted accuracy of exp4 (section 4.2 text); Fig. 4 is a bar chart without numbers.
 # The paper's four comparison experiments, and its headline model.
@@ -56,8 +60,6 @@ def describe_model(config) -> str:
 def reproduce(corpus: str, data_dir: typing.Optional[str], protocol: str, out_dir,
               overrides: typing.Sequence[str] = (), progress: bool = True) -> pathlib.Path:
     """Run exp1-exp4, the LSTM variant and the context sweep; write and return report.md."""
-    from ser_keras.training.run import fit
-
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -93,20 +95,15 @@ def reproduce(corpus: str, data_dir: typing.Optional[str], protocol: str, out_di
 
 
 def _baseline(config, out_dir: pathlib.Path, progress: bool) -> tuple:
-    from ser_keras.evaluation.baseline import opensmile_available, run_baseline
-
-    if not opensmile_available():
+    if not baseline.opensmile_available():
         return [], ("openSMILE baseline skipped: the optional `opensmile` package is not installed "
                     "(`pip install 'ser_keras[opensmile]'` to add it).")
-    from ser_keras.corpora import label_order, load_manifest
-    from ser_keras.data.splits import make_folds, select_folds
-
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
     labels = label_order(manifest, config.data)
     folds = select_folds(make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                                     config.train.validation_fraction, config.train.validation_split),
                          config.train.fold)
-    rows = run_baseline(config, manifest, folds, labels, out_dir / "baseline", progress)
+    rows = baseline.run_baseline(config, manifest, folds, labels, out_dir / "baseline", progress)
     return rows, ""
 
 
@@ -121,8 +118,6 @@ def _folds_note(results: dict) -> str:
 
 def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, baseline_note, out_dir,
                   overrides, wall_s) -> pathlib.Path:
-    from ser_keras.evaluation.plots import experiment_bars, save_confusion_png, sweep_plot
-
     protocol_name = describe_protocol(protocol, exp4_config.train.folds)
     paper_wa = PAPER_WA_EXP4.get(corpus)
     rows = [{"name": exp, "wa": runs[exp]["pooled"]["wa"], "ua": runs[exp]["pooled"]["ua"]}

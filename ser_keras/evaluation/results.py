@@ -1,4 +1,5 @@
-"""Run-directory results: per-fold predictions -> predictions.csv, results.json, confusion PNG.
+"""Run-level results: the finished folds' predictions pooled into predictions.csv, results.json
+and the confusion PNG (the aggregation that ``fit`` and ``evaluate`` end with).
 
 Every fold of a run writes ``folds/<fold>/predictions.csv`` (one row per test utterance) and,
 last, ``folds/<fold>/result.json`` (its metrics, wall time, epochs). ``write_run_results``
@@ -11,75 +12,38 @@ pools the predictions of the folds that are done, in fold order, into
   row-normalised %, and whether every fold of the protocol is in;
 - ``confusion_matrix.png``: the pooled matrix in the style of the paper's Fig. 3.
 
+``collect_results(config, run_dir, ...)`` is that for a run's config: it adds, for speaker-
+normalised models, ``results.json["serving"]`` (the served model on single recordings, pooled
+from the folds' ``serving_predictions.csv``) and, for a protocol "all" run, ``["deploy"]`` (what
+the model was trained on) and ``["estimate"]``.
+
 WA and UA are fractions (0..1) in the JSON; figures and reports show percent.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 import typing
 
 import numpy as np
 import pandas as pd
 
 from ser_keras import __version__
-from ser_keras.evaluation import metrics as metrics_lib
+from ser_keras.config import Config
+from ser_keras.data.splits import describe_protocol
+from ser_keras.evaluation.plots import save_confusion_png
+from ser_keras.features.frontend import reports_serving, serving_mode
+from ser_keras.metrics import score_predictions
+from ser_keras.rundir import RunDir, read_json
+from ser_keras.training.resume import config_hash
 
-PREDICTION_COLUMNS = ["fold", "path", "speaker", "label", "predicted"]
-
-
-def common_root(paths) -> str:
-    """The longest common folder of `paths` ('' if none), so runs store corpus-relative paths."""
-    import os
-
-    try:
-        return os.path.commonpath(list(paths)) if len(paths) else ""
-    except ValueError:
-        return ""
-
-
-def relative_path(path: str, root: str) -> str:
-    import os
-
-    return os.path.relpath(path, root) if root else path
-
-
-def probability_columns(labels: typing.Sequence[str]) -> list:
-    return [f"p_{label}" for label in labels]
-
-
-def fold_predictions_frame(fold_name: str, manifest_rows: pd.DataFrame, probabilities: np.ndarray,
-                           labels: typing.Sequence[str], predicted: typing.Optional[np.ndarray] = None) -> pd.DataFrame:
-    """One row per test utterance; `predicted` defaults to the argmax of `probabilities`."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if predicted is None:
-        predicted = probabilities.argmax(axis=1)
-    frame = pd.DataFrame({
-        "fold": fold_name,
-        "path": manifest_rows["path"].to_numpy(),
-        "speaker": manifest_rows["speaker"].to_numpy(),
-        "label": manifest_rows["label"].to_numpy(),
-        "predicted": [labels[i] for i in predicted],
-    })
-    for column, values in zip(probability_columns(labels), probabilities.T):
-        frame[column] = np.round(values, 6)
-    return frame
-
-
-def score_predictions(frame: pd.DataFrame, labels: typing.Sequence[str]) -> dict:
-    """metrics.summarize of a predictions frame (labels outside `labels` are an error)."""
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(frame["label"]) - set(index))
-    if unknown:
-        raise ValueError(f"predictions hold labels {unknown} not in the run's labels {list(labels)}")
-    y_true = frame["label"].map(index).to_numpy()
-    y_pred = frame["predicted"].map(index).to_numpy()
-    return metrics_lib.summarize(y_true, y_pred, labels)
+NO_TEST_NOTE = ("protocol all trains on every utterance: there is no test part, so no WA/UA here; the "
+                "figure that estimates this model's accuracy must come from a loso, session or random "
+                "run of the same config (fit --estimate-from RUN2 records it)")
 
 
 def write_run_results(
-    run_dir: pathlib.Path,
+    run_dir,
     *,
     fold_names: typing.Sequence[str],
     labels: typing.Sequence[str],
@@ -92,21 +56,18 @@ def write_run_results(
     extra: typing.Optional[dict] = None,
 ) -> dict:
     """Pool the finished folds' predictions and write the three run-level files."""
-    from ser_keras.evaluation.plots import save_confusion_png
-
-    run_dir = pathlib.Path(run_dir)
+    run = RunDir(run_dir)
     frames, fold_results, missing = [], [], []
     for name in fold_names:
-        fold_dir = run_dir / "folds" / name
-        result_path = fold_dir / "result.json"
-        if not result_path.is_file():
+        fold_dir = run.fold(name)
+        if not fold_dir.done():
             missing.append(name)
             continue
-        fold_result = json.loads(result_path.read_text())
+        fold_result = json.loads(fold_dir.result.read_text())
         if fold_result.get("test") == "none":  # protocol "all": trained on everything, nothing to score
             fold_results.append(fold_result)
             continue
-        frame = pd.read_csv(fold_dir / "predictions.csv", dtype={"speaker": str})
+        frame = pd.read_csv(fold_dir.predictions, dtype={"speaker": str})
         frames.append(frame)
         summary = score_predictions(frame, labels)
         fold_results.append({
@@ -132,7 +93,7 @@ def write_run_results(
     }
     if frames:
         pooled_frame = pd.concat(frames, ignore_index=True)
-        pooled_frame.to_csv(run_dir / "predictions.csv", index=False)
+        pooled_frame.to_csv(run.predictions, index=False)
         pooled = score_predictions(pooled_frame, labels)
         results["n_per_class"] = pooled["n_per_class"]
         results["pooled"] = pooled
@@ -143,9 +104,73 @@ def write_run_results(
         # Summed over the folds: with train.jobs > 1 folds overlap, so the run took less wall time.
         results["wall_time_s"] = round(sum(float(f.get("wall_time_s", 0.0)) for f in fold_results), 2)
         scope = "" if not missing else f" ({len(fold_results)}/{len(fold_names)} folds)"
-        save_confusion_png(pooled["confusion"], labels, run_dir / "confusion_matrix.png",
+        save_confusion_png(pooled["confusion"], labels, run.confusion_png,
                            pooled["wa"], pooled["ua"], protocol_name + scope, prefix=f"{corpus} {experiment}")
     if extra:
         results.update(extra)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    run.results.write_text(json.dumps(results, indent=2))
     return results
+
+
+def collect_results(config: Config, run_dir, labels: list, folds: typing.Sequence,
+                    failures: typing.Optional[dict] = None, invocation_s: float = 0.0) -> dict:
+    """(Re)write the run-level results from the finished folds (`folds`: Fold objects or names)."""
+    run = RunDir(run_dir)
+    extra = {"feature_failures": failures or {}, "last_invocation_s": round(invocation_s, 2)}
+    if reports_serving(config) and config.train.protocol != "all":
+        extra["serving"] = serving_results(config, run, labels, folds)
+    if config.train.protocol == "all":
+        extra["deploy"] = deploy_summary(config, run)
+        if run.estimate.is_file():
+            extra["estimate"] = json.loads(run.estimate.read_text())
+    return write_run_results(
+        run.path,
+        fold_names=[getattr(f, "name", f) for f in folds],
+        labels=labels,
+        corpus=config.data.corpus,
+        experiment=config.model.experiment,
+        protocol=config.train.protocol,
+        protocol_name=describe_protocol(config.train.protocol, config.train.folds),
+        config_hash=config_hash(config),
+        seed=config.train.seed,
+        extra=extra,
+    )
+
+
+def deploy_summary(config: Config, run: RunDir) -> typing.Optional[dict]:
+    """results.json["deploy"] of a protocol "all" run: what the model was trained on."""
+    fold = read_json(run.fold("all").result) if run.fold("all").done() else None
+    if fold is None:
+        return None
+    return {"corpus": config.data.corpus, "training_speakers": fold.get("training_speakers"),
+            "n_training_utterances": fold.get("n_training_utterances"),
+            "validation_speakers": fold.get("validation_speakers"),
+            "epochs": fold.get("refit_epochs"), "note": NO_TEST_NOTE}
+
+
+def serving_results(config: Config, run: RunDir, labels: list,
+                    folds: typing.Sequence) -> typing.Optional[dict]:
+    """results.json["serving"]: the served model on single recordings (no speaker context),
+    pooled over the finished folds that scored it (their ``serving_predictions.csv``; the
+    pooled file goes to the run's ``serving_predictions.csv``). None when no fold did.
+    `folds`: Fold objects or names."""
+    frames, names = [], []
+    for name in (getattr(f, "name", f) for f in folds):
+        fold_dir = run.fold(name)
+        if fold_dir.done() and fold_dir.serving_predictions.is_file():
+            frames.append(pd.read_csv(fold_dir.serving_predictions, dtype={"speaker": str}))
+            names.append(name)
+    if not frames:
+        return None
+    pooled = pd.concat(frames, ignore_index=True)
+    pooled.to_csv(run.serving_predictions, index=False)
+    summary = score_predictions(pooled, labels)
+    return {
+        "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
+        "normalization": serving_mode(config),
+        "folds": names,
+        "description": "the same models on the same test folds, each test utterance on its own (no speaker "
+                       "context), normalised as the export's serve endpoint does; 'pooled' is the "
+                       "protocol's figure, each test speaker normalised by the statistics of their own "
+                       "speech (the export's serve_speaker)",
+    }

@@ -1,7 +1,8 @@
 """One fold of a run directory, loaded for inference: config, labels, Keras model, front end.
 
-A run directory (written by ``ser_keras.training.run``) holds ``config.yaml`` (the resolved
-config and the label order) and ``folds/<fold>/{model.keras, frontend.npz}``. ``load_fold``
+A run directory (``rundir.RunDir``, written by ``ser-keras fit``) holds the resolved config
+and the label order, and per fold the Keras model and the fitted front end
+(``features.frontend.FittedFrontEnd``), whose serving arrays become ``FrontEndParams``. ``load_fold``
 turns one fold into a ``FoldModel`` that both the exporter and ``predict`` use, so the
 exported graph and the in-process pipeline are built from the very same pieces.
 """
@@ -9,40 +10,29 @@ exported graph and the in-process pipeline are built from the very same pieces.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import re
 import typing
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+import ser_keras.layers  # noqa: F401  (registers the custom layers for load_model)
+from ser_keras.config import load_run_config
 from ser_keras.errors import SerKerasError
 from ser_keras.export import frontend as fe
+from ser_keras.features.frontend import FittedFrontEnd
+from ser_keras.features.level import level_normalize
+from ser_keras.features.llds import frame_llds
+from ser_keras.features.spectrogram import log_spectrogram
+from ser_keras.models import ATTENTION_LAYER, attention_model, attention_span_frames, attention_step_frames
+from ser_keras.rundir import RunDir
 
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def _protocol_folds(run_dir: pathlib.Path) -> list:
-    """Every fold name of the run's protocol, in protocol order (``folds.json``), or []."""
-    for name in ("folds.json", "results.json"):
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        folds = data.get("folds") if isinstance(data, dict) else None
-        if isinstance(folds, dict):
-            return [str(key) for key in folds]
-        if isinstance(folds, list):
-            names = [str(f.get("name")) if isinstance(f, dict) else str(f) for f in folds]
-            if names:
-                return names
-    return []
 
 
 def fold_names(run_dir) -> list:
@@ -51,12 +41,12 @@ def fold_names(run_dir) -> list:
     The order is the one ``folds.json`` (or ``results.json``) lists; folders it does not
     name follow in natural order (fold_2 before fold_10).
     """
-    run_dir = pathlib.Path(run_dir)
-    folds_dir = run_dir / "folds"
-    if not folds_dir.is_dir():
+    run = RunDir(run_dir)
+    if not run.folds_dir.is_dir():
         raise SerKerasError(f"{run_dir}: not a run directory (no 'folds' folder)")
-    present = sorted((p.name for p in folds_dir.iterdir() if (p / "model.keras").is_file()), key=_natural_key)
-    ordered = [name for name in _protocol_folds(run_dir) if name in present]
+    present = sorted((p.name for p in run.folds_dir.iterdir() if run.fold(p.name).keras_model.is_file()),
+                     key=_natural_key)
+    ordered = [name for name in run.protocol_fold_names() if name in present]
     return ordered + [name for name in present if name not in ordered]
 
 
@@ -74,7 +64,7 @@ def resolve_fold(run_dir, fold: typing.Union[int, str, None] = None) -> str:
             raise SerKerasError(f"{run_dir}: no trained fold '{fold}' (trained: {', '.join(trained)})")
         return fold
     index = int(fold)
-    protocol = _protocol_folds(run_dir) or trained
+    protocol = RunDir(run_dir).protocol_fold_names() or trained
     if not 0 <= index < len(protocol):
         raise SerKerasError(f"{run_dir}: --fold {index} is out of range (the protocol has "
                             f"{len(protocol)} folds: 0..{len(protocol) - 1})")
@@ -137,8 +127,6 @@ class FoldModel:
         return self._has_attention_layer()
 
     def _has_attention_layer(self) -> bool:
-        from ser_keras.models import ATTENTION_LAYER
-
         return any(layer.name == ATTENTION_LAYER for layer in self.model.layers)
 
     @property
@@ -147,14 +135,10 @@ class FoldModel:
 
     @property
     def step_frames(self) -> int:
-        from ser_keras.models import attention_step_frames
-
         return int(attention_step_frames(self.config))
 
     @property
     def span_frames(self) -> int:
-        from ser_keras.models import attention_span_frames
-
         return int(attention_span_frames(self.config))
 
     def steps(self, n_frames: int) -> int:
@@ -164,8 +148,6 @@ class FoldModel:
         """The model with outputs ``[probabilities, alpha]`` when it has attention, else the model."""
         if self._attention_net is None:
             if self._has_attention_layer():
-                from ser_keras.models import attention_model
-
                 self._attention_net = attention_model(self.model)
             else:
                 self._attention_net = self.model
@@ -175,15 +157,9 @@ class FoldModel:
         """The frame features of a waveform at `sample_rate` before the per-dimension
         normalisation (NumPy front end; level-normalised when the run was)."""
         if self.params.kind == "lld":
-            from ser_keras.features.llds import frame_llds
-
             return frame_llds(waveform, self.config.features, self.sample_rate)
-        from ser_keras.features.spectrogram import log_spectrogram
-
         spectrogram = log_spectrogram(waveform, self.config.features, self.sample_rate)
         if self.params.level_normalization:
-            from ser_keras.features.level import level_normalize
-
             spectrogram = level_normalize(spectrogram)
         return spectrogram
 
@@ -202,8 +178,6 @@ class FoldModel:
         steps for a model without attention (see ``export.serving`` for the definition).
         """
         if self._compiled is None:
-            import tensorflow as tf
-
             # One graph for every length (eager execution of the LSTM loop is ~10x slower).
             self._compiled = tf.function(
                 lambda x: call_network(self.network(), x),
@@ -220,11 +194,6 @@ class FoldModel:
 
 def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
     """Load one fold of a run directory (default: the first) for inference."""
-    import keras
-
-    import ser_keras.layers  # noqa: F401  (registers the custom layers for load_model)
-    from ser_keras.config import load_run_config
-
     run_dir = pathlib.Path(run_dir)
     if not run_dir.is_dir():
         raise SerKerasError(f"{run_dir}: no such run directory")
@@ -233,13 +202,14 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
         raise SerKerasError(f"{run_dir}: {config.model.experiment} is an SVM (LLD functionals), not a Keras "
                             "model; export and predict need a network experiment's run")
     name = resolve_fold(run_dir, fold)
-    fold_dir = run_dir / "folds" / name
+    fold = RunDir(run_dir).fold(name)
+    fold_dir = fold.path
     try:
-        model = keras.saving.load_model(fold_dir / "model.keras", compile=False)
+        model = keras.saving.load_model(fold.keras_model, compile=False)
     except (OSError, ValueError, TypeError) as exc:
-        raise SerKerasError(f"{fold_dir / 'model.keras'}: cannot load the Keras model "
+        raise SerKerasError(f"{fold.keras_model}: cannot load the Keras model "
                             f"({str(exc).splitlines()[0][:200]})") from None
-    stats = fe.load_frontend_npz(fold_dir / "frontend.npz")
+    stats = FittedFrontEnd.read_serving_arrays(fold)
     kind = config.model.input_features
     # The LLD count: from the statistics when the run saved any, else the model's input.
     input_dim = None
@@ -249,11 +219,11 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
         input_dim = present[0].shape[0] if present else int(model.inputs[0].shape[-1])
     sample_rate = int(np.asarray(stats["sample_rate"])) if "sample_rate" in stats else config.data.sample_rate
     params = fe.params_from_arrays(config.features, stats, sample_rate=sample_rate, kind=kind,
-                                   input_dim=input_dim, source=str(fold_dir / "frontend.npz"),
+                                   input_dim=input_dim, source=str(fold.frontend),
                                    std_floor=config.features.norm_std_floor)
     model_dim = model.inputs[0].shape[-1]
     if model_dim is not None and int(model_dim) != params.output_dim:
-        raise SerKerasError(f"{fold_dir}: frontend.npz gives {params.output_dim}-dim features but "
+        raise SerKerasError(f"{fold.frontend} gives {params.output_dim}-dim features but "
                             f"model.keras expects {model_dim}")
     n_out = model.outputs[0].shape[-1]
     if n_out is not None and int(n_out) != len(labels):

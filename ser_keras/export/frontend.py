@@ -27,15 +27,11 @@ arrays); nothing here needs ser_keras at serving time.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import typing
 
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-
-# Keys of a run's folds/<fold>/frontend.npz (written by ser_keras.training.run).
-FRONTEND_KEYS = ("norm_mean", "norm_std", "pca_mean", "pca_components", "sample_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +106,9 @@ def _optional(stats, key) -> typing.Optional[np.ndarray]:
 
 def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typing.Optional[int] = None,
                        kind: str = "spectrogram", input_dim: typing.Optional[int] = None,
-                       source: str = "frontend.npz", std_floor: float = 1e-3) -> FrontEndParams:
-    """FrontEndParams from a FeatureConfig and the arrays of a frontend.npz (or a dict).
+                       source: str = "front-end arrays", std_floor: float = 1e-3) -> FrontEndParams:
+    """FrontEndParams from a FeatureConfig and a fold's front-end serving arrays
+    (``features.frontend.FittedFrontEnd.serving_arrays``, or a dict of them).
 
     Missing or empty ``norm_*`` / ``pca_*`` entries mean that step is skipped. ``input_dim``
     is the feature dimension before PCA: ``n_bins`` for the spectrogram (the default), the
@@ -170,18 +167,6 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
         speech_min_contrast_db=float(feature_config.speech_min_contrast_db),
         speech_min_ms=float(feature_config.speech_min_ms),
     )
-
-
-def load_frontend_npz(path) -> dict:
-    """The arrays of a frontend.npz as a dict (raises SerKerasError naming the file)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise SerKerasError(f"{path}: front-end statistics not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise SerKerasError(f"{path}: not a readable .npz file ({exc.__class__.__name__})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,16 +6,16 @@ import pathlib
 
 import numpy as np
 
+from ser_keras.audio import load_audio
+from ser_keras.config import FeatureConfig
 from ser_keras.errors import SerKerasError
+from ser_keras.features.spectrogram import frame_params, log_spectrogram
 
 MAX_COLUMNS = 4000  # spectrogram columns drawn; longer recordings are pooled down to this
 
 
 def _spectrogram(path, sample_rate: int, feature_config) -> tuple:
     """(log spectrogram (bins, columns) for display, seconds per column, top frequency in Hz)."""
-    from ser_keras.audio import load_audio
-    from ser_keras.features.spectrogram import frame_params, log_spectrogram
-
     waveform = load_audio(path, sample_rate)
     spec = log_spectrogram(waveform, feature_config, sample_rate)
     _, hop = frame_params(feature_config, sample_rate)
@@ -34,8 +34,6 @@ def plot_result(result: dict, out_png, sample_rate: int, feature_config=None) ->
     # The object API, not pyplot: the caller's matplotlib backend (a notebook's) is left alone.
     import matplotlib
     from matplotlib.figure import Figure
-
-    from ser_keras.config import FeatureConfig
 
     feature_config = feature_config or FeatureConfig()
     spec, seconds_per_column, top_hz = _spectrogram(result["path"], sample_rate, feature_config)

@@ -58,10 +58,20 @@ import sys
 import typing
 
 import numpy as np
+import tensorflow as tf
 
 from ser_keras.audio import AUDIO_SUFFIXES, load_audio
+from ser_keras.config import Config, load_run_config
 from ser_keras.errors import SerKerasError
+from ser_keras.export.bundle import attention_steps, load_fold
+from ser_keras.export.frontend import apply_stats_numpy
+from ser_keras.export.graph import speaker_adapted
+from ser_keras.export.plot import plot_results
+from ser_keras.export.serving import read_export_json
 from ser_keras.features.level import has_speech
+from ser_keras.features.llds import frame_llds
+from ser_keras.features.normalize import SPEAKER_MODES, mean_std_from_moments, serving_normalization
+from ser_keras.rundir import CONFIG_FILE, SAVED_MODEL_FILE, RunDir
 
 EXIT_OK = 0
 # Nothing could be scored: every input was bad (missing, empty, corrupt) — an error the user
@@ -100,8 +110,6 @@ class Predictor:
     def prepare(self, waveform: np.ndarray):
         """Whole-recording state the windows are cut from (the waveform, or its LLDs)."""
         if self.kind == "lld":
-            from ser_keras.features.llds import frame_llds
-
             return frame_llds(waveform, self.feature_config, self.sample_rate)
         return waveform
 
@@ -126,8 +134,6 @@ class Predictor:
 
     def statistics(self, moments: typing.Sequence[tuple]) -> tuple:
         """(mean, std) float64 over the frames whose ``moments`` are given (std floored)."""
-        from ser_keras.features.normalize import mean_std_from_moments
-
         count = sum(float(m[0]) for m in moments)
         total = sum(np.asarray(m[1], np.float64) for m in moments)
         squares = sum(np.asarray(m[2], np.float64) for m in moments)
@@ -138,8 +144,6 @@ class RunPredictor(Predictor):
     """One fold of a run directory, in-process: NumPy front end + the fold's Keras model."""
 
     def __init__(self, run_dir, fold=None):
-        from ser_keras.export.bundle import load_fold
-
         self.bundle = bundle = load_fold(run_dir, fold)
         self.source = f"{run_dir} (fold {bundle.fold})"
         self.labels = list(bundle.labels)
@@ -148,9 +152,6 @@ class RunPredictor(Predictor):
         self.step_frames, self.span_frames = bundle.step_frames, bundle.span_frames
         self.window_frames = bundle.config.features.max_frames
         self.feature_config = bundle.config.features
-        from ser_keras.export.serving import speaker_adapted
-        from ser_keras.features.normalize import serving_normalization
-
         self.normalization = serving_normalization(bundle.config.features.normalization)
         self.std_floor = p.std_floor
         self.speaker_adapted = speaker_adapted(bundle.config)
@@ -159,8 +160,6 @@ class RunPredictor(Predictor):
         return self.bundle.steps(n_frames)
 
     def score(self, batch, stats=None):
-        from ser_keras.export.frontend import apply_stats_numpy
-
         if self.kind == "lld":
             features = np.stack([apply_stats_numpy(x, self.bundle.params, stats) for x in batch])
         else:
@@ -176,12 +175,6 @@ class ExportPredictor(Predictor):
     """An export directory: ``tf.saved_model.load`` and its ``serve`` endpoint."""
 
     def __init__(self, export_dir):
-        import tensorflow as tf
-
-        from ser_keras.config import Config, load_run_config
-        from ser_keras.export.bundle import attention_steps
-        from ser_keras.export.serving import read_export_json
-
         export_dir = pathlib.Path(export_dir)
         self.meta = meta = read_export_json(export_dir)
         try:
@@ -193,7 +186,7 @@ class ExportPredictor(Predictor):
         self.labels = list(meta["labels"])
         self.sample_rate = int(meta["sample_rate"])
         self.kind = "lld" if meta["input"] == "lld" else "spectrogram"
-        if (export_dir / "config.yaml").is_file():
+        if (export_dir / CONFIG_FILE).is_file():
             self.config, _ = load_run_config(export_dir)
         else:
             self.config = Config()
@@ -204,8 +197,6 @@ class ExportPredictor(Predictor):
         self.span_frames = int(round(meta["attention_span_s"] / meta["hop_s"]))
         self.window_frames = meta.get("window_frames")
         self._steps = attention_steps
-        from ser_keras.features.normalize import SPEAKER_MODES
-
         # Exports before format 2 have no speaker endpoints (and say nothing: pooled statistics).
         self.normalization = meta.get("serve_without_speaker", "pooled")
         self.speaker_adapted = meta.get("normalization") in SPEAKER_MODES
@@ -250,12 +241,12 @@ def load_predictor(model, fold=None) -> Predictor:
     path = pathlib.Path(model)
     if not path.is_dir():
         raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
-    if (path / "saved_model.pb").is_file():
+    if (path / SAVED_MODEL_FILE).is_file():
         if fold is not None:
             raise SerKerasError(f"{path}: --fold selects a fold of a run directory; this is an export "
                                 "(it holds one fold already)")
         return ExportPredictor(path)
-    if (path / "config.yaml").is_file() and (path / "folds").is_dir():
+    if RunDir(path).is_run():
         return RunPredictor(path, fold)
     raise SerKerasError(f"{path}: neither a run directory (config.yaml + folds/) nor an export "
                         "(saved_model.pb)")
@@ -525,8 +516,6 @@ def run_predict_command(model, paths, as_json: bool = False, plot=None, fold=Non
     for error in report["errors"]:
         print(f"ser-keras predict: error: {error['error']}", file=sys.stderr)
     if plot and report["results"]:
-        from ser_keras.export.plot import plot_results
-
         for error in plot_results(report, plot, predictor.feature_config):
             print(f"ser-keras predict: plot: {error}", file=sys.stderr)
     if not as_json and (report["errors"] or not report["results"]):

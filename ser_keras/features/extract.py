@@ -34,6 +34,7 @@ import numpy as np
 
 from ser_keras.errors import SerKerasError
 from ser_keras.features.cache import FeatureCache, file_identity
+from ser_keras.features.level import maybe_level_normalize
 
 KINDS = ("spectrogram", "lld", "functionals")
 # Below this many misses the pool's start-up (~0.75 s for two workers) and the transfer of
@@ -329,3 +330,31 @@ def _run_pool(chunks: list, spec: _Spec, jobs: int, bar):
     except concurrent.futures.process.BrokenProcessPool:
         pass
     return [chunk for index, chunk in enumerate(chunks) if index not in done]
+
+
+def extract_for_model(config, manifest, progress: bool) -> tuple:
+    """(features per manifest row or None, failures {path: message}) of what the model reads
+    (``model.input_features``); spectrograms level-normalised when
+    ``features.level_normalization`` is on, functionals as ``(1, D)`` rows. A file left out is
+    never silent: named with `progress`, one line on stderr without."""
+    kind = config.model.input_features
+    n_jobs = config.features.n_jobs or None
+    extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
+    features = list(extraction.features)
+    failures = dict(extraction.failures)
+    if kind == "spectrogram":  # after the cache read: the cache holds the raw spectrograms
+        features = maybe_level_normalize(features, config.features)
+    if kind == "functionals":  # (D,) vectors -> (1, D) so they normalise like frame features
+        features = [None if f is None else np.asarray(f, np.float32).reshape(1, -1) for f in features]
+    if failures and progress:
+        print(f"feature extraction failed for {len(failures)} file(s); they are left out:")
+        for path, message in list(failures.items())[:10]:
+            print(f"  {path}: {message}")
+    elif failures:
+        path, message = next(iter(failures.items()))
+        more = f" (and {len(failures) - 1} more, listed in results.json feature_failures)" if len(failures) > 1 else ""
+        print(f"feature extraction failed for {len(failures)} file(s), left out: {path}: {message}{more}",
+              file=sys.stderr, flush=True)
+    if all(f is None for f in features):
+        raise SerKerasError(f"corpus '{config.data.corpus}': feature extraction failed for every file")
+    return features, failures

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
 
@@ -62,3 +64,29 @@ def build_svm(config: Config):
         n_jobs=m.svm_n_jobs,
         refit=True,
     )
+
+
+def svm_scores(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class scores of a fitted SVM model (``build_svm``) as a (n, n_classes) distribution.
+
+    ``predict_proba`` where the SVC was fitted with probability=True; otherwise a softmax of the
+    one-vs-rest decision function (whose argmax is the SVM's decision), not calibrated.
+    """
+    classes = np.asarray(getattr(model, "classes_", np.arange(n_classes)))
+    if hasattr(model, "predict_proba"):
+        try:
+            raw = model.predict_proba(x)
+        except AttributeError:
+            raw = None
+    else:
+        raw = None
+    if raw is None:
+        decision = np.asarray(model.decision_function(x), dtype=np.float64)
+        if decision.ndim == 1:  # two classes
+            decision = np.stack([-decision, decision], axis=1)
+        decision = decision - decision.max(axis=1, keepdims=True)
+        raw = np.exp(decision * 4.0)
+        raw /= raw.sum(axis=1, keepdims=True)
+    out = np.zeros((len(x), n_classes))
+    out[:, classes.astype(int)] = raw
+    return out

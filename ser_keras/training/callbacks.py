@@ -25,41 +25,16 @@ import json
 import os
 import pathlib
 import typing
-import weakref
 
 import keras
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.evaluation import metrics as metrics_lib
+from ser_keras import metrics as metrics_lib
+from ser_keras.models.predictor import make_predictor
+from ser_keras.training.confusion_image import confusion_image
 
 MONITOR = "val_ua"
-_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def make_predictor(model: keras.Model):
-    """`f(dataset) -> probabilities` through one `tf.function` traced ONCE for inputs
-    `(batch, frames, D)` of any batch size and length. `model.predict` retraces for the first
-    few padded lengths it meets (seconds each on a CPU, in every fold); this does not."""
-    import tensorflow as tf
-
-    if model in _PREDICTORS:
-        return _PREDICTORS[model]
-    dim = model.inputs[0].shape[-1]
-    signature = [tf.TensorSpec([None, None, dim], tf.float32)]
-    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
-
-    def predict(dataset) -> np.ndarray:
-        outputs = []
-        for batch in dataset:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            outputs.append(forward(x).numpy())
-        if not outputs:
-            return np.zeros((0, model.outputs[0].shape[-1]), np.float32)
-        return np.concatenate(outputs, axis=0)
-
-    _PREDICTORS[model] = predict
-    return predict
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -114,11 +89,8 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        from ser_keras.evaluation.confusion_image import confusion_image
-        from ser_keras.evaluation.plots import metrics_title
-
         tags = {"val_wa": "val_WA", "val_ua": "val_UA"}
-        title = metrics_title(logs["val_wa"], logs["val_ua"], f"validation, epoch {epoch + 1}", self.title)
+        title = metrics_lib.metrics_title(logs["val_wa"], logs["val_ua"], f"validation, epoch {epoch + 1}", self.title)
         image = confusion_image(cm, self.labels, title)
         with writer.as_default(step=epoch):
             for key, value in sorted(logs.items()):

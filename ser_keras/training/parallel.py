@@ -6,7 +6,7 @@ the machine idle. Folds are independent, so ``fit`` can hand them to ``jobs`` wo
 processes (``spawn``ed: TensorFlow's threads do not survive ``fork``), each with
 ``cpu_count // jobs`` TensorFlow threads. A worker builds the run's shared state once (the
 features come from the feature cache that ``fit`` has just filled), keeps its compiled model
-for its next fold (``run.fold_model``), and writes its folds into the run directory exactly as
+for its next fold (``network.fold_model``), and writes its folds into the run directory exactly as
 a one-process run does; ``fit`` then pools them as usual.
 
 Failures: a fold that fails stops the run as it would in one process, but the folds already
@@ -26,9 +26,14 @@ import sys
 import traceback
 import typing
 
+import tensorflow as tf
+
 from ser_keras.config import Config
+from ser_keras.corpora import label_order, load_manifest
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
+from ser_keras.features.extract import extract_for_model
+from ser_keras.training.fold import configure_determinism, fold_header, make_context, run_fold
 
 
 def cpu_count() -> int:
@@ -109,35 +114,28 @@ def _worker(config: Config, run_dir: str, progress: bool, threads: int, todo, do
     except Exception as exc:  # e.g. the corpus moved: the run cannot go on
         done.put(_portable(exc, "worker start-up"))
         return
-    from ser_keras.training import run
-
     while (item := todo.get()) is not None:
         fold, position = item
         if progress:
-            print(run.fold_header(config, fold, f"{position}, process {os.getpid()}"), flush=True)
+            print(fold_header(config, fold, f"{position}, process {os.getpid()}"), flush=True)
         try:
-            run.run_fold(context, fold)
+            run_fold(context, fold)
             done.put(None)
         except Exception as exc:
             done.put(_portable(exc, f"fold {fold.name}"))
 
 
 def _worker_context(config: Config, run_dir: pathlib.Path, progress: bool, threads: int):
-    import tensorflow as tf
-
     # Whole lines, at once, even into a pipe or a log file shared with the other workers.
     sys.stdout.reconfigure(line_buffering=True)
     # Before TensorFlow runs its first op, which fixes its thread pools.
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
-    from ser_keras.corpora import label_order, load_manifest
-    from ser_keras.training import run
-
-    run.configure_determinism(config.train.seed)
+    configure_determinism(config.train.seed)
     manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
-    features, _ = run.extract(config, manifest, progress=False)
-    context = run.make_context(config, run_dir, manifest, label_order(manifest, config.data), features, progress)
+    features, _ = extract_for_model(config, manifest, progress=False)
+    context = make_context(config, run_dir, manifest, label_order(manifest, config.data), features, progress)
     context.epoch_lines = True
     return context
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import pathlib
 import typing
 
@@ -36,8 +35,6 @@ VOLATILE = (
     ("features", "speech_min_contrast_db"),
     ("features", "speech_min_ms"),
 )
-
-FOLD_RESULT = "result.json"
 
 
 def identity(config: Config) -> dict:
@@ -89,39 +86,3 @@ def prepare_run_dir(config: Config, run_dir: pathlib.Path, labels: typing.Sequen
         return True
     save_run_config(config, run_dir, labels)
     return False
-
-
-def check_folds(run_dir: pathlib.Path, folds_payload: dict) -> None:
-    """Write folds.json (names and test utterances per fold) or check it is unchanged, so a
-    resumed run never mixes folds drawn from a different manifest."""
-    path = pathlib.Path(run_dir) / "folds.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old is not None and old != folds_payload:
-            raise SerKerasError(
-                f"{path}: the folds of this run differ from the corpus as scanned now "
-                "(files added or removed?); use another --run-dir"
-            )
-        if old is not None:
-            return
-    atomic_write_text(path, json.dumps(folds_payload, indent=1))
-
-
-def fold_dir(run_dir: pathlib.Path, fold_name: str) -> pathlib.Path:
-    return pathlib.Path(run_dir) / "folds" / fold_name
-
-
-def fold_done(run_dir: pathlib.Path, fold_name: str) -> bool:
-    """A fold is done once its result.json (written last, atomically) exists."""
-    return (fold_dir(run_dir, fold_name) / FOLD_RESULT).is_file()
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

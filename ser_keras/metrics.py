@@ -8,6 +8,11 @@
 
 Confusion matrices are rows = true class, columns = predicted class (the paper's Fig. 3),
 as counts and as row-normalised percentages.
+
+A foundation module: training scores its validation epochs and test folds with it, evaluation
+pools and re-scores runs with it. ``predictions_frame`` / ``score_predictions`` are the
+predictions files' rows (``predictions.csv``: fold, path, speaker, label, predicted, one
+``p_<class>`` column per class) and their figures.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import typing
 
 import numpy as np
+import pandas as pd
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
@@ -71,3 +77,42 @@ def summarize(y_true, y_pred, labels: typing.Sequence[str]) -> dict:
         "confusion": cm.tolist(),
         "confusion_percent": np.round(row_normalized(cm), 2).tolist(),
     }
+
+
+def metrics_title(wa: float, ua: float, protocol: str, prefix: str = "") -> str:
+    """The title of a confusion-matrix figure or image: WA and UA in percent, the protocol."""
+    head = f"{prefix} — " if prefix else ""
+    return f"{head}WA {100 * wa:.2f} %  UA {100 * ua:.2f} %\n{protocol}"
+
+
+def probability_columns(labels: typing.Sequence[str]) -> list:
+    return [f"p_{label}" for label in labels]
+
+
+def predictions_frame(fold_name: str, manifest_rows: pd.DataFrame, probabilities: np.ndarray,
+                      labels: typing.Sequence[str], predicted: typing.Optional[np.ndarray] = None) -> pd.DataFrame:
+    """One row per test utterance; `predicted` defaults to the argmax of `probabilities`."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if predicted is None:
+        predicted = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({
+        "fold": fold_name,
+        "path": manifest_rows["path"].to_numpy(),
+        "speaker": manifest_rows["speaker"].to_numpy(),
+        "label": manifest_rows["label"].to_numpy(),
+        "predicted": [labels[i] for i in predicted],
+    })
+    for column, values in zip(probability_columns(labels), probabilities.T):
+        frame[column] = np.round(values, 6)
+    return frame
+
+
+def score_predictions(frame: pd.DataFrame, labels: typing.Sequence[str]) -> dict:
+    """``summarize`` of a predictions frame (labels outside `labels` are an error)."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(frame["label"]) - set(index))
+    if unknown:
+        raise ValueError(f"predictions hold labels {unknown} not in the run's labels {list(labels)}")
+    y_true = frame["label"].map(index).to_numpy()
+    y_pred = frame["predicted"].map(index).to_numpy()
+    return summarize(y_true, y_pred, labels)

@@ -1,6 +1,6 @@
 """A confusion matrix as a small RGB raster, for TensorBoard's image tab every epoch.
 
-The paper-style figure (``plots.confusion_figure``) goes through matplotlib's layout engine and
+The paper-style figure (``evaluation.plots.confusion_figure``) goes through matplotlib's layout engine and
 costs about half a second to render; drawn once per epoch and fold that was a fifth of a CPU
 training run. This draws the same content (row-normalised % per cell, darker = higher, class
 names on both axes, a title) straight onto a Pillow image in a few milliseconds. The run's final
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from ser_keras.evaluation.metrics import row_normalized
+from ser_keras.metrics import row_normalized
 
 CELL = 46  # pixels per matrix cell
 PAD = 8

@@ -1,0 +1,284 @@
+"""The TensorFlow functions of an export, built from one loaded fold (``bundle.FoldModel``).
+
+``ServingGraph`` holds what ``serving.export_run`` saves as endpoints: the front end in the
+graph (``export.frontend``), the model, the speech flags, the per-speaker statistics.
+
+Speed: Keras runs an LSTM on CPU as a while-loop of small ops per time step, which dominated
+the serving time. The export runs the recurrent layers with TensorFlow's fused LSTM kernel
+instead (``export.fastgraph``: same weights, same numbers, one op per direction), and the
+waveform front end one batch row at a time so its FFT intermediates stay in the CPU caches.
+No compilation is involved, so any input length runs at full speed from the first call.
+``bench/inference.py`` measures it (>= 500x real-time on a 10 s clip at batch 1 on a 2-core CPU).
+
+``export_run(..., jit_compile=True)`` compiles the (Keras) graph with XLA instead. XLA compiles
+once per input shape, so that graph pads the input to a *bucket* — frames rounded up to the
+next of 16, 20, 24, 28, 32, 40, ... (4 sizes per octave, at most 25 % padding) and the batch to
+the next power of two (multiples of 32 above 32) — and masks the padding (the model's
+``Masking`` layer makes padded frames exact no-ops). The first call in a new bucket pays a
+compilation of 2-4 s on CPU; measured steady-state speed is no better than the fused path, so
+it is not the default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ser_keras.export import fastgraph
+from ser_keras.export import frontend as fe
+from ser_keras.export.bundle import FoldModel, call_network
+from ser_keras.features.normalize import SPEAKER_MODES
+
+BUCKETS_PER_OCTAVE = 4
+MIN_BUCKET_FRAMES = 16
+# Float audio may overshoot +-1 a little; beyond this it is integer PCM passed as float.
+MAX_ABS_SAMPLE = 64.0
+
+
+def frame_buckets(max_frames: int = 1 << 26) -> np.ndarray:
+    """The bucket grid of frame counts: 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, ..."""
+    grid = []
+    base = MIN_BUCKET_FRAMES // BUCKETS_PER_OCTAVE
+    while base * BUCKETS_PER_OCTAVE <= max_frames:
+        grid.extend(base * m for m in range(BUCKETS_PER_OCTAVE, 2 * BUCKETS_PER_OCTAVE))
+        base *= 2
+    return np.asarray(grid, np.int32)
+
+
+def bucket_frames(n_frames: int) -> int:
+    """The bucket (padded frame count) of `n_frames` frames — NumPy twin of the graph's rule."""
+    grid = frame_buckets()
+    index = int(np.searchsorted(grid, n_frames, side="left"))
+    return int(grid[index]) if index < len(grid) else int(n_frames)
+
+
+def bucket_batch(batch: int) -> int:
+    """Padded batch size: the next power of two up to 32, then the next multiple of 32."""
+    if batch <= 32:
+        return 1 << max(0, int(batch - 1).bit_length())
+    return -(-batch // 32) * 32
+
+
+class ServingGraph:
+    """The TensorFlow functions of the export, built from a loaded fold."""
+
+    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused_lstm: bool = True):
+        self.tf = tf
+        self.bundle = bundle
+        self.params = bundle.params
+        self.net = bundle.network()
+        # The fused LSTM kernel has no XLA implementation: XLA compiles the Keras graph.
+        self.fused_lstm = bool(fused_lstm) and not jit_compile and fastgraph.supports(bundle.model)
+        self.has_attention = bundle.has_attention
+        self.config = bundle.config
+        self.grid = frame_buckets()
+        self.jit_compile = bool(jit_compile)
+        self.core = tf.function(self._core, jit_compile=jit_compile, reduce_retracing=True)
+        self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
+        self.speaker_adapted = speaker_adapted(bundle.config)
+
+    # -- shape arithmetic (TF twins of bundle.attention_steps / bucket_*) --------------------
+
+    def _steps(self, n_frames):
+        tf = self.tf
+        n_frames = tf.maximum(n_frames, 1)
+        if self.params.kind == "lld":
+            return n_frames
+        m = self.config.model
+        windows = (n_frames + m.pool_window - 1) // m.pool_window
+        return 1 + tf.maximum(0, (windows - m.block_windows + m.block_stride - 1) // m.block_stride)
+
+    def _bucket_frames(self, n_frames):
+        tf = self.tf
+        grid = tf.constant(self.grid)
+        index = tf.searchsorted(grid, tf.reshape(n_frames, [1]), side="left")[0]
+        inside = index < tf.size(grid)
+        return tf.where(inside, tf.gather(grid, tf.minimum(index, tf.size(grid) - 1)), n_frames)
+
+    def _bucket_batch(self, batch):
+        tf = self.tf
+        powers = tf.constant([1, 2, 4, 8, 16, 32], tf.int32)
+        index = tf.minimum(tf.searchsorted(powers, tf.reshape(batch, [1]), side="left")[0], 5)
+        return tf.where(batch <= 32, tf.gather(powers, index), (batch + 31) // 32 * 32)
+
+    # -- the compiled part ---------------------------------------------------------------
+
+    def _raw(self, inputs, n_frames):
+        """Moments (count, sum, sum of squares; float64) of all valid frames of a padded batch's
+        un-normalised features (rows past the real batch have 0 valid frames)."""
+        tf = self.tf
+        raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile, n_frames=n_frames)
+        count, total, squares = fe.tf_frame_moments(raw, n_frames)
+        return tf.reduce_sum(count), tf.reduce_sum(total, axis=0), tf.reduce_sum(squares, axis=0)
+
+    def _core(self, inputs, n_frames, mean=None, std=None):
+        """Padded inputs (waveform [B, Nb] or LLD [B, Tb, D]) + valid frames [B] ->
+        (probabilities [B, C], alpha [B, steps(Tb)]). `mean`, `std` ([D]): normalise every row
+        with these instead of the pooled statistics."""
+        tf = self.tf
+        stats = None if mean is None else (mean, std)
+        features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats,
+                                  n_frames=n_frames)
+        # Zero the padded frames: the model's Masking(0.0) turns them into a mask, and every
+        # layer after it honours the mask, so the padding changes nothing.
+        valid = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=features.dtype)
+        features = features * valid[:, :, None]
+        if self.fused_lstm:
+            outputs = fastgraph.fast_forward(self.bundle.model, features)
+        else:
+            outputs = call_network(self.net, features)
+        if self.has_attention:
+            probabilities, alpha = outputs
+        else:
+            probabilities = outputs
+            steps = self._steps(n_frames)
+            total = self._steps(tf.shape(features)[1])
+            alpha = tf.sequence_mask(steps, total, dtype=probabilities.dtype)
+            alpha = alpha / tf.cast(steps, probabilities.dtype)[:, None]
+        return probabilities, alpha
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _check_rank(self, x, rank: int, what: str):
+        """Assert the rank at run time (signature callers are not checked against the spec).
+
+        The count is computed from the run-time shape padded with -1s, which no graph
+        optimiser can fold away from the static (None, ...) shape.
+        """
+        tf = self.tf
+        dims = tf.concat([tf.shape(x), -tf.ones([4], tf.int32)], axis=0)
+        actual = tf.reduce_sum(tf.cast(dims >= 0, tf.int32))
+        return tf.debugging.assert_equal(actual, rank, message=f"ser_keras export: {what}")
+
+    def _check_scale(self, waveform) -> list:
+        """NaN or Inf samples are an error of their own. Integer PCM passed as a NumPy array is
+        cast to float32 silently by TensorFlow's argument binding; finite samples far outside
+        [-1, 1] can only be that mistake."""
+        tf = self.tf
+        magnitude = tf.reshape(tf.abs(waveform), [-1])
+        finite = tf.math.is_finite(magnitude)
+        checks = [tf.debugging.assert_equal(
+            tf.reduce_all(finite), True,
+            message="ser_keras export: input holds NaN or Inf values; pass finite float audio")]
+        if self.params.kind == "lld":
+            return checks
+        # Non-finite samples are left to the check above, so each mistake gets its own message.
+        peak = tf.reduce_max(tf.concat([tf.where(finite, magnitude, tf.zeros_like(magnitude)), [0.0]], 0))
+        return checks + [tf.debugging.assert_less_equal(
+            peak, MAX_ABS_SAMPLE, summarize=1,
+            message=(f"ser_keras export: input waveform must be float audio in [-1, 1]; samples beyond "
+                     f"+-{MAX_ABS_SAMPLE:g} look like integer PCM (int16: divide by 32768)"))]
+
+    def run(self, inputs, lengths, stats=None):
+        """Shared body of the endpoints: bucket, pad, run, crop. `stats`: None (the pooled
+        statistics), "speaker" (statistics over all valid frames of the batch), "moments" (return
+        those statistics' moments instead of scoring) or (mean, std) tensors [D]."""
+        tf = self.tf
+        p = self.params
+        batch = tf.shape(inputs)[0]
+        size = tf.shape(inputs)[1]
+        lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, size)
+        if p.kind == "lld":
+            n_frames = tf.maximum(lengths, 1)
+        else:
+            n_frames = fe.tf_frame_counts(lengths, p)
+        longest = tf.maximum(tf.reduce_max(tf.concat([n_frames, [1]], 0)), 1)
+        if self.jit_compile:
+            frames_b, batch_b = self._bucket_frames(longest), self._bucket_batch(batch)
+        else:  # a plain graph runs any shape as it is: no padding needed
+            frames_b, batch_b = longest, batch
+        if p.kind == "lld":
+            target = frames_b
+            inputs = inputs[:, : tf.minimum(size, target)]
+            valid = tf.sequence_mask(lengths, tf.shape(inputs)[1], dtype=inputs.dtype)
+            inputs = inputs * valid[:, :, None]
+            inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]], [0, 0]])
+            inputs = tf.ensure_shape(inputs, [None, None, p.input_dim])
+        else:
+            target = p.frame + (frames_b - 1) * p.hop
+            inputs = inputs[:, : tf.minimum(size, target)]
+            # Samples past a row's length are zero, as the NumPy front end pads short ones.
+            valid = tf.sequence_mask(lengths, tf.shape(inputs)[1], dtype=inputs.dtype)
+            inputs = inputs * valid
+            inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
+        n_frames_b = tf.pad(n_frames, [[0, batch_b - batch]], constant_values=1)
+        if p.kind == "lld":  # the LLD input shows no waveform: every row counts as speech
+            speech = tf.ones([batch], tf.bool)
+        else:
+            speech = fe.tf_speech_flags(inputs[:batch], lengths, p)
+        if isinstance(stats, str):
+            # "speaker": padding rows (if any) hold no valid frame, and neither do rows without
+            # speech (silence or noise says nothing about the speaker; predict agrees).
+            moments = self.raw(inputs, tf.pad(tf.where(speech, n_frames, 0), [[0, batch_b - batch]]))
+            if stats == "moments":
+                return moments, speech
+            mean, std = fe.tf_mean_std(*moments, self.params.std_floor)
+            probabilities, alpha = self.core(inputs, n_frames_b, tf.cast(mean, tf.float32),
+                                             tf.cast(std, tf.float32))
+        elif stats is not None:
+            probabilities, alpha = self.core(inputs, n_frames_b, *stats)
+        else:
+            probabilities, alpha = self.core(inputs, n_frames_b)
+        steps = self._steps(longest)
+        probabilities = probabilities[:batch]
+        # No speech, no emotion: uniform probabilities, so no label is confident.
+        uniform = tf.fill(tf.shape(probabilities), 1.0 / len(self.bundle.labels))
+        probabilities = tf.where(speech[:, None], probabilities, uniform)
+        return {"probabilities": probabilities, "attention": alpha[:batch, :steps],
+                "speech": tf.cast(speech, tf.int32)}
+
+    def input_spec(self):
+        tf = self.tf
+        if self.params.kind == "lld":
+            return tf.TensorSpec([None, None, self.params.input_dim], tf.float32, name="features")
+        return tf.TensorSpec([None, None], tf.float32, name="waveform")
+
+    def _input_checks(self, inputs) -> list:
+        lld = self.params.kind == "lld"
+        rank, name, shape = (3, "features", "[batch, frames, D]") if lld else (2, "waveform", "[batch, samples]")
+        message = f"input {name} must be a rank-{rank} float32 tensor {shape} (x below is the rank received)"
+        return [self._check_rank(inputs, rank, message)] + self._check_scale(inputs)
+
+    def serve(self, inputs):
+        tf = self.tf
+        with tf.control_dependencies(self._input_checks(inputs)):
+            inputs = tf.identity(inputs)
+        lengths = tf.fill([tf.shape(inputs)[0]], tf.shape(inputs)[1])
+        return self.run(inputs, lengths)
+
+    def _checked(self, inputs, lengths, *stats):
+        tf = self.tf
+        checks = self._input_checks(inputs)
+        checks.append(self._check_rank(lengths, 1, "input lengths must be a rank-1 int32 tensor [batch] "
+                                                   "(x below is the rank received)"))
+        dim = self.params.input_dim
+        for name, value in zip(("mean", "std"), stats):
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(value), [dim], message=f"input {name} must be a float32 tensor [{dim}]"))
+        if stats:
+            checks.append(tf.debugging.assert_positive(stats[1], message="input std must be positive"))
+        with tf.control_dependencies(checks):
+            return [tf.identity(x) for x in (inputs, lengths, *stats)]
+
+    def serve_lengths(self, inputs, lengths):
+        return self.run(*self._checked(inputs, lengths))
+
+    def serve_speaker(self, inputs, lengths):
+        return self.run(*self._checked(inputs, lengths), stats="speaker" if self.speaker_adapted else None)
+
+    def speaker_statistics(self, inputs, lengths):
+        tf = self.tf
+        (frames, total, squares), speech = self.run(*self._checked(inputs, lengths), stats="moments")
+        mean, std = fe.tf_mean_std(frames, total, squares, self.params.std_floor)
+        return {"mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32),
+                "frames": frames, "sum": total, "sum_squares": squares, "speech": tf.cast(speech, tf.int32)}
+
+    def serve_with_statistics(self, inputs, lengths, mean, std):
+        inputs, lengths, mean, std = self._checked(inputs, lengths, mean, std)
+        return self.run(inputs, lengths, stats=(mean, std))
+
+
+def speaker_adapted(config) -> bool:
+    """Whether the run normalised every speaker by their own statistics (its serve_speaker
+    uses a speaker's statistics; otherwise serve_speaker is serve_lengths)."""
+    return config.features.normalization in SPEAKER_MODES

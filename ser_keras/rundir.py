@@ -1,0 +1,212 @@
+"""The run directory of ``ser-keras fit``: every file name and path of a run, in one place.
+
+A run directory holds::
+
+    config.yaml              the resolved config, the label order, the package version
+    folds.json               the protocol and, per fold, its test utterances (corpus-relative)
+    results.json             per-fold and pooled WA/UA (evaluation.results)
+    predictions.csv          the folds' test predictions, pooled
+    serving_predictions.csv  the same, each recording served alone (speaker-normalised models)
+    confusion_matrix.png     the pooled confusion matrix
+    estimate.json            protocol "all": the figure of a run that estimates the model
+    tensorboard/<corpus>/<fold>/
+    folds/<fold>/            a ``FoldDir``
+
+and an export directory a copy of one fold's ``model.keras`` and fitted front end, plus
+``export.json``. ``RunDir`` and ``FoldDir`` name these paths; nobody else spells them. The
+writers here are atomic (a temporary file renamed over the target), so a run killed mid-write
+never leaves half a file that a resumed run would read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import typing
+
+from ser_keras.errors import SerKerasError
+
+CONFIG_FILE = "config.yaml"
+FOLDS_FILE = "folds.json"
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.csv"
+SERVING_PREDICTIONS_FILE = "serving_predictions.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+ESTIMATE_FILE = "estimate.json"
+FOLD_RESULT_FILE = "result.json"
+KERAS_MODEL_FILE = "model.keras"
+SVM_MODEL_FILE = "model.joblib"
+# The fitted front end (features.frontend.FittedFrontEnd): the arrays serving bakes in, and the
+# normaliser's per-speaker statistics.
+FRONTEND_FILE = "frontend.npz"
+NORMALIZER_FILE = "normalizer.npz"
+EXPORT_FILE = "export.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, payload, indent: int = 1) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=indent))
+
+
+def read_json(path) -> typing.Optional[dict]:
+    """The JSON object at `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def common_root(paths) -> str:
+    """The longest common folder of `paths` ('' if none): ``folds.json`` stores paths relative
+    to it, so a run names its utterances independently of where the corpus lives."""
+    try:
+        return os.path.commonpath(list(paths)) if len(paths) else ""
+    except ValueError:
+        return ""
+
+
+def relative_path(path: str, root: str) -> str:
+    return os.path.relpath(path, root) if root else path
+
+
+class FoldDir:
+    """``folds/<fold>/`` of a run: what one fold writes."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> pathlib.Path:
+        return self.path / other
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def run_dir(self) -> "RunDir":
+        return RunDir(self.path.parent.parent)
+
+    keras_model = property(lambda self: self.path / KERAS_MODEL_FILE)
+    svm_model = property(lambda self: self.path / SVM_MODEL_FILE)
+    frontend = property(lambda self: self.path / FRONTEND_FILE)
+    normalizer = property(lambda self: self.path / NORMALIZER_FILE)
+    sae_kernels = property(lambda self: self.path / "sae_kernels.npz")
+    predictions = property(lambda self: self.path / PREDICTIONS_FILE)
+    serving_predictions = property(lambda self: self.path / SERVING_PREDICTIONS_FILE)
+    result = property(lambda self: self.path / FOLD_RESULT_FILE)
+    history = property(lambda self: self.path / "history.csv")
+    elapsed = property(lambda self: self.path / "elapsed.json")
+    checkpoint = property(lambda self: self.path / "checkpoint")
+    refit = property(lambda self: self.path / "refit")
+
+    def model(self, classifier: str) -> pathlib.Path:
+        """The saved model of a ``model.classifier`` ("svm" or "network")."""
+        return self.svm_model if classifier == "svm" else self.keras_model
+
+    def done(self) -> bool:
+        """A fold is done once its result.json (written last, atomically) exists."""
+        return self.result.is_file()
+
+    def read_result(self) -> dict:
+        """The fold's result.json ({} when it is missing or unreadable)."""
+        return read_json(self.result) or {}
+
+
+class RunDir:
+    """A run directory written by ``ser-keras fit`` (see the module docstring)."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> pathlib.Path:
+        return self.path / other
+
+    config = property(lambda self: self.path / CONFIG_FILE)
+    folds_file = property(lambda self: self.path / FOLDS_FILE)
+    results = property(lambda self: self.path / RESULTS_FILE)
+    predictions = property(lambda self: self.path / PREDICTIONS_FILE)
+    serving_predictions = property(lambda self: self.path / SERVING_PREDICTIONS_FILE)
+    confusion_png = property(lambda self: self.path / CONFUSION_FILE)
+    estimate = property(lambda self: self.path / ESTIMATE_FILE)
+    folds_dir = property(lambda self: self.path / "folds")
+
+    def fold(self, name: str) -> FoldDir:
+        return FoldDir(self.folds_dir / name)
+
+    def tensorboard(self, corpus: str, fold: str) -> pathlib.Path:
+        return self.path / "tensorboard" / corpus / fold
+
+    def cross_corpus(self, corpus: str) -> pathlib.Path:
+        return self.path / "cross_corpus" / corpus
+
+    def is_run(self) -> bool:
+        """config.yaml and folds/: what ``predict`` takes for a run directory."""
+        return self.config.is_file() and self.folds_dir.is_dir()
+
+    # ------------------------------------------------------------------------- folds.json
+
+    def read_folds(self) -> list:
+        """The folds of folds.json (dicts with name, test_paths, ...); raises SerKerasError
+        naming the file when it is missing or unreadable."""
+        data = read_json(self.folds_file)
+        if data is None:
+            raise SerKerasError(f"{self.folds_file}: missing; the run directory is incomplete")
+        if not isinstance(data, dict) or not isinstance(data.get("folds"), list):
+            raise SerKerasError(f"{self.folds_file}: not a folds file (no 'folds' list)")
+        return data["folds"]
+
+    def fold_names(self) -> list:
+        """Every fold name of the run's protocol, in protocol order (folds.json)."""
+        return [str(f["name"]) for f in self.read_folds()]
+
+    def protocol_fold_names(self) -> list:
+        """The protocol's fold names from folds.json, else from results.json, else []."""
+        for path in (self.folds_file, self.results):
+            data = read_json(path)
+            folds = data.get("folds") if isinstance(data, dict) else None
+            if isinstance(folds, dict):
+                return [str(key) for key in folds]
+            if isinstance(folds, list):
+                names = [str(f.get("name")) if isinstance(f, dict) else str(f) for f in folds]
+                if names:
+                    return names
+        return []
+
+    def fold_entry(self, name: str) -> typing.Optional[dict]:
+        """folds.json's entry of fold `name`, or None (no such fold, or no readable file)."""
+        data = read_json(self.folds_file)
+        try:
+            return next((f for f in data["folds"] if f.get("name") == name), None)
+        except (TypeError, KeyError, AttributeError):
+            return None
+
+    def check_folds(self, payload: dict) -> None:
+        """Write folds.json, or check that the one there is `payload`, so a resumed run never
+        mixes folds drawn from a different manifest."""
+        path = self.folds_file
+        if path.is_file():
+            old = read_json(path)
+            if old is not None and old != payload:
+                raise SerKerasError(
+                    f"{path}: the folds of this run differ from the corpus as scanned now "
+                    "(files added or removed?); use another --run-dir"
+                )
+            if old is not None:
+                return
+        atomic_write_json(path, payload)
