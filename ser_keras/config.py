@@ -460,7 +460,8 @@ def validate(config: Config) -> None:
     if config.features.speaker_fallback not in ("speaker_all", "global"):
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
     if config.features.level_floor_db is not None and config.features.level_floor_db <= 0:
-        raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {config.features.level_floor_db}")
+        raise SerKerasError("features.level_floor_db: must be positive dB (or null), "
+                            f"got {config.features.level_floor_db}")
     if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
         raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
     if config.features.warp_mode not in ("copies", "draw"):
