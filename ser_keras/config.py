@@ -121,6 +121,13 @@ class FeatureConfig:
     # Spectrogram models only (exp1/exp2 read LLDs and ignore it). False keeps the features of
     # runs made before it existed.
     level_normalization: bool = False
+    # With level normalisation: every cell more than this many dB below the level reference is
+    # raised to it, so the cells a low gain pushes towards the absolute log floor (which no
+    # longer move with the gain) are held at a level that does not depend on the gain either.
+    # It must sit above the absolute floor (-100 dB) by more than the lowest gain served takes
+    # away (26 dB at 0.05) plus the reference's height over it; features/level.py says how it
+    # was chosen. None: no relative floor (runs made before it existed).
+    level_floor_db: typing.Optional[float] = None
     # Speech detection (features/level.py), for the serving `speech` output and predict's
     # "speech": a recording without speech gets uniform probabilities. These do not change
     # training. The quietest real recording measured here (the demo corpus' quietest file,
@@ -452,6 +459,9 @@ def validate(config: Config) -> None:
         raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
     if config.features.speaker_fallback not in ("speaker_all", "global"):
         raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
+    if config.features.level_floor_db is not None and config.features.level_floor_db <= 0:
+        raise SerKerasError("features.level_floor_db: must be positive dB (or null), "
+                            f"got {config.features.level_floor_db}")
     if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
         raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
     if config.features.warp_mode not in ("copies", "draw"):

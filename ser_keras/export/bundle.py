@@ -160,7 +160,7 @@ class FoldModel:
             return frame_llds(waveform, self.config.features, self.sample_rate)
         spectrogram = log_spectrogram(waveform, self.config.features, self.sample_rate)
         if self.params.level_normalization:
-            spectrogram = level_normalize(spectrogram)
+            spectrogram = level_normalize(spectrogram, self.params.level_floor_db)
         return spectrogram
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:
