@@ -44,6 +44,7 @@ import typing
 import numpy as np
 from scipy import ndimage, signal
 
+from ser_keras.config import cache_root
 from ser_keras.errors import SerKerasError
 
 NAME = "demo"
@@ -115,8 +116,6 @@ def speakers() -> dict:
 
 def prepare(root: typing.Optional[pathlib.Path], config) -> pathlib.Path:
     """Generate the corpus (once) and return its folder."""
-    from ser_keras.config import cache_root
-
     seed = int(getattr(config, "demo_seed", 0))
     if root is None:
         root = cache_root(config) / f"demo-v{GENERATOR_VERSION}-seed{seed}"

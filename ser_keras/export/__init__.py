@@ -7,6 +7,7 @@
 - ``predict.predict_files(model, paths, ...)`` / ``predict.run_predict_command(...)``: label
   audio files with a run directory or an export, sliding windows and an attention timeline.
 - ``frontend``: the TensorFlow twin of the NumPy front end (spectrogram, normalisation, PCA).
+- ``graph``: ``ServingGraph``, the TensorFlow functions the export saves as endpoints.
 - ``fastgraph``: the inference graph with TensorFlow's fused LSTM kernel (the export's fast path).
 - ``bundle.load_fold(run_dir, fold)``: one fold of a run, loaded for inference.
 

@@ -32,7 +32,11 @@ import typing
 
 import numpy as np
 
+from ser_keras import audio
+from ser_keras.config import FeatureConfig
+from ser_keras.config import cache_root as config_cache_root
 from ser_keras.errors import SerKerasError
+from ser_keras.features import llds, spectrogram
 from ser_keras.features.cache import FeatureCache, file_identity
 from ser_keras.features.level import maybe_level_normalize
 
@@ -58,8 +62,6 @@ class Extraction:
 
 def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) -> np.ndarray:
     """Features of `kind` for one waveform (no cache). `config` is a FeatureConfig."""
-    from ser_keras.features import llds, spectrogram
-
     if kind == "spectrogram":
         return spectrogram.log_spectrogram(waveform, config, sample_rate)
     if kind == "lld":
@@ -71,9 +73,7 @@ def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) 
 
 def default_cache_dir(config) -> pathlib.Path:
     """``cache_root(config.data) / "features"``: data.cache_dir, $SER_KERAS_CACHE or ~/.cache/ser_keras."""
-    from ser_keras.config import cache_root
-
-    return cache_root(config.data) / "features"
+    return config_cache_root(config.data) / "features"
 
 
 def resolve_jobs(n_jobs: typing.Optional[int], config) -> int:
@@ -166,8 +166,6 @@ class _Spec:
     cache_root: typing.Optional[str]
 
     def feature_config(self):
-        from ser_keras.config import FeatureConfig
-
         return FeatureConfig(**self.features)
 
     def cache(self, kind: str) -> typing.Optional[FeatureCache]:
@@ -207,25 +205,15 @@ def _work(paths: list, spec: _Spec) -> list:
 
     numpy's and scipy's BLAS run single-threaded meanwhile: the matrices here are tiny, the
     pool already fills the cores, and idle BLAS threads spinning next to busy workers halved
-    the throughput. The limit is taken here, after the imports, so it covers every BLAS
-    library that is loaded by then (a limit set in a pool initializer missed scipy's).
+    the throughput. The limit is taken here, in the task, so it covers every BLAS library the
+    feature modules (imported with this module) loaded (a limit set in a pool initializer
+    missed scipy's).
     """
-    _import_feature_modules()
     with _single_threaded():  # costs ~1 ms (it scans the loaded libraries): once per chunk
         return _work_unlimited(paths, spec)
 
 
-def _import_feature_modules() -> None:
-    import scipy.fft  # noqa: F401
-
-    from ser_keras.audio import load_audio  # noqa: F401
-    from ser_keras.features import llds, spectrogram  # noqa: F401
-
-
 def _work_unlimited(paths: list, spec: _Spec) -> list:
-    from ser_keras.audio import load_audio
-    from ser_keras.features import llds
-
     config = spec.feature_config()
     cache = spec.cache(spec.kind)
     lld_cache = spec.cache("lld") if spec.kind == "functionals" else None
@@ -241,7 +229,7 @@ def _work_unlimited(paths: list, spec: _Spec) -> list:
             if frame_llds is not None:
                 array = llds.functionals(frame_llds, config)
             else:
-                waveform = load_audio(path, spec.sample_rate)
+                waveform = audio.load_audio(path, spec.sample_rate)
                 if spec.kind == "functionals":
                     frame_llds = compute_features(waveform, "lld", config, spec.sample_rate)
                     array = llds.functionals(frame_llds, config)
@@ -286,7 +274,6 @@ def _compute(paths: list, spec: _Spec, jobs: int, bar) -> typing.Iterator[tuple]
     if not paths:
         return
     if jobs <= 1 or len(paths) < MIN_FILES_FOR_POOL_BY_KIND.get(spec.kind, MIN_FILES_FOR_POOL):
-        _import_feature_modules()
         with _single_threaded():
             for path in paths:
                 result = _work_unlimited([path], spec)

@@ -47,6 +47,7 @@ import functools
 import numpy as np
 import scipy.fft
 
+from ser_keras.config import FeatureConfig
 from ser_keras.features import spectrogram
 
 #: Columns summarised over voiced frames only (formants also where non-zero).
@@ -334,8 +335,6 @@ def functionals(llds: np.ndarray, config=None) -> np.ndarray:
     equal ``len(lld_names(config))``.
     """
     if config is None:
-        from ser_keras.config import FeatureConfig
-
         config = FeatureConfig()
     names = lld_names(config)
     llds = np.asarray(llds, dtype=np.float64)
