@@ -1,8 +1,10 @@
 """The ``ser-keras`` command line.
 
 Each subcommand is a thin function: parse, load the config, call the library. Errors the
-user can fix (``SerKerasError``) print one line and exit 2, never a traceback. Heavy
-imports (TensorFlow) happen inside the subcommands so ``--help`` and ``info`` stay fast.
+user can fix (``SerKerasError``) print one line and exit 2, never a traceback. The modules that
+import TensorFlow (training, evaluation, export) are imported inside the subcommands that use
+them, so ``--help`` and ``info`` stay fast; that is the only reason for an import inside a
+function here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 import typing
 
 from ser_keras import __version__
-from ser_keras.config import DEFAULT_EXPERIMENT, experiment_names
+from ser_keras.config import DEFAULT_EXPERIMENT, DataConfig, experiment_names, load_config
+from ser_keras.corpora import CORPORA, corpus_root, describe, load_manifest, unmatched_line
 from ser_keras.errors import SerKerasError
 
 EXIT_USER_ERROR = 2
@@ -23,8 +26,6 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    from ser_keras.corpora import CORPORA
-
     parser.add_argument("--corpus", required=required, choices=sorted(CORPORA),
                         help="corpus name ('demo' needs no download)")
     parser.add_argument("--data-dir", help="the corpus directory in its distributor's layout "
@@ -141,9 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args) -> int:
-    from ser_keras.config import DataConfig
-    from ser_keras.corpora import corpus_root, describe, load_manifest, unmatched_line
-
     data_config = DataConfig(corpus=args.corpus, data_dir=args.data_dir, cache_dir=args.cache_dir)
     root = corpus_root(args.corpus, args.data_dir, data_config)
     if args.print_dir:
@@ -173,8 +171,6 @@ def cmd_info(args) -> int:
 
 
 def _config_from_args(args, experiment: typing.Optional[str]):
-    from ser_keras.config import load_config
-
     overrides = list(args.overrides)
     if getattr(args, "data_dir", None):
         overrides.insert(0, f"data.data_dir={args.data_dir}")

@@ -79,8 +79,8 @@ def relative_path(path: str, root: str) -> str:
     return os.path.relpath(path, root) if root else path
 
 
-class FoldDir:
-    """``folds/<fold>/`` of a run: what one fold writes."""
+class _Directory:
+    """A folder of known files (``path``), usable where a path is (``os.fspath``, ``/``)."""
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
@@ -90,6 +90,10 @@ class FoldDir:
 
     def __truediv__(self, other) -> pathlib.Path:
         return self.path / other
+
+
+class FoldDir(_Directory):
+    """``folds/<fold>/`` of a run: what one fold writes."""
 
     @property
     def name(self) -> str:
@@ -125,17 +129,8 @@ class FoldDir:
         return read_json(self.result) or {}
 
 
-class RunDir:
+class RunDir(_Directory):
     """A run directory written by ``ser-keras fit`` (see the module docstring)."""
-
-    def __init__(self, path):
-        self.path = pathlib.Path(path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __truediv__(self, other) -> pathlib.Path:
-        return self.path / other
 
     config = property(lambda self: self.path / CONFIG_FILE)
     folds_file = property(lambda self: self.path / FOLDS_FILE)

@@ -1,6 +1,6 @@
 """Parity of a trained, exported model with the in-process pipeline, served without ser_keras.
 
-A real run of the shipped default (``training.run.fit`` of the default experiment on the demo
+A real run of the shipped default (``evaluation.fit.fit`` of the default experiment on the demo
 corpus: one fold, one epoch) is exported;
 a fresh Python process that imports only TensorFlow and NumPy loads the SavedModel and scores
 the utterances; ``predict_files`` scores the same utterances in-process from the run

@@ -2,7 +2,7 @@
 
 ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model`` + a
 ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run()`` trains a
-real run of the default experiment with ``training.run.fit`` on the demo corpus (one fold, one epoch, small
+real run of the default experiment with ``evaluation.fit.fit`` on the demo corpus (one fold, one epoch, small
 SAE) once per test session; ``exported(run_dir, jit)`` exports a run once. Results are
 cached at module level, so every test module that imports these shares them.
 """
@@ -87,7 +87,7 @@ def tiny_run(experiment: str = "exp4", seed: int = 0, level: bool = False) -> pa
 
 def trained_demo_run() -> pathlib.Path:
     """A real run of the default experiment (the shipped model) on the demo corpus
-    (training.run.fit, one fold, one epoch)."""
+    (evaluation.fit.fit, one fold, one epoch)."""
     if "trained" in _CACHE:
         return _CACHE["trained"]
     from ser_keras.config import DEFAULT_EXPERIMENT, load_config

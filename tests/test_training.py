@@ -236,7 +236,7 @@ def test_same_config_twice_gives_same_folds_and_metrics(exp4_cli_run, tmp_path):
 
 
 def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
-    """`fit` reuses one compiled model across folds (training.run.fold_model) and resets all of
+    """`fit` reuses one compiled model across folds (training.network.fold_model) and resets all of
     its state; the second fold must come out bit for bit as it does in a run of its own."""
     from ser_keras.evaluation.fit import fit
 
