@@ -23,6 +23,7 @@ import yaml
 
 from ser_keras import __version__
 from ser_keras.errors import SerKerasError
+from ser_keras.rundir import RunDir
 
 # The experiment `fit` runs when none is named.
 DEFAULT_EXPERIMENT = "exp5"
@@ -492,7 +493,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
 def save_run_config(config: Config, run_dir: pathlib.Path, labels: typing.Sequence[str]) -> pathlib.Path:
     """Write the resolved config, the label order and the package version into the run."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     payload = {"ser_keras_version": __version__, "labels": list(labels), "config": config.to_dict()}
     path.write_text(yaml.safe_dump(payload, sort_keys=False))
     return path
@@ -500,7 +501,7 @@ def save_run_config(config: Config, run_dir: pathlib.Path, labels: typing.Sequen
 
 def load_run_config(run_dir: pathlib.Path) -> tuple:
     """(Config, labels) saved by `save_run_config`."""
-    path = pathlib.Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     data = load_yaml(path)
     if "config" not in data or "labels" not in data:
         raise SerKerasError(f"{path}: not a ser_keras run config (missing 'config' or 'labels')")

@@ -32,6 +32,7 @@ import numpy as np
 from ser_keras.errors import SerKerasError
 from ser_keras import metrics as metrics_lib
 from ser_keras.models.predictor import make_predictor
+from ser_keras.rundir import FoldDir
 from ser_keras.training.confusion_image import confusion_image
 
 MONITOR = "val_ua"
@@ -229,7 +230,7 @@ def training_callbacks(
     extra: typing.Sequence[keras.callbacks.Callback] = (),
 ) -> list:
     """The callbacks of one fold, in the order they must run at every epoch end."""
-    checkpoint_dir = fold_dir / "checkpoint"
+    checkpoint_dir = FoldDir(fold_dir).checkpoint
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     has_validation = len(y_validation) > 0
     callbacks: list = []
@@ -238,7 +239,7 @@ def training_callbacks(
     elif tensorboard_dir is not None:
         callbacks.append(ScalarLogger(tensorboard_dir))
     checkpoint = EpochCheckpoint(checkpoint_dir / "backup", title=title)
-    callbacks.append(ResumableCSVLogger(fold_dir / "history.csv", checkpoint))
+    callbacks.append(ResumableCSVLogger(FoldDir(fold_dir).history, checkpoint))
     if has_validation:
         stopping = ResumableEarlyStopping(checkpoint_dir, patience=patience)
         checkpoint.stateful.append(stopping)
