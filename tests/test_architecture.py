@@ -147,3 +147,9 @@ def test_the_cli_imports_in_a_fresh_interpreter():
 def test_a_run_file_name_is_spelled_in_one_module(name):
     holders = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if name in p.read_text())
     assert holders == ["ser_keras/rundir.py"], holders
+
+
+def test_no_code_branches_on_an_experiment_name():
+    """The code branches on config fields; an experiment's name only picks a YAML."""
+    holders = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if '== "exp' in p.read_text())
+    assert holders == [], holders
