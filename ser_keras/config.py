@@ -26,9 +26,19 @@ from ser_keras.errors import SerKerasError
 
 # The experiment `fit` runs when none is named.
 DEFAULT_EXPERIMENT = "exp5"
+# The allowed values of every choice field, one tuple each: `Config.validate()`, the modules that
+# implement the choices and the CLI's `choices=` all read them from here.
 CLASSIFIERS = ("network", "svm")
 INPUT_FEATURES = ("spectrogram", "lld", "functionals")
 FRONTENDS = ("sae_conv", "dense")
+NORMALIZATIONS = ("neutral_speaker", "neutral_global", "none", "speaker")
+SPEAKER_FALLBACKS = ("speaker_all", "global")
+WARP_MODES = ("draw", "copies")
+PROTOCOLS = ("loso", "session", "random", "all")
+VALIDATION_SPLITS = ("auto", "speakers", "utterances")
+OPTIMIZERS = ("adam", "sgd")
+CLASS_WEIGHTS = ("none", "balanced")
+STRATEGIES = ("default", "mirrored", "multi-worker")
 # What the model fields were before they existed: a run directory written by an older version
 # names only its experiment, and these fill in what that name meant then.
 _LEGACY_MODEL_FIELDS = {
@@ -37,6 +47,18 @@ _LEGACY_MODEL_FIELDS = {
     "exp3": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
     "exp4": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
 }
+# Where the runtime settings were before the `runtime` section existed: run directories written
+# by an older version (and YAML files or --set overrides written for it) keep them there.
+_LEGACY_RUNTIME_KEYS = {
+    ("data", "data_dir"): "data_dir",
+    ("data", "cache_dir"): "cache_dir",
+    ("features", "n_jobs"): "extract_jobs",
+    ("model", "svm_n_jobs"): "svm_jobs",
+    ("train", "fold"): "fold",
+    ("train", "strategy"): "strategy",
+    ("train", "jobs"): "jobs",
+    ("train", "sweep_block_windows"): "sweep_block_windows",
+}
 
 
 @dataclass
@@ -44,7 +66,6 @@ class DataConfig:
     """Which corpus, where, and how its labels are read."""
 
     corpus: str = "demo"
-    data_dir: typing.Optional[str] = None
     sample_rate: int = 16000
     # Restrict to (and order by) these labels; None keeps every label the corpus has.
     labels: typing.Optional[typing.List[str]] = None
@@ -55,8 +76,6 @@ class DataConfig:
     ravdess_song: bool = False
     # demo: seed of the synthetic corpus (another seed generates another corpus).
     demo_seed: int = 0
-    # Where features (and the generated demo corpus) are cached; None -> ~/.cache/ser_keras.
-    cache_dir: typing.Optional[str] = None
 
 
 @dataclass
@@ -85,7 +104,6 @@ class FeatureConfig:
     lpc_order: int = 18
     f0_min_hz: float = 60.0
     f0_max_hz: float = 500.0
-    # Added by the features engineer (issue #3), see features/llds.py:
     # YIN dip threshold for F0 and the voicing flag (cumulative-mean-normalised difference).
     voicing_threshold: float = 0.3
     # Pre-emphasis coefficient before LPC formant analysis (0 disables it).
@@ -98,8 +116,6 @@ class FeatureConfig:
     pca_max_frames: int = 200000
     # Utterances longer than this are cropped (centre) for training; None keeps all frames.
     max_frames: typing.Optional[int] = 800
-    # Worker processes for extraction; 0 means one per CPU core.
-    n_jobs: int = 0
     # exp3/exp4 training augmentation (features/augment.py): one warped version of every
     # training utterance per factor, its spectrogram's frequency axis scaled by the factor
     # (VTLP-style), each normalised as a speaker of its own. [] (default) adds none; exp1/exp2
@@ -207,7 +223,6 @@ class ModelConfig:
     svm_gamma_grid: typing.List[typing.Union[str, float]] = field(default_factory=lambda: ["scale"])
     svm_cv_folds: int = 5  # stratified, shuffled with train.seed
     svm_scoring: str = "accuracy"  # any sklearn scorer name, e.g. balanced_accuracy (= UA)
-    svm_n_jobs: int = 1
 
 
 @dataclass
@@ -219,7 +234,6 @@ class TrainConfig:
     # deploy; refit on everything after early stopping, no test part, no WA/UA)
     protocol: str = "loso"
     folds: int = 10  # for protocol=random
-    fold: typing.Optional[int] = None  # run one fold only
     # Validation for early stopping, from a fold's training part only (data/splits.py):
     # "auto" holds out whole training speakers under loso/session (speaker-independent, like
     # the test) when at least 3 remain to train on, else (and under random) a stratified
@@ -238,18 +252,36 @@ class TrainConfig:
     batch_size: int = 10  # the paper updates every 10 sequences
     epochs: int = 40
     patience: int = 8
+    # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
+    # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
+    class_weight: str = "none"  # none | balanced
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a run executes, and which part of it: nothing here changes what a fold
+    learns, so resuming a run (and its config hash, and `fit --estimate-from`) compares every
+    other section and never this one (training/resume.py)."""
+
+    # The corpus directory (--data-dir); None -> the corpus' environment variable.
+    data_dir: typing.Optional[str] = None
+    # Where features (and the generated demo corpus) are cached; None -> $SER_KERAS_CACHE,
+    # else ~/.cache/ser_keras.
+    cache_dir: typing.Optional[str] = None
     strategy: str = "default"  # default | mirrored | multi-worker
     # Folds trained at once, each in its own process (training/parallel.py); with more than
     # one, each process gets cpu_count // jobs TensorFlow threads. A fold's numbers depend on
     # its thread count (floating-point summation order), so they differ in the last digits
     # between jobs=1 and jobs>1; the same config and jobs on the same machine repeat exactly.
     jobs: int = 1
-    # Added by the training engineer (issue #5):
-    # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
-    # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
-    class_weight: str = "none"  # none | balanced
+    fold: typing.Optional[int] = None  # run one fold only (0-based)
+    # Worker processes for feature extraction; 0 means one per CPU core.
+    extract_jobs: int = 0
+    # Processes of the exp1 SVM's grid search (scikit-learn n_jobs).
+    svm_jobs: int = 1
     # `reproduce`: values of model.block_windows for the UAR-vs-context-frames sweep
-    # (context frames per block = model.pool_window * block_windows).
+    # (context frames per block = model.pool_window * block_windows); each run of the sweep
+    # records its own model.block_windows.
     sweep_block_windows: typing.List[int] = field(default_factory=lambda: [2, 5, 10, 20])
 
 
@@ -260,17 +292,23 @@ class Config:
     sae: SAEConfig = field(default_factory=SAEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Every check of the config's values, before anything runs (one line naming the key
+        and the value on the first failure)."""
+        _validate(self)
 
-def cache_root(data: "DataConfig") -> pathlib.Path:
-    """Where features and the generated demo corpus live: data.cache_dir, else
-    $SER_KERAS_CACHE, else ~/.cache/ser_keras."""
+
+def cache_root(cache_dir: typing.Optional[str] = None) -> pathlib.Path:
+    """Where features and the generated demo corpus live: `cache_dir` (runtime.cache_dir),
+    else $SER_KERAS_CACHE, else ~/.cache/ser_keras."""
     import os
 
-    chosen = data.cache_dir or os.environ.get("SER_KERAS_CACHE") or "~/.cache/ser_keras"
+    chosen = cache_dir or os.environ.get("SER_KERAS_CACHE") or "~/.cache/ser_keras"
     return pathlib.Path(chosen).expanduser()
 
 
@@ -407,6 +445,24 @@ def load_experiment_yaml(path: pathlib.Path, seen: typing.Tuple[pathlib.Path, ..
     return _merge(load_experiment_yaml(path.parent / parent, seen + (path.resolve(),)), data)
 
 
+def _relocate(data: dict) -> dict:
+    """`data` (a config mapping) with keys of the older layout moved to where they live now:
+    the runtime settings that used to sit in data/features/model/train (`_LEGACY_RUNTIME_KEYS`).
+    A key given in both places keeps its value from the new one."""
+    moved = {}
+    out = dict(data)
+    for (section, key), new_key in _LEGACY_RUNTIME_KEYS.items():
+        block = out.get(section)
+        if isinstance(block, dict) and key in block:
+            block = dict(block)
+            moved[new_key] = block.pop(key)
+            out[section] = block
+    if moved:
+        runtime = out.get("runtime") if isinstance(out.get("runtime"), dict) else {}
+        out["runtime"] = {**moved, **runtime}
+    return out
+
+
 def load_config(
     experiment: typing.Optional[str] = None,
     config_file: typing.Optional[str] = None,
@@ -418,60 +474,130 @@ def load_config(
     data = load_experiment_yaml(path)
     per_corpus = data.pop("corpora", {}) or {}
     config = Config()
-    _apply(config, data, str(path))
+    _apply(config, _relocate(data), str(path))
     if corpus is not None:
         config.data.corpus = corpus
     corpus_block = per_corpus.get(config.data.corpus, {}) or {}
-    _apply(config, corpus_block, f"{path} (corpora.{config.data.corpus})")
+    _apply(config, _relocate(corpus_block), f"{path} (corpora.{config.data.corpus})")
     if corpus is not None:
         config.data.corpus = corpus
     for text in overrides:
         keys, value = parse_override(text)
-        _apply(config, _nest(keys, value), f"--set {text}")
-    validate(config)
+        _apply(config, _relocate(_nest(keys, value)), f"--set {text}")
+    config.validate()
     return config
 
 
-def validate(config: Config) -> None:
+def _one_of(key: str, value, allowed: typing.Sequence[str]) -> None:
+    if value not in allowed:
+        raise SerKerasError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        raise SerKerasError(f"{key}: must be >= {low}, got {value}")
+
+
+def _validate(config: Config) -> None:
+    data, features, sae, model, train, runtime = (config.data, config.features, config.sae, config.model,
+                                                  config.train, config.runtime)
     for key, allowed in (("classifier", CLASSIFIERS), ("input_features", INPUT_FEATURES),
                          ("frontend", FRONTENDS)):
-        if getattr(config.model, key) not in allowed:
-            raise SerKerasError(f"model.{key}: '{getattr(config.model, key)}' is not one of {', '.join(allowed)}")
-    if (config.model.classifier == "svm") != (config.model.input_features == "functionals"):
-        raise SerKerasError(f"model.input_features: '{config.model.input_features}' does not suit "
-                            f"model.classifier '{config.model.classifier}' (the SVM reads functionals, "
+        _one_of(f"model.{key}", getattr(model, key), allowed)
+    if (model.classifier == "svm") != (model.input_features == "functionals"):
+        raise SerKerasError(f"model.input_features: '{model.input_features}' does not suit "
+                            f"model.classifier '{model.classifier}' (the SVM reads functionals, "
                             "a network frame sequences)")
-    if config.model.statistics_units < 0:
-        raise SerKerasError(f"model.statistics_units: must be >= 0, got {config.model.statistics_units}")
-    if config.train.protocol not in ("loso", "session", "random", "all"):
-        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session, random or all")
-    if config.train.protocol == "all" and config.train.validation_fraction == 0:
+    _one_of("features.normalization", features.normalization, NORMALIZATIONS)
+    _one_of("features.speaker_fallback", features.speaker_fallback, SPEAKER_FALLBACKS)
+    _one_of("features.warp_mode", features.warp_mode, WARP_MODES)
+    _one_of("train.protocol", train.protocol, PROTOCOLS)
+    _one_of("train.validation_split", train.validation_split, VALIDATION_SPLITS)
+    _one_of("train.optimizer", train.optimizer, OPTIMIZERS)
+    _one_of("train.class_weight", train.class_weight, CLASS_WEIGHTS)
+    _one_of("runtime.strategy", runtime.strategy, STRATEGIES)
+
+    # features
+    if features.frame_ms * data.sample_rate / 1000 < 2:
+        raise SerKerasError(f"features.frame_ms: {features.frame_ms} ms is less than two samples at "
+                            f"{data.sample_rate} Hz")
+    if features.hop_ms * data.sample_rate / 1000 < 1:
+        raise SerKerasError(f"features.hop_ms: {features.hop_ms} ms is less than one sample at {data.sample_rate} Hz")
+    if features.n_bins > features.n_fft // 2 + 1:
+        raise SerKerasError(f"features.n_bins: {features.n_bins} exceeds n_fft // 2 + 1 = {features.n_fft // 2 + 1}")
+    _at_least("features.pca_components", features.pca_components, 1)
+    _at_least("features.pca_max_frames", features.pca_max_frames, 2)
+    if not features.norm_std_floor > 0:
+        raise SerKerasError(f"features.norm_std_floor: must be positive, got {features.norm_std_floor}")
+    if not 0 < features.f0_min_hz < features.f0_max_hz:
+        raise SerKerasError(f"features.f0_min_hz: {features.f0_min_hz} must be positive and below "
+                            f"features.f0_max_hz ({features.f0_max_hz})")
+    for factor in features.warp_factors:
+        if not 0.5 <= factor <= 2.0 or factor == 1.0:
+            raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
+    if features.speech_min_contrast_db < 0 or features.speech_min_ms < 0:
+        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
+
+    # sae
+    if not 0.0 < sae.sparsity < 1.0:
+        raise SerKerasError(f"sae.sparsity: rho must be in (0, 1), got {sae.sparsity}")
+    if not sae.clip_std > 0:
+        raise SerKerasError(f"sae.clip_std: must be positive, got {sae.clip_std}")
+    for key in ("batch_size", "hidden_units", "patches_per_size"):
+        _at_least(f"sae.{key}", getattr(sae, key), 1)
+    _at_least("sae.epochs", sae.epochs, 0)
+
+    # model (the network's settings and the SVM's, whichever classifier is chosen: they are
+    # one --set away)
+    if model.lstm_layers < 1 or model.lstm_units < 1:
+        raise SerKerasError(f"model.lstm_layers / model.lstm_units must be >= 1, got "
+                            f"{model.lstm_layers} / {model.lstm_units}")
+    if not 0.0 <= model.dropout < 1.0:
+        raise SerKerasError(f"model.dropout: must be in [0, 1), got {model.dropout}")
+    _at_least("model.input_noise", model.input_noise, 0)
+    _at_least("model.statistics_units", model.statistics_units, 0)
+    if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:
+        raise SerKerasError(f"model.block_stride: must be between 1 and model.block_windows, got "
+                            f"{model.block_stride} (block_windows={model.block_windows})")
+    if not model.svm_c_grid or any(c <= 0 for c in model.svm_c_grid):
+        raise SerKerasError(f"model.svm_c_grid: needs positive values, got {model.svm_c_grid}")
+    if not model.svm_gamma_grid:
+        raise SerKerasError("model.svm_gamma_grid: is empty")
+    for gamma in model.svm_gamma_grid:
+        if gamma not in ("scale", "auto") and not (_is_number(gamma) and float(gamma) > 0):
+            raise SerKerasError(f"model.svm_gamma_grid: {gamma!r} is not 'scale', 'auto' or a positive number")
+    _at_least("model.svm_cv_folds", model.svm_cv_folds, 2)
+
+    # train
+    if not 0.0 <= train.validation_fraction < 1.0:
+        raise SerKerasError(f"train.validation_fraction: {train.validation_fraction} is not in [0, 1)")
+    if train.protocol == "all" and train.validation_fraction == 0:
         raise SerKerasError("train.protocol all: needs validation data to pick the epoch count of the model "
                             "trained on everything (train.validation_fraction is 0)")
-    if config.features.normalization not in ("neutral_speaker", "neutral_global", "none", "speaker"):
-        raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
-    if config.features.speaker_fallback not in ("speaker_all", "global"):
-        raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
-    if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
-        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
-    if config.features.warp_mode not in ("copies", "draw"):
-        raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
-    if config.train.refit and config.train.validation_fraction == 0:
+    if train.refit and train.validation_fraction == 0:
         raise SerKerasError("train.refit: needs validation data to pick the epoch count "
                             "(train.validation_fraction is 0)")
-    if config.train.optimizer not in ("adam", "sgd"):
-        raise SerKerasError(f"train.optimizer: '{config.train.optimizer}' is not adam or sgd")
-    if config.train.strategy not in ("default", "mirrored", "multi-worker"):
-        raise SerKerasError(f"train.strategy: '{config.train.strategy}' is not default, mirrored or multi-worker")
-    if config.train.jobs < 1:
-        raise SerKerasError(f"train.jobs: must be at least 1, got {config.train.jobs}")
-    if config.train.jobs > 1 and config.train.strategy != "default":
-        raise SerKerasError(f"train.jobs: {config.train.jobs} folds at once needs train.strategy default, "
-                            f"not {config.train.strategy} (which spreads ONE fold over devices)")
+
+    # runtime
+    _at_least("runtime.jobs", runtime.jobs, 1)
+    if runtime.jobs > 1 and runtime.strategy != "default":
+        raise SerKerasError(f"runtime.jobs: {runtime.jobs} folds at once needs runtime.strategy default, "
+                            f"not {runtime.strategy} (which spreads ONE fold over devices)")
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
+    """A Config from a saved mapping (a run directory's config.yaml), older layouts included:
+    runtime keys in their former sections, and model fields an older version did not write."""
     config = Config()
+    data = _relocate(data)
     model = data.get("model") or {}
     if "classifier" not in model and model.get("experiment") in _LEGACY_MODEL_FIELDS:
         data = {**data, "model": {**_LEGACY_MODEL_FIELDS[model["experiment"]], **model}}

@@ -218,7 +218,7 @@ def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(SerKerasError, match=r"\(n >= 2, 3\*D\)"):
         train_sparse_autoencoder(np.ones((10, 7), np.float32), 3, sae, seed=0)
     with pytest.raises(SerKerasError, match="sae.sparsity"):
-        train_sparse_autoencoder(np.ones((10, 3 * D), np.float32), 3, tiny_config(sparsity=1.5).sae, seed=0)
+        tiny_config(sparsity=1.5).validate()
     with pytest.raises(SerKerasError, match="no training features"):
         pretrain_kernels([], tiny_config(), seed=0)
 

@@ -44,9 +44,9 @@ import typing
 import numpy as np
 import pandas as pd
 
+from ser_keras.config import PROTOCOLS, VALIDATION_SPLITS
 from ser_keras.errors import SerKerasError
 
-PROTOCOLS = ("loso", "session", "random", "all")
 PROTOCOL_NAMES = {
     "loso": "leave-one-speaker-out",
     "session": "leave-one-session-out",
@@ -79,7 +79,6 @@ def describe_protocol(protocol: str, n_folds: int) -> str:
     return PROTOCOL_NAMES[protocol].format(n=n_folds)
 
 
-VALIDATION_SPLITS = ("auto", "speakers", "utterances")
 # validation_split=auto holds out speakers only when at least this many remain for training.
 MIN_TRAINING_SPEAKERS = 3
 
@@ -171,11 +170,11 @@ def make_folds(
 
 
 def select_folds(folds: typing.Sequence[Fold], fold: typing.Optional[int]) -> typing.List[Fold]:
-    """All folds, or the one at 0-based index `fold` (train.fold / --fold)."""
+    """All folds, or the one at 0-based index `fold` (runtime.fold / --fold)."""
     if fold is None:
         return list(folds)
     if not 0 <= fold < len(folds):
-        raise SerKerasError(f"train.fold: {fold} is out of range (this protocol has folds 0..{len(folds) - 1})")
+        raise SerKerasError(f"runtime.fold: {fold} is out of range (this protocol has folds 0..{len(folds) - 1})")
     return [folds[fold]]
 
 

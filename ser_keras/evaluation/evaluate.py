@@ -91,12 +91,12 @@ def _model_file(config) -> str:
 
 def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
     """Predict the test part of folds that have a model but lost their predictions."""
-    from ser_keras.corpora import load_manifest
+    from ser_keras.corpora import run_manifest
     from ser_keras.evaluation.results import common_root, fold_predictions_frame, relative_path, score_predictions
     from ser_keras.training import resume
     from ser_keras.training.run import extract
 
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     manifest = manifest[manifest["label"].isin(labels)].reset_index(drop=True)
     folds = json.loads((run_dir / "folds.json").read_text())["folds"]
     root = common_root(manifest["path"])
@@ -173,16 +173,16 @@ def predict_with_fold(fold_dir: pathlib.Path, config, features: list, speakers: 
 
 
 def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progress) -> dict:
-    from ser_keras.corpora import load_manifest
+    from ser_keras.corpora import run_manifest
     from ser_keras.evaluation.metrics import summarize
     from ser_keras.evaluation.plots import save_confusion_png
     from ser_keras.training.run import extract
 
     target_config = copy.deepcopy(config)
     target_config.data.corpus = corpus
-    target_config.data.data_dir = data_dir
+    target_config.runtime.data_dir = data_dir
     target_config.data.labels = None
-    manifest = load_manifest(corpus, data_dir, target_config.data)
+    manifest = run_manifest(target_config)
     source_canonical = {canonical(label): i for i, label in enumerate(labels)}
     target_labels = sorted(set(manifest["label"]))
     label_map = {t: labels[source_canonical[canonical(t)]] for t in target_labels

@@ -32,10 +32,12 @@ import typing
 
 import numpy as np
 
+from ser_keras.config import INPUT_FEATURES, cache_root
 from ser_keras.errors import SerKerasError
 from ser_keras.features.cache import FeatureCache, file_identity
 
-KINDS = ("spectrogram", "lld", "functionals")
+# The feature kinds are what a model reads (model.input_features).
+KINDS = INPUT_FEATURES
 # Below this many misses the pool's start-up (~0.75 s for two workers) and the transfer of
 # the arrays back cost more than they save. A spectrogram takes ~0.5 ms per file on one core.
 MIN_FILES_FOR_POOL = 8
@@ -69,15 +71,14 @@ def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) 
 
 
 def default_cache_dir(config) -> pathlib.Path:
-    """``cache_root(config.data) / "features"``: data.cache_dir, $SER_KERAS_CACHE or ~/.cache/ser_keras."""
-    from ser_keras.config import cache_root
-
-    return cache_root(config.data) / "features"
+    """``cache_root(config.runtime.cache_dir) / "features"``: runtime.cache_dir, $SER_KERAS_CACHE or
+    ~/.cache/ser_keras."""
+    return cache_root(config.runtime.cache_dir) / "features"
 
 
 def resolve_jobs(n_jobs: typing.Optional[int], config) -> int:
-    """n_jobs argument, else config.features.n_jobs; 0 (or less) means one per usable core."""
-    jobs = config.features.n_jobs if n_jobs is None else n_jobs
+    """n_jobs argument, else config.runtime.extract_jobs; 0 (or less) means one per usable core."""
+    jobs = config.runtime.extract_jobs if n_jobs is None else n_jobs
     if jobs is None or int(jobs) <= 0:
         try:
             return max(1, len(os.sched_getaffinity(0)))
@@ -94,9 +95,9 @@ def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing
     Args:
         manifest: rows to extract, in order.
         kind: "spectrogram", "lld" or "functionals".
-        config: the full ``Config`` (features, data.sample_rate, data.corpus, data.cache_dir).
+        config: the full ``Config`` (features, data.sample_rate, data.corpus, runtime.cache_dir).
         cache_dir: cache root; None -> ``default_cache_dir(config)``; False -> no caching.
-        n_jobs: worker processes; None -> config.features.n_jobs (0 = one per core).
+        n_jobs: worker processes; None -> config.runtime.extract_jobs (0 = one per core).
         progress: show a tqdm progress bar on stderr.
 
     Returns:

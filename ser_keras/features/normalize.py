@@ -53,10 +53,11 @@ import typing
 
 import numpy as np
 
+from ser_keras.config import NORMALIZATIONS, SPEAKER_FALLBACKS
 from ser_keras.errors import SerKerasError
 
-MODES = ("neutral_speaker", "neutral_global", "none", "speaker")
-FALLBACKS = ("speaker_all", "global")
+MODES = NORMALIZATIONS
+FALLBACKS = SPEAKER_FALLBACKS
 # Modes whose models see speaker-normalised input (a test speaker: statistics of their speech).
 SPEAKER_MODES = ("neutral_speaker", "speaker")
 

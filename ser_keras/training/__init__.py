@@ -4,9 +4,9 @@
 - ``callbacks``: per-epoch validation confusion matrix / WA / UA to TensorBoard and CSV,
   resumable early stopping on validation UA, checkpoints (``EpochCheckpoint``).
 - ``resume``: run-directory identity (config hash) and which folds are done.
-- ``distribute``: ``train.strategy`` -> a ``tf.distribute`` strategy (multi-worker reads TF_CONFIG).
+- ``distribute``: ``runtime.strategy`` -> a ``tf.distribute`` strategy (multi-worker reads TF_CONFIG).
 - ``sae_pretrain``: sparse auto-encoder pre-training of the SAE-CNN kernels.
-- ``parallel``: ``train.jobs`` folds at once, each in a worker process.
+- ``parallel``: ``runtime.jobs`` folds at once, each in a worker process.
 
 Submodules import TensorFlow; import them directly (``from ser_keras.training.run import fit``).
 """

@@ -1,4 +1,4 @@
-"""Several folds at once (``train.jobs`` / ``fit --jobs N``), each in its own process.
+"""Several folds at once (``runtime.jobs`` / ``fit --jobs N``), each in its own process.
 
 A fold's training step keeps about one CPU core busy: TensorFlow's thread pool gains little
 on the small matrices of these models, so on a 2-core machine one fold at a time leaves half
@@ -131,11 +131,11 @@ def _worker_context(config: Config, run_dir: pathlib.Path, progress: bool, threa
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
-    from ser_keras.corpora import label_order, load_manifest
+    from ser_keras.corpora import label_order, run_manifest
     from ser_keras.training import run
 
     run.configure_determinism(config.train.seed)
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     features, _ = run.extract(config, manifest, progress=False)
     context = run.make_context(config, run_dir, manifest, label_order(manifest, config.data), features, progress)
     context.epoch_lines = True

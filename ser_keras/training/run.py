@@ -9,7 +9,7 @@ Per fold (``folds/<fold>/`` in the run directory):
    neutral statistics, PCA mean and components and the sample rate the export bakes in);
 3. exp3/exp4: sparse-auto-encoder pre-training of the convolution kernels on patches of a
    seeded third of the training part (``sae_kernels.npz``);
-4. the model (``ser_keras.models``) built and compiled inside the ``train.strategy`` scope and
+4. the model (``ser_keras.models``) built and compiled inside the ``runtime.strategy`` scope and
    trained with Keras' ``fit`` (its progress bar when ``progress``), with the callbacks of
    ``training.callbacks``: per-epoch validation confusion matrix, WA and UA to TensorBoard
    (``tensorboard/<corpus>/<fold>/``) and ``history.csv``, a checkpoint every epoch
@@ -46,7 +46,7 @@ Every fold's ``result.json`` names what its final model was trained on (``traini
 ``n_training_utterances``) and the ``validation_speakers``; the export reports them.
 
 The folds' test predictions are pooled into the run-level ``predictions.csv``,
-``results.json`` and ``confusion_matrix.png`` (``evaluation.results``). With ``train.jobs`` > 1
+``results.json`` and ``confusion_matrix.png`` (``evaluation.results``). With ``runtime.jobs`` > 1
 the folds train that many at a time in worker processes (``training.parallel``), each writing
 its fold directory as above.
 
@@ -56,10 +56,10 @@ early-stopping state). A different config is refused (``training.resume``).
 
 Determinism: ``keras.utils.set_random_seed(train.seed)`` at the start of every fold and
 ``tf.config.experimental.enable_op_determinism()``, so the same config gives the same folds,
-weights and metrics; a fold run alone (``train.fold``) gives what it gives inside a full run.
+weights and metrics; a fold run alone (``runtime.fold``) gives what it gives inside a full run.
 TensorFlow's thread count changes floating-point summation order, so fold workers (fewer
-threads each) give slightly different numbers than ``train.jobs=1``; the same config with the
-same ``train.jobs`` on the same machine repeats exactly.
+threads each) give slightly different numbers than ``runtime.jobs=1``; the same config with the
+same ``runtime.jobs`` on the same machine repeats exactly.
 A fold interrupted inside its epochs (Ctrl-C, SIGKILL) and re-run gives the uninterrupted
 run's numbers exactly: the checkpoint holds the weights, the noise and dropout layers' seed
 states, the optimizer and the early-stopping state (``training.callbacks.EpochCheckpoint``),
@@ -131,30 +131,31 @@ class RunContext:
 
 
 def fit(config: Config, run_dir, progress: bool = True) -> dict:
-    """Train and evaluate `config` on every fold of its protocol (or on `config.train.fold`).
+    """Train and evaluate `config` on every fold of its protocol (or on `config.runtime.fold`).
 
     Returns the results dict also written to ``run_dir/results.json`` (WA/UA are fractions).
     Raises SerKerasError when `run_dir` holds a run of a different config.
     """
-    from ser_keras.corpora import label_order, load_manifest, unmatched_line
+    from ser_keras.corpora import label_order, run_manifest, unmatched_line
     from ser_keras.training.distribute import is_chief, worker_role
 
+    config.validate()
     run_dir = pathlib.Path(run_dir)
     started = time.time()
     configure_determinism(config.train.seed)
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     unmatched = unmatched_line(manifest)
     if unmatched:  # a warning about the data, so shown with progress off too
         print(f"{config.data.corpus}: {unmatched}", file=sys.stderr, flush=True)
     labels = label_order(manifest, config.data)
-    if not is_chief(config.train.strategy):
+    if not is_chief(config.runtime.strategy):
         # A non-chief multi-worker worker: the same computation, written to its own scratch copy.
         run_dir = run_dir / f".worker-{worker_role()[1]}"
     resumed = resume.prepare_run_dir(config, run_dir, labels)
     folds = make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                        config.train.validation_fraction, config.train.validation_split)
     resume.check_folds(run_dir, folds_payload(folds, manifest, config))
-    selected = select_folds(folds, config.train.fold)
+    selected = select_folds(folds, config.runtime.fold)
     pending = [f for f in selected if not resume.fold_done(run_dir, f.name)]
     protocol_name = describe_protocol(config.train.protocol, config.train.folds)
     if progress:
@@ -166,7 +167,7 @@ def fit(config: Config, run_dir, progress: bool = True) -> dict:
     failures: dict = {}
     if pending:
         features, failures = extract(config, manifest, progress)
-        jobs = min(int(config.train.jobs), len(pending))
+        jobs = min(int(config.runtime.jobs), len(pending))
         if jobs > 1:
             from ser_keras.training.parallel import run_folds_in_processes
 
@@ -193,7 +194,7 @@ def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, 
     if config.model.classifier == "network":
         from ser_keras.training.distribute import make_strategy
 
-        context.strategy = make_strategy(config.train.strategy)
+        context.strategy = make_strategy(config.runtime.strategy)
     return context
 
 
@@ -315,7 +316,7 @@ def extract(config: Config, manifest: pd.DataFrame, progress: bool) -> tuple:
     from ser_keras.features.extract import extract_features
 
     kind = config.model.input_features
-    n_jobs = config.features.n_jobs or None
+    n_jobs = config.runtime.extract_jobs or None
     extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
     features = list(extraction.features)
     failures = dict(extraction.failures)
@@ -668,7 +669,7 @@ def fold_model(context: RunContext, n_classes: int, input_dim: int):
         # Build the optimizer now, so its initial state can be recorded and put back later.
         fresh.optimizer.build(fresh.trainable_variables)
         context.models[key] = (fresh, [v.numpy() for v in fresh.optimizer.variables])
-        if context.config.train.strategy == "multi-worker":
+        if context.config.runtime.strategy == "multi-worker":
             from ser_keras.training.distribute import patch_for_multi_worker
 
             patch_for_multi_worker(fresh)
@@ -704,8 +705,6 @@ def _sae_kernels(context: RunContext, fold_dir: pathlib.Path, train_x: list, see
 def _class_weights(config: Config, y_train: np.ndarray, n_classes: int) -> typing.Optional[dict]:
     if config.train.class_weight == "none":
         return None
-    if config.train.class_weight != "balanced":
-        raise SerKerasError(f"train.class_weight: '{config.train.class_weight}' is not none or balanced")
     counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
     present = counts > 0
     weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)

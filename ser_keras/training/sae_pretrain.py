@@ -172,14 +172,7 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
         )
     if not np.all(np.isfinite(patches)):
         raise SerKerasError(f"SAE pre-training (kernel {kernel_size}): patches contain NaN or inf")
-    cfg = sae_config
-    if not 0.0 < cfg.sparsity < 1.0:
-        raise SerKerasError(f"sae.sparsity: rho must be in (0, 1), got {cfg.sparsity}")
-    if cfg.clip_std <= 0 or cfg.batch_size < 1 or cfg.epochs < 0 or cfg.hidden_units < 1:
-        raise SerKerasError(
-            "sae: clip_std, batch_size and hidden_units must be positive and epochs >= 0, got "
-            f"{cfg.clip_std}, {cfg.batch_size}, {cfg.hidden_units}, {cfg.epochs}"
-        )
+    cfg = sae_config  # its values are checked by Config.validate()
     start = time.perf_counter()
     n, width = patches.shape
     hidden = cfg.hidden_units
@@ -310,16 +303,6 @@ def _step_functions():
     return _STEP_FUNCTIONS
 
 
-def _default_sampler():
-    try:
-        from ser_keras.data.pipeline import sample_patches
-    except ImportError as exc:  # pragma: no cover - only while the data pipeline is missing
-        raise SerKerasError(
-            f"SAE pre-training needs ser_keras.data.pipeline.sample_patches ({exc})"
-        ) from None
-    return sample_patches
-
-
 def pretrain_kernels(
     features_list: typing.Sequence[np.ndarray],
     config,
@@ -350,12 +333,13 @@ def pretrain_kernels(
     dims = {np.shape(f)[-1] for f in features_list}
     if len(dims) != 1 or any(np.ndim(f) != 2 for f in features_list):
         raise SerKerasError(f"SAE pre-training: features must be (frames, D) with one D, got D in {sorted(dims)}")
-    sampler = patch_sampler or _default_sampler()
+    if patch_sampler is None:
+        from ser_keras.data.pipeline import sample_patches as patch_sampler
     sae = config.sae
     results = {}
     for k in sae.kernel_sizes:
         patches = np.asarray(
-            sampler(
+            patch_sampler(
                 features_list,
                 kernel_size=k,
                 n=sae.patches_per_size,
