@@ -91,8 +91,11 @@ class FeatureConfig:
     n_bins: int = 256
     log_floor: float = 1e-10
     pca_components: int = 60
-    # neutral_speaker | neutral_global | speaker | none (see features/normalize.py)
-    normalization: str = "neutral_speaker"
+    # speaker | neutral_speaker | neutral_global | none (see features/normalize.py). "speaker"
+    # normalises every speaker, training and test alike, by all of their own speech; the
+    # paper's neutral-speech statistics need a test speaker's labels under LOSO (README, "Where
+    # this differs from the paper").
+    normalization: str = "speaker"
     # For a speaker with no neutral speech in the training fold (every test speaker under
     # LOSO): "speaker_all" uses all of that speaker's utterances (no labels), "global"
     # uses the training fold's pooled neutral statistics.
@@ -406,8 +409,14 @@ def load_yaml(path: pathlib.Path) -> dict:
 
 
 def experiment_names() -> list:
-    """The shipped experiments: one YAML file each in `experiments_dir()`."""
-    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    """The shipped experiments: the YAML files in `experiments_dir()` that name their experiment
+    (`model.experiment`). A file that names none (`base.yaml`) only holds what others extend."""
+    names = []
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        model = load_yaml(path).get("model")
+        if isinstance(model, dict) and model.get("experiment"):
+            names.append(path.stem)
+    return names
 
 
 def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Optional[str]) -> pathlib.Path:

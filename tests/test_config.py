@@ -145,3 +145,28 @@ def test_the_cli_offers_the_choices_the_config_allows():
     assert options["protocol"] == config_module.PROTOCOLS and options["strategy"] == config_module.STRATEGIES
     reproduce = {a.dest: a.choices for a in subcommands["reproduce"]._actions}
     assert set(reproduce["protocol"]) == set(config_module.PROTOCOLS) - {"all"}
+
+
+def test_experiments_are_the_yaml_files_that_name_one_and_extend_without_repeating():
+    """base.yaml (what every experiment shares) is no experiment; a YAML that extends another
+    sets only what differs from it."""
+    from ser_keras.config import experiment_names, experiments_dir, load_experiment_yaml, load_yaml
+
+    assert experiment_names() == ["exp1", "exp2", "exp3", "exp4", "exp5"]
+    assert (experiments_dir() / "base.yaml").is_file()
+
+    def leaves(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        own = load_yaml(path)
+        parent = own.pop("extends", None)
+        if parent is None:
+            continue
+        inherited = dict(leaves(load_experiment_yaml(experiments_dir() / parent)))
+        repeated = [key for key, value in leaves(own) if key in inherited and inherited[key] == value]
+        assert not repeated, f"{path.name} repeats what {parent} sets: {repeated}"
