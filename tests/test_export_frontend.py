@@ -69,14 +69,12 @@ def test_tf_frontend_matches_numpy_pipeline(name, waveform):
     assert np.abs(got - expected).max() <= FEATURE_RTOL * scale
 
 
-def test_tf_frontend_matches_numpy_on_demo_corpus():
-    from tests.test_export_support import demo_files
-
+def test_tf_frontend_matches_numpy_on_demo_corpus(demo_files):
     from ser_keras.audio import load_audio
 
     params = _params(seed=3)
     worst = 0.0
-    for path in demo_files()[::24]:
+    for path in demo_files[::24]:
         waveform = load_audio(path, 16000)
         expected = _numpy_features(waveform, params)
         got = _tf_features(waveform, params)
@@ -206,7 +204,7 @@ def _level_params(**changes):
     return dataclasses.replace(_params(config=FeatureConfig(level_normalization=True)), **changes)
 
 
-def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
+def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain(demo_files):
     import tensorflow as tf
 
     from ser_keras.features.level import level_normalize, level_reference, top_count
@@ -228,7 +226,7 @@ def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
         shifted = fe.tf_level_normalize(tf.constant(raw + np.float32(shift)), tf.constant(n_frames)).numpy()
         np.testing.assert_allclose(shifted, got, atol=1e-5)
     # A gain g on speech adds 2 ln g to the log power: the reference moves by 2 ln g.
-    speech = _real_or_demo_speech()
+    speech = _real_or_demo_speech(demo_files)
     config = FeatureConfig()
     base = level_reference(log_spectrogram(speech, config, 16000))
     for gain in (0.5, 0.1, 0.05):
@@ -236,15 +234,13 @@ def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
         assert moved == pytest.approx(2 * np.log(gain), abs=1e-3)
 
 
-def _real_or_demo_speech():
+def _real_or_demo_speech(demo_files):
     from ser_keras.audio import load_audio
     from tests.conftest import SHARED_CORPORA
 
     files = sorted((SHARED_CORPORA / "emodb").rglob("*.wav"))[:1]
     if not files:
-        from tests.test_export_support import demo_files
-
-        files = demo_files()[:1]
+        files = demo_files[:1]
     return load_audio(files[0], 16000)
 
 
@@ -268,13 +264,13 @@ def test_level_normalised_tf_frontend_matches_numpy_padded_rows():
             assert np.abs(valid - expected).max() <= FEATURE_RTOL * max(1.0, np.abs(expected).max())
 
 
-def test_speech_flags_numpy_and_tf_agree():
+def test_speech_flags_numpy_and_tf_agree(demo_files):
     from ser_keras.features.level import has_speech
 
     config = FeatureConfig()
     params = _params(config=config)
     rng = np.random.default_rng(4)
-    speech = _real_or_demo_speech()[:32000]
+    speech = _real_or_demo_speech(demo_files)[:32000]
     cases = {
         "speech": (speech, True),
         "speech x0.05": (speech * np.float32(0.05), True),
