@@ -38,8 +38,9 @@ from ser_keras.features.cache import FeatureCache, file_identity
 
 # The feature kinds are what a model reads (model.input_features).
 KINDS = INPUT_FEATURES
-# Below this many misses the pool's start-up (~0.75 s for two workers) and the transfer of
-# the arrays back cost more than they save. A spectrogram takes ~0.5 ms per file on one core.
+# Below this many misses the pool's start-up and the transfer of the arrays back cost more
+# than they save; a spectrogram is cheap enough that only thousands of files pay for a pool
+# (bench/features.py measures both paths).
 MIN_FILES_FOR_POOL = 8
 MIN_FILES_FOR_POOL_BY_KIND = {"spectrogram": 2000}
 MAX_CHUNK = 16
@@ -211,7 +212,7 @@ def _work(paths: list, spec: _Spec) -> list:
     library that is loaded by then (a limit set in a pool initializer missed scipy's).
     """
     _import_feature_modules()
-    with _single_threaded():  # costs ~1 ms (it scans the loaded libraries): once per chunk
+    with _single_threaded():  # it scans the loaded libraries: once per chunk, not per file
         return _work_unlimited(paths, spec)
 
 
