@@ -8,7 +8,8 @@ Resolution order (later wins):
 4. ``--set section.key=value`` from the command line.
 
 Unknown keys are errors that name the key and the file, so a typo never silently
-falls back to a default.
+falls back to a default (``config_yaml`` reads the files onto these dataclasses). Every
+check of the values is in ``Config.validate()``, which ``load_config`` and ``fit`` call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ser_keras import __version__
+from ser_keras.config_yaml import apply_values, load_experiment_yaml, load_yaml, nest, parse_override
 from ser_keras.errors import SerKerasError
 
 # The experiment `fit` runs when none is named.
@@ -323,91 +325,6 @@ def experiments_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
-def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
-    """Override dataclass `obj` in place from a nested dict, rejecting unknown keys."""
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            raise SerKerasError(f"{source}: unknown config key '{dotted}'")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise SerKerasError(f"{source}: '{dotted}' must be a mapping, got {value!r}")
-            _apply(current, value, source, prefix=dotted + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], dotted, source))
-
-
-def _coerce(value, hint, dotted: str, source: str):
-    """Check/convert a YAML or --set value against the field's type hint."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if origin in (list, typing.List):
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            return [_coerce(v, args[0], dotted, source) for v in value]
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            return float(value)
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise SerKerasError(
-            f"{source}: '{dotted}' expects {getattr(hint, '__name__', hint)}, got {value!r}"
-        ) from None
-    return value
-
-
-def parse_override(text: str) -> tuple:
-    """'train.epochs=5' -> (['train', 'epochs'], 5), the value parsed as YAML."""
-    if "=" not in text:
-        raise SerKerasError(f"--set {text!r}: expected section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def _nest(path: list, value) -> dict:
-    out = value
-    for part in reversed(path):
-        out = {part: out}
-    return out
-
-
-def load_yaml(path: pathlib.Path) -> dict:
-    if not path.is_file():
-        raise SerKerasError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SerKerasError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise SerKerasError(f"{path}: top level must be a mapping")
-    return data
-
-
 def experiment_names() -> list:
     """The shipped experiments: the YAML files in `experiments_dir()` that name their experiment
     (`model.experiment`). A file that names none (`base.yaml`) only holds what others extend."""
@@ -427,31 +344,6 @@ def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Op
     if experiment not in names:
         raise SerKerasError(f"unknown experiment '{experiment}': choose one of {', '.join(names)}")
     return experiments_dir() / f"{experiment}.yaml"
-
-
-def _merge(base: dict, override: dict) -> dict:
-    """`override` on top of `base`, mappings merged key by key."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_experiment_yaml(path: pathlib.Path, seen: typing.Tuple[pathlib.Path, ...] = ()) -> dict:
-    """An experiment YAML with its `extends: <file>` chain resolved (relative to the file)."""
-    path = pathlib.Path(path)
-    if path.resolve() in seen:
-        raise SerKerasError(f"{path}: 'extends' loops back to itself")
-    data = load_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise SerKerasError(f"{path}: 'extends' must name a YAML file, got {parent!r}")
-    return _merge(load_experiment_yaml(path.parent / parent, seen + (path.resolve(),)), data)
 
 
 def _relocate(data: dict) -> dict:
@@ -483,88 +375,79 @@ def load_config(
     data = load_experiment_yaml(path)
     per_corpus = data.pop("corpora", {}) or {}
     config = Config()
-    _apply(config, _relocate(data), str(path))
+    apply_values(config, _relocate(data), str(path))
     if corpus is not None:
         config.data.corpus = corpus
     corpus_block = per_corpus.get(config.data.corpus, {}) or {}
-    _apply(config, _relocate(corpus_block), f"{path} (corpora.{config.data.corpus})")
+    apply_values(config, _relocate(corpus_block), f"{path} (corpora.{config.data.corpus})")
     if corpus is not None:
         config.data.corpus = corpus
     for text in overrides:
         keys, value = parse_override(text)
-        _apply(config, _relocate(_nest(keys, value)), f"--set {text}")
+        apply_values(config, _relocate(nest(keys, value)), f"--set {text}")
     config.validate()
     return config
 
 
-def _one_of(key: str, value, allowed: typing.Sequence[str]) -> None:
-    if value not in allowed:
-        raise SerKerasError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
-
-
-def _at_least(key: str, value, low) -> None:
-    if value < low:
-        raise SerKerasError(f"{key}: must be >= {low}, got {value}")
+# The choice fields, each with its tuple of allowed values.
+_CHOICES = {
+    "model.classifier": CLASSIFIERS, "model.input_features": INPUT_FEATURES, "model.frontend": FRONTENDS,
+    "features.normalization": NORMALIZATIONS, "features.speaker_fallback": SPEAKER_FALLBACKS,
+    "features.warp_mode": WARP_MODES, "train.protocol": PROTOCOLS, "train.validation_split": VALIDATION_SPLITS,
+    "train.optimizer": OPTIMIZERS, "train.class_weight": CLASS_WEIGHTS, "runtime.strategy": STRATEGIES,
+}
+# The numeric fields, each with the test its value must pass and how to say it.
+_BOUNDS = {
+    "features.pca_components": (lambda v: v >= 1, ">= 1"),
+    "features.pca_max_frames": (lambda v: v >= 2, ">= 2"),
+    "features.norm_std_floor": (lambda v: v > 0, "positive"),
+    "features.speech_min_contrast_db": (lambda v: v >= 0, ">= 0"),
+    "features.speech_min_ms": (lambda v: v >= 0, ">= 0"),
+    "sae.sparsity": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "sae.clip_std": (lambda v: v > 0, "positive"),
+    "sae.batch_size": (lambda v: v >= 1, ">= 1"),
+    "sae.hidden_units": (lambda v: v >= 1, ">= 1"),
+    "sae.patches_per_size": (lambda v: v >= 1, ">= 1"),
+    "sae.epochs": (lambda v: v >= 0, ">= 0"),
+    "model.lstm_layers": (lambda v: v >= 1, ">= 1"),
+    "model.lstm_units": (lambda v: v >= 1, ">= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.input_noise": (lambda v: v >= 0, ">= 0"),
+    "model.statistics_units": (lambda v: v >= 0, ">= 0"),
+    "model.svm_cv_folds": (lambda v: v >= 2, ">= 2"),
+    "train.validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "runtime.jobs": (lambda v: v >= 1, ">= 1"),
+}
 
 
 def _validate(config: Config) -> None:
-    data, features, sae, model, train, runtime = (config.data, config.features, config.sae, config.model,
-                                                  config.train, config.runtime)
-    for key, allowed in (("classifier", CLASSIFIERS), ("input_features", INPUT_FEATURES),
-                         ("frontend", FRONTENDS)):
-        _one_of(f"model.{key}", getattr(model, key), allowed)
+    def get(dotted: str):
+        section, key = dotted.split(".")
+        return getattr(getattr(config, section), key)
+
+    for key, allowed in _CHOICES.items():
+        if get(key) not in allowed:
+            raise SerKerasError(f"{key}: '{get(key)}' is not one of {', '.join(allowed)}")
+    for key, (ok, text) in _BOUNDS.items():
+        if not ok(get(key)):
+            raise SerKerasError(f"{key}: must be {text}, got {get(key)}")
+    features, model, train, runtime, rate = (config.features, config.model, config.train, config.runtime,
+                                             config.data.sample_rate)
     if (model.classifier == "svm") != (model.input_features == "functionals"):
         raise SerKerasError(f"model.input_features: '{model.input_features}' does not suit "
                             f"model.classifier '{model.classifier}' (the SVM reads functionals, "
                             "a network frame sequences)")
-    _one_of("features.normalization", features.normalization, NORMALIZATIONS)
-    _one_of("features.speaker_fallback", features.speaker_fallback, SPEAKER_FALLBACKS)
-    _one_of("features.warp_mode", features.warp_mode, WARP_MODES)
-    _one_of("train.protocol", train.protocol, PROTOCOLS)
-    _one_of("train.validation_split", train.validation_split, VALIDATION_SPLITS)
-    _one_of("train.optimizer", train.optimizer, OPTIMIZERS)
-    _one_of("train.class_weight", train.class_weight, CLASS_WEIGHTS)
-    _one_of("runtime.strategy", runtime.strategy, STRATEGIES)
-
-    # features
-    if features.frame_ms * data.sample_rate / 1000 < 2:
-        raise SerKerasError(f"features.frame_ms: {features.frame_ms} ms is less than two samples at "
-                            f"{data.sample_rate} Hz")
-    if features.hop_ms * data.sample_rate / 1000 < 1:
-        raise SerKerasError(f"features.hop_ms: {features.hop_ms} ms is less than one sample at {data.sample_rate} Hz")
+    if features.frame_ms * rate / 1000 < 2 or features.hop_ms * rate / 1000 < 1:
+        raise SerKerasError(f"features.frame_ms / hop_ms: {features.frame_ms} / {features.hop_ms} ms give less than "
+                            f"two samples a frame or one a hop at {rate} Hz")
     if features.n_bins > features.n_fft // 2 + 1:
         raise SerKerasError(f"features.n_bins: {features.n_bins} exceeds n_fft // 2 + 1 = {features.n_fft // 2 + 1}")
-    _at_least("features.pca_components", features.pca_components, 1)
-    _at_least("features.pca_max_frames", features.pca_max_frames, 2)
-    if not features.norm_std_floor > 0:
-        raise SerKerasError(f"features.norm_std_floor: must be positive, got {features.norm_std_floor}")
     if not 0 < features.f0_min_hz < features.f0_max_hz:
         raise SerKerasError(f"features.f0_min_hz: {features.f0_min_hz} must be positive and below "
                             f"features.f0_max_hz ({features.f0_max_hz})")
     for factor in features.warp_factors:
         if not 0.5 <= factor <= 2.0 or factor == 1.0:
             raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
-    if features.speech_min_contrast_db < 0 or features.speech_min_ms < 0:
-        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
-
-    # sae
-    if not 0.0 < sae.sparsity < 1.0:
-        raise SerKerasError(f"sae.sparsity: rho must be in (0, 1), got {sae.sparsity}")
-    if not sae.clip_std > 0:
-        raise SerKerasError(f"sae.clip_std: must be positive, got {sae.clip_std}")
-    for key in ("batch_size", "hidden_units", "patches_per_size"):
-        _at_least(f"sae.{key}", getattr(sae, key), 1)
-    _at_least("sae.epochs", sae.epochs, 0)
-
-    # model (the network's settings and the SVM's, whichever classifier is chosen: they are
-    # one --set away)
-    if model.lstm_layers < 1 or model.lstm_units < 1:
-        raise SerKerasError(f"model.lstm_layers / model.lstm_units must be >= 1, got "
-                            f"{model.lstm_layers} / {model.lstm_units}")
-    if not 0.0 <= model.dropout < 1.0:
-        raise SerKerasError(f"model.dropout: must be in [0, 1), got {model.dropout}")
-    _at_least("model.input_noise", model.input_noise, 0)
-    _at_least("model.statistics_units", model.statistics_units, 0)
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:
         raise SerKerasError(f"model.block_stride: must be between 1 and model.block_windows, got "
                             f"{model.block_stride} (block_windows={model.block_windows})")
@@ -575,20 +458,10 @@ def _validate(config: Config) -> None:
     for gamma in model.svm_gamma_grid:
         if gamma not in ("scale", "auto") and not (_is_number(gamma) and float(gamma) > 0):
             raise SerKerasError(f"model.svm_gamma_grid: {gamma!r} is not 'scale', 'auto' or a positive number")
-    _at_least("model.svm_cv_folds", model.svm_cv_folds, 2)
-
-    # train
-    if not 0.0 <= train.validation_fraction < 1.0:
-        raise SerKerasError(f"train.validation_fraction: {train.validation_fraction} is not in [0, 1)")
-    if train.protocol == "all" and train.validation_fraction == 0:
-        raise SerKerasError("train.protocol all: needs validation data to pick the epoch count of the model "
-                            "trained on everything (train.validation_fraction is 0)")
-    if train.refit and train.validation_fraction == 0:
-        raise SerKerasError("train.refit: needs validation data to pick the epoch count "
-                            "(train.validation_fraction is 0)")
-
-    # runtime
-    _at_least("runtime.jobs", runtime.jobs, 1)
+    for setting, on in (("train.protocol all", train.protocol == "all"), ("train.refit", train.refit)):
+        if on and train.validation_fraction == 0:
+            raise SerKerasError(f"{setting}: needs validation data to pick the epoch count "
+                                "(train.validation_fraction is 0)")
     if runtime.jobs > 1 and runtime.strategy != "default":
         raise SerKerasError(f"runtime.jobs: {runtime.jobs} folds at once needs runtime.strategy default, "
                             f"not {runtime.strategy} (which spreads ONE fold over devices)")
@@ -610,7 +483,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     model = data.get("model") or {}
     if "classifier" not in model and model.get("experiment") in _LEGACY_MODEL_FIELDS:
         data = {**data, "model": {**_LEGACY_MODEL_FIELDS[model["experiment"]], **model}}
-    _apply(config, data, source)
+    apply_values(config, data, source)
     return config
 
 

@@ -123,7 +123,7 @@ def test_resume_compares_everything_but_the_runtime_section():
 
 @pytest.mark.parametrize("override, message", [
     ("train.class_weight=inverse", r"^train\.class_weight: 'inverse' is not one of none, balanced$"),
-    ("sae.sparsity=1.5", r"^sae\.sparsity: rho must be in \(0, 1\), got 1\.5$"),
+    ("sae.sparsity=1.5", r"^sae\.sparsity: must be in \(0, 1\), got 1\.5$"),
     ("model.dropout=1.0", r"^model\.dropout: must be in \[0, 1\), got 1\.0$"),
     ("features.normalization=zscore", r"^features\.normalization: 'zscore' is not one of neutral_speaker"),
     ("features.warp_factors=[3.0]", r"^features\.warp_factors: 3\.0 must be in \[0\.5, 2\] and not 1$"),
