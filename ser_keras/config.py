@@ -142,6 +142,13 @@ class FeatureConfig:
     # Spectrogram models only (exp1/exp2 read LLDs and ignore it). False keeps the features of
     # runs made before it existed.
     level_normalization: bool = False
+    # With level normalisation: every cell more than this many dB below the level reference is
+    # raised to it, so the cells a low gain pushes towards the absolute log floor (which no
+    # longer move with the gain) are held at a level that does not depend on the gain either.
+    # It must sit above the absolute floor (-100 dB) by more than the lowest gain served takes
+    # away (26 dB at 0.05) plus the reference's height over it; features/level.py says how it
+    # was chosen. None: no relative floor (runs made before it existed).
+    level_floor_db: typing.Optional[float] = None
     # Speech detection (features/level.py), for the serving `speech` output and predict's
     # "speech": a recording without speech gets uniform probabilities. These do not change
     # training. The quietest real recording measured here (the demo corpus' quietest file,
@@ -445,6 +452,8 @@ def _validate(config: Config) -> None:
     if not 0 < features.f0_min_hz < features.f0_max_hz:
         raise SerKerasError(f"features.f0_min_hz: {features.f0_min_hz} must be positive and below "
                             f"features.f0_max_hz ({features.f0_max_hz})")
+    if features.level_floor_db is not None and features.level_floor_db <= 0:
+        raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
     for factor in features.warp_factors:
         if not 0.5 <= factor <= 2.0 or factor == 1.0:
             raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")

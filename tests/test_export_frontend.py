@@ -234,6 +234,27 @@ def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain(demo_files)
         assert moved == pytest.approx(2 * np.log(gain), abs=1e-3)
 
 
+def test_relative_level_floor_makes_the_features_gain_invariant(demo_files):
+    """Without the relative floor the cells a low gain pushes to the absolute log floor keep
+    the features moving with the gain (by up to 2 ln(1/g)); with it every cell stays within a
+    few hundredths of the gain-1 value down to gain 0.05, and the TF twin agrees."""
+    import tensorflow as tf
+
+    from ser_keras.features.level import level_normalize, relative_floor
+
+    speech, config = _real_or_demo_speech(demo_files), FeatureConfig()
+    raw = {gain: log_spectrogram(speech * np.float32(gain), config, 16000) for gain in (1.0, 0.5, 0.1, 0.05)}
+    without = level_normalize(raw[1.0])
+    assert np.abs(level_normalize(raw[0.05]) - without).max() > 1.0
+    base = level_normalize(raw[1.0], 60.0)
+    assert base.min() == pytest.approx(relative_floor(60.0)) and (base > base.min()).mean() > 0.5
+    for gain in (0.5, 0.1, 0.05):
+        assert np.abs(level_normalize(raw[gain], 60.0) - base).max() < 0.05, gain
+    n = raw[0.1].shape[0]
+    got = fe.tf_level_normalize(tf.constant(raw[0.1][None]), tf.constant([n]), 60.0).numpy()[0]
+    np.testing.assert_allclose(got, level_normalize(raw[0.1], 60.0), atol=1e-5)
+
+
 def _real_or_demo_speech(demo_files):
     from ser_keras.audio import load_audio
     from tests.conftest import SHARED_CORPORA

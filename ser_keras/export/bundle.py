@@ -184,7 +184,7 @@ class FoldModel:
         if self.params.level_normalization:
             from ser_keras.features.level import level_normalize
 
-            spectrogram = level_normalize(spectrogram)
+            spectrogram = level_normalize(spectrogram, self.params.level_floor_db)
         return spectrogram
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:

@@ -33,6 +33,7 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
+from ser_keras.features.level import relative_floor
 
 # Keys of a run's folds/<fold>/frontend.npz (written by ser_keras.training.run).
 FRONTEND_KEYS = ("norm_mean", "norm_std", "pca_mean", "pca_components", "sample_rate")
@@ -59,6 +60,8 @@ class FrontEndParams:
         std_floor: lower bound of every standard deviation computed from frames (a speaker's).
         level_normalization: subtract each recording's level reference (``features.level``)
             from its log spectrogram before the normalisation.
+        level_floor_db: with it, raise every cell more than this many dB below the reference to
+            that level (``features.level.level_normalize``); None: no such floor.
         speech_threshold_dbfs, speech_min_contrast_db, speech_min_ms: speech detection
             (``features.level.has_speech``).
     """
@@ -77,6 +80,7 @@ class FrontEndParams:
     pca_components: typing.Optional[np.ndarray] = None
     std_floor: float = 1e-3
     level_normalization: bool = False
+    level_floor_db: typing.Optional[float] = None
     speech_threshold_dbfs: float = -70.0
     speech_min_contrast_db: float = 3.0
     speech_min_ms: float = 100.0
@@ -166,6 +170,8 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
         std_floor=float(std_floor),
         # Only the spectrogram has a log-power level to remove (exp2's LLDs ignore the flag).
         level_normalization=bool(getattr(feature_config, "level_normalization", False)) and kind == "spectrogram",
+        level_floor_db=(None if getattr(feature_config, "level_floor_db", None) is None
+                        else float(feature_config.level_floor_db)),
         speech_threshold_dbfs=float(feature_config.speech_threshold_dbfs),
         speech_min_contrast_db=float(feature_config.speech_min_contrast_db),
         speech_min_ms=float(feature_config.speech_min_ms),
@@ -276,9 +282,10 @@ def tf_mean_std(count, total, squares, std_floor: float):
     return mean, tf.maximum(tf.sqrt(variance), tf.constant(std_floor, tf.float64))
 
 
-def tf_level_normalize(raw, n_frames):
+def tf_level_normalize(raw, n_frames, floor_db=None):
     """``raw`` ``[B, T, D]`` log spectrograms minus each row's level reference over its first
-    ``n_frames[b]`` frames (at least one): the twin of ``features.level.level_normalize``."""
+    ``n_frames[b]`` frames (at least one), raised to ``-floor_db`` dB where given: the twin of
+    ``features.level.level_normalize``."""
     import tensorflow as tf
 
     x = tf.cast(raw, tf.float64)
@@ -293,7 +300,9 @@ def tf_level_normalize(raw, n_frames):
     k = _top_count(n)
     top = tf.sequence_mask(k, total)
     reference = tf.reduce_sum(tf.where(top, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
-    return raw - tf.cast(reference, raw.dtype)[:, None, None]
+    normalized = raw - tf.cast(reference, raw.dtype)[:, None, None]
+    floor = relative_floor(floor_db)
+    return normalized if floor is None else tf.maximum(normalized, tf.cast(floor, raw.dtype))
 
 
 def _top_count(n):
@@ -354,7 +363,7 @@ def tf_raw_features(inputs, params: FrontEndParams, per_row: bool = False, n_fra
 
 def _spectrogram(x, n_frames, params: FrontEndParams):
     raw = tf_log_spectrogram(x, params)
-    return tf_level_normalize(raw, n_frames) if params.level_normalization else raw
+    return tf_level_normalize(raw, n_frames, params.level_floor_db) if params.level_normalization else raw
 
 
 def _valid_frames(inputs, params: FrontEndParams, n_frames):

@@ -51,7 +51,7 @@ NOT_SHAPING = frozenset({
     "pca_components", "pca_max_frames", "normalization", "speaker_fallback", "norm_std_floor",
     "max_frames", "warp_factors", "warp_mode",
     # Applied after the cache read (features/level.py), so the cached arrays stay raw.
-    "level_normalization", "speech_threshold_dbfs", "speech_min_contrast_db", "speech_min_ms",
+    "level_normalization", "level_floor_db", "speech_threshold_dbfs", "speech_min_contrast_db", "speech_min_ms",
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({

@@ -39,6 +39,8 @@ See the ``FeatureConfig`` fields for the defaults and why. ``has_speech`` here a
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
 # The share of frames (the loudest) the level reference and the speech level are taken over.
@@ -68,10 +70,18 @@ def frame_levels(log_spectrogram: np.ndarray) -> np.ndarray:
     return peak[:, 0] + np.log(np.exp(x - peak).sum(axis=1)) - np.log(x.shape[1])
 
 
-def level_normalize(log_spectrogram: np.ndarray) -> np.ndarray:
-    """``log_spectrogram`` minus its ``level_reference`` (float32, a new array)."""
+def relative_floor(floor_db) -> typing.Optional[float]:
+    """The natural-log value ``-floor_db`` dB below the reference is, or None without a floor."""
+    return None if floor_db is None else -float(floor_db) * np.log(10.0) / 10.0
+
+
+def level_normalize(log_spectrogram: np.ndarray, floor_db=None) -> np.ndarray:
+    """``log_spectrogram`` minus its ``level_reference`` (float32, a new array), every cell below
+    ``-floor_db`` dB raised to it when `floor_db` is given."""
     x = np.asarray(log_spectrogram, np.float32)
-    return x - np.float32(level_reference(x))
+    y = x - np.float32(level_reference(x))
+    floor = relative_floor(floor_db)
+    return y if floor is None else np.maximum(y, np.float32(floor))
 
 
 def maybe_level_normalize(features: list, feature_config) -> list:
@@ -79,7 +89,8 @@ def maybe_level_normalize(features: list, feature_config) -> list:
     level-normalised when ``feature_config.level_normalization`` is on, else as they are."""
     if not getattr(feature_config, "level_normalization", False):
         return features
-    return [None if x is None else level_normalize(x) for x in features]
+    floor_db = getattr(feature_config, "level_floor_db", None)
+    return [None if x is None else level_normalize(x, floor_db) for x in features]
 
 
 def frame_powers(waveform: np.ndarray, frame: int, hop: int, length=None) -> np.ndarray:
