@@ -272,8 +272,9 @@ class TrainConfig:
 @dataclass
 class RuntimeConfig:
     """Where and how a run executes, and which part of it: nothing here changes what a fold
-    learns, so resuming a run (and its config hash, and `fit --estimate-from`) compares every
-    other section and never this one (training/resume.py)."""
+    learns (beyond the floating-point rounding of `jobs`, below), so resuming a run (and its
+    config hash, and `fit --estimate-from`) compares every other section and never this one
+    (training/resume.py)."""
 
     # The corpus directory (--data-dir); None -> the corpus' environment variable.
     data_dir: typing.Optional[str] = None
