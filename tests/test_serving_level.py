@@ -59,16 +59,18 @@ PLAIN_TF = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def level_run(export_root):
-    """A real exp4 demo run (one fold, one epoch) trained with level normalisation, exported."""
-    from ser_keras.config import load_config
+    """A real demo run of the shipped default (one fold, one epoch; its level normalisation and
+    relative floor as shipped), exported."""
+    from ser_keras.config import DEFAULT_EXPERIMENT, load_config
     from ser_keras.export.serving import export_run
     from ser_keras.training.run import fit
 
-    config = load_config(experiment="exp4", corpus="demo",
-                         overrides=TRAIN_OVERRIDES + ["features.level_normalization=true", "features.warp_factors=[]"])
-    run_dir = export_root / "demo_exp4_level"
+    config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo",
+                         overrides=TRAIN_OVERRIDES + ["features.warp_factors=[]"])
+    assert config.features.level_normalization and config.features.level_floor_db is not None
+    run_dir = export_root / "demo_default_level"
     fit(config, run_dir, progress=False)
-    return run_dir, export_run(run_dir, export_root / "export_demo_exp4_level")
+    return run_dir, export_run(run_dir, export_root / "export_demo_default_level")
 
 
 def _speech_files(demo_files) -> list:
