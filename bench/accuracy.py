@@ -11,7 +11,7 @@ training speakers or utterances: what settings are chosen on), the served single
 where the run reports one, and the time. By default the shipped default experiment runs beside
 the paper's exp1 (the SVM baseline) and exp4 (its headline model). ``random`` is the seeded
 stratified 10-fold split (``train.folds``). Extra ``--set key=value`` overrides apply to every
-run. Folds train ``--jobs`` at a time (default: one per CPU core; ``train.jobs``). This prints
+run. Folds train ``--jobs`` at a time (default: one per CPU core; ``runtime.jobs``). This prints
 figures; it is not a test.
 """
 
@@ -33,9 +33,9 @@ def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, ru
     from ser_keras.data.splits import describe_protocol
     from ser_keras.evaluation.fit import fit
 
-    settings = [f"train.protocol={protocol}", f"train.jobs={jobs}", *overrides]
+    settings = [f"train.protocol={protocol}", f"runtime.jobs={jobs}", *overrides]
     if data_dir:
-        settings.insert(0, f"data.data_dir={data_dir}")
+        settings.insert(0, f"runtime.data_dir={data_dir}")
     config = load_config(experiment=experiment, corpus=corpus, overrides=settings)
     started = time.time()
     results = fit(config, run_dir, progress=not quiet)

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     config = Config()
     config.data.corpus = args.corpus
-    config.data.data_dir = args.data_dir
+    config.runtime.data_dir = args.data_dir
     sr = config.data.sample_rate
     manifest = load_manifest(args.corpus, args.data_dir, config.data)
     manifest = manifest[manifest["duration"].notna()]

@@ -54,21 +54,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ser_keras.config import load_config
-    from ser_keras.corpora import label_order, load_manifest
+    from ser_keras.corpora import label_order, run_manifest
     from ser_keras.data.splits import make_folds, select_folds
     from ser_keras.errors import SerKerasError
     from ser_keras.evaluation.fit import fit
 
     overrides = [f"train.protocol={args.protocol}"] + list(args.overrides)
     if args.data_dir:
-        overrides.insert(0, f"data.data_dir={args.data_dir}")
+        overrides.insert(0, f"runtime.data_dir={args.data_dir}")
     config = load_config(experiment=args.experiment, corpus=args.corpus, overrides=overrides)
     if config.model.classifier == "svm":
         print("exp1 (functionals, one vector per utterance) has no frames to normalise per utterance",
               file=sys.stderr)
         return 2
     out = pathlib.Path(args.out or f"runs/bench_norm_{args.corpus}_{args.experiment}_{args.protocol}")
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     labels = label_order(manifest, config.data)
     folds = make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                        config.train.validation_fraction)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     try:
         for index in indices:
             fold_config = copy.deepcopy(config)
-            fold_config.train.fold = index
+            fold_config.runtime.fold = index
             fit(fold_config, out, progress=not args.quiet)
     except SerKerasError as exc:
         print(f"bench/normalisation.py: error: {exc}", file=sys.stderr)

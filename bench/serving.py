@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ser_keras.config import load_run_config
-    from ser_keras.corpora import load_manifest
+    from ser_keras.corpora import run_manifest
     from ser_keras.data.splits import make_folds
     from ser_keras.errors import SerKerasError
     from ser_keras.rundir import RunDir
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         if not results_path.is_file():
             raise SerKerasError(f"{results_path}: missing; run 'ser-keras fit' on it first")
         results = json.loads(results_path.read_text())
-        manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+        manifest = run_manifest(config)
         manifest = manifest[manifest["label"].isin(labels)].reset_index(drop=True)
         folds = make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                            config.train.validation_fraction, config.train.validation_split)

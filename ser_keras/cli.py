@@ -17,7 +17,7 @@ import sys
 import typing
 
 from ser_keras import __version__
-from ser_keras.config import DEFAULT_EXPERIMENT, DataConfig, experiment_names, load_config
+from ser_keras.config import DEFAULT_EXPERIMENT, PROTOCOLS, STRATEGIES, DataConfig, experiment_names, load_config
 from ser_keras.corpora import CORPORA, corpus_root, describe, load_manifest, unmatched_line
 from ser_keras.errors import SerKerasError
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--experiment", choices=experiment_names(), default=None,
                      help="which experiment: exp1-exp4 are the paper's, exp5 goes beyond it "
                           f"(default {DEFAULT_EXPERIMENT})")
-    fit.add_argument("--protocol", choices=["loso", "session", "random", "all"],
+    fit.add_argument("--protocol", choices=PROTOCOLS,
                      help="leave-one-speaker-out, leave-one-session-out (IEMOCAP), seeded stratified k-fold, "
                           "or 'all': the model to deploy, trained on every speaker (no test part, no WA/UA)")
     fit.add_argument("--estimate-from", metavar="RUN2",
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--fold", type=int, help="run only this fold (0-based)")
     fit.add_argument("--epochs", type=int, help="training epochs (overrides train.epochs)")
     fit.add_argument("--seed", type=int, help="random seed (overrides train.seed)")
-    fit.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"],
+    fit.add_argument("--strategy", choices=STRATEGIES,
                      help="tf.distribute strategy (multi-worker reads TF_CONFIG)")
     fit.add_argument("--jobs", type=int,
                      help="folds trained at once, each in its own process (default 1; "
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "comparison and the context-frames sweep, and write report.md "
                                            "with figures next to the paper's numbers.")
     _add_corpus_args(reproduce)
-    reproduce.add_argument("--protocol", choices=["loso", "session", "random"], default="loso")
+    reproduce.add_argument("--protocol", choices=[p for p in PROTOCOLS if p != "all"], default="loso")
     reproduce.add_argument("--out", help="output directory (default runs/reproduce_<corpus>_<protocol>)")
     reproduce.add_argument("--jobs", type=int, help="folds trained at once in every run, one process each (default 1)")
     _add_config_args(reproduce)
@@ -142,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args) -> int:
-    data_config = DataConfig(corpus=args.corpus, data_dir=args.data_dir, cache_dir=args.cache_dir)
-    root = corpus_root(args.corpus, args.data_dir, data_config)
+    data_config = DataConfig(corpus=args.corpus)
+    root = corpus_root(args.corpus, args.data_dir, data_config, args.cache_dir)
     if args.print_dir:
         print(root)
         return 0
-    manifest = load_manifest(args.corpus, args.data_dir, data_config)
+    manifest = load_manifest(args.corpus, args.data_dir, data_config, args.cache_dir)
     summary = describe(manifest)
     summary = {"corpus": args.corpus, "data_dir": str(root), **summary}
     if args.json:
@@ -173,12 +173,12 @@ def cmd_info(args) -> int:
 def _config_from_args(args, experiment: typing.Optional[str]):
     overrides = list(args.overrides)
     if getattr(args, "data_dir", None):
-        overrides.insert(0, f"data.data_dir={args.data_dir}")
+        overrides.insert(0, f"runtime.data_dir={args.data_dir}")
     if getattr(args, "cache_dir", None):
-        overrides.insert(0, f"data.cache_dir={args.cache_dir}")
-    for flag, key in (("protocol", "train.protocol"), ("fold", "train.fold"), ("epochs", "train.epochs"),
-                      ("seed", "train.seed"), ("strategy", "train.strategy"),
-                      ("jobs", "train.jobs")):
+        overrides.insert(0, f"runtime.cache_dir={args.cache_dir}")
+    for flag, key in (("protocol", "train.protocol"), ("fold", "runtime.fold"), ("epochs", "train.epochs"),
+                      ("seed", "train.seed"), ("strategy", "runtime.strategy"),
+                      ("jobs", "runtime.jobs")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -272,9 +272,9 @@ def cmd_reproduce(args) -> int:
     out = pathlib.Path(args.out or f"runs/reproduce_{args.corpus}_{args.protocol}")
     overrides = list(args.overrides)
     if args.cache_dir:
-        overrides.insert(0, f"data.cache_dir={args.cache_dir}")
+        overrides.insert(0, f"runtime.cache_dir={args.cache_dir}")
     if args.jobs is not None:
-        overrides.append(f"train.jobs={args.jobs}")
+        overrides.append(f"runtime.jobs={args.jobs}")
     report = reproduce(args.corpus, args.data_dir, args.protocol, out, overrides=overrides,
                        progress=not args.quiet)
     print(f"report: {report}")
@@ -293,12 +293,6 @@ def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
         return args.handler(args)
     except SerKerasError as exc:
         print(f"ser-keras {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("ser_keras"):
-            raise
-        print(f"ser-keras {args.command}: not built yet in this version ({exc.name} is missing)",
-              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"ser-keras {args.command}: interrupted; what was computed is kept — "

@@ -8,7 +8,8 @@ Resolution order (later wins):
 4. ``--set section.key=value`` from the command line.
 
 Unknown keys are errors that name the key and the file, so a typo never silently
-falls back to a default.
+falls back to a default (``config_yaml`` reads the files onto these dataclasses). Every
+check of the values is in ``Config.validate()``, which ``load_config`` and ``fit`` call.
 """
 
 from __future__ import annotations
@@ -22,14 +23,25 @@ from dataclasses import dataclass, field
 import yaml
 
 from ser_keras import __version__
+from ser_keras.config_yaml import apply_values, load_experiment_yaml, load_yaml, nest, parse_override
 from ser_keras.errors import SerKerasError
 from ser_keras.rundir import RunDir
 
 # The experiment `fit` runs when none is named.
 DEFAULT_EXPERIMENT = "exp5"
+# The allowed values of every choice field, one tuple each: `Config.validate()`, the modules that
+# implement the choices and the CLI's `choices=` all read them from here.
 CLASSIFIERS = ("network", "svm")
 INPUT_FEATURES = ("spectrogram", "lld", "functionals")
 FRONTENDS = ("sae_conv", "dense")
+NORMALIZATIONS = ("neutral_speaker", "neutral_global", "none", "speaker")
+SPEAKER_FALLBACKS = ("speaker_all", "global")
+WARP_MODES = ("draw", "copies")
+PROTOCOLS = ("loso", "session", "random", "all")
+VALIDATION_SPLITS = ("auto", "speakers", "utterances")
+OPTIMIZERS = ("adam", "sgd")
+CLASS_WEIGHTS = ("none", "balanced")
+STRATEGIES = ("default", "mirrored", "multi-worker")
 # What the model fields were before they existed: a run directory written by an older version
 # names only its experiment, and these fill in what that name meant then.
 _LEGACY_MODEL_FIELDS = {
@@ -38,6 +50,18 @@ _LEGACY_MODEL_FIELDS = {
     "exp3": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
     "exp4": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
 }
+# Where the runtime settings were before the `runtime` section existed: run directories written
+# by an older version (and YAML files or --set overrides written for it) keep them there.
+_LEGACY_RUNTIME_KEYS = {
+    ("data", "data_dir"): "data_dir",
+    ("data", "cache_dir"): "cache_dir",
+    ("features", "n_jobs"): "extract_jobs",
+    ("model", "svm_n_jobs"): "svm_jobs",
+    ("train", "fold"): "fold",
+    ("train", "strategy"): "strategy",
+    ("train", "jobs"): "jobs",
+    ("train", "sweep_block_windows"): "sweep_block_windows",
+}
 
 
 @dataclass
@@ -45,7 +69,6 @@ class DataConfig:
     """Which corpus, where, and how its labels are read."""
 
     corpus: str = "demo"
-    data_dir: typing.Optional[str] = None
     sample_rate: int = 16000
     # Restrict to (and order by) these labels; None keeps every label the corpus has.
     labels: typing.Optional[typing.List[str]] = None
@@ -56,8 +79,6 @@ class DataConfig:
     ravdess_song: bool = False
     # demo: seed of the synthetic corpus (another seed generates another corpus).
     demo_seed: int = 0
-    # Where features (and the generated demo corpus) are cached; None -> ~/.cache/ser_keras.
-    cache_dir: typing.Optional[str] = None
 
 
 @dataclass
@@ -73,8 +94,11 @@ class FeatureConfig:
     n_bins: int = 256
     log_floor: float = 1e-10
     pca_components: int = 60
-    # neutral_speaker | neutral_global | speaker | none (see features/normalize.py)
-    normalization: str = "neutral_speaker"
+    # speaker | neutral_speaker | neutral_global | none (see features/normalize.py). "speaker"
+    # normalises every speaker, training and test alike, by all of their own speech; the
+    # paper's neutral-speech statistics need a test speaker's labels under LOSO (README, "Where
+    # this differs from the paper").
+    normalization: str = "speaker"
     # For a speaker with no neutral speech in the training fold (every test speaker under
     # LOSO): "speaker_all" uses all of that speaker's utterances (no labels), "global"
     # uses the training fold's pooled neutral statistics.
@@ -86,7 +110,6 @@ class FeatureConfig:
     lpc_order: int = 18
     f0_min_hz: float = 60.0
     f0_max_hz: float = 500.0
-    # Added by the features engineer (issue #3), see features/llds.py:
     # YIN dip threshold for F0 and the voicing flag (cumulative-mean-normalised difference).
     voicing_threshold: float = 0.3
     # Pre-emphasis coefficient before LPC formant analysis (0 disables it).
@@ -99,8 +122,6 @@ class FeatureConfig:
     pca_max_frames: int = 200000
     # Utterances longer than this are cropped (centre) for training; None keeps all frames.
     max_frames: typing.Optional[int] = 800
-    # Worker processes for extraction; 0 means one per CPU core.
-    n_jobs: int = 0
     # exp3/exp4 training augmentation (features/augment.py): one warped version of every
     # training utterance per factor, its spectrogram's frequency axis scaled by the factor
     # (VTLP-style), each normalised as a speaker of its own. [] (default) adds none; exp1/exp2
@@ -215,7 +236,6 @@ class ModelConfig:
     svm_gamma_grid: typing.List[typing.Union[str, float]] = field(default_factory=lambda: ["scale"])
     svm_cv_folds: int = 5  # stratified, shuffled with train.seed
     svm_scoring: str = "accuracy"  # any sklearn scorer name, e.g. balanced_accuracy (= UA)
-    svm_n_jobs: int = 1
 
 
 @dataclass
@@ -227,7 +247,6 @@ class TrainConfig:
     # deploy; refit on everything after early stopping, no test part, no WA/UA)
     protocol: str = "loso"
     folds: int = 10  # for protocol=random
-    fold: typing.Optional[int] = None  # run one fold only
     # Validation for early stopping, from a fold's training part only (data/splits.py):
     # "auto" holds out whole training speakers under loso/session (speaker-independent, like
     # the test) when at least 3 remain to train on, else (and under random) a stratified
@@ -246,18 +265,37 @@ class TrainConfig:
     batch_size: int = 10  # the paper updates every 10 sequences
     epochs: int = 40
     patience: int = 8
+    # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
+    # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
+    class_weight: str = "none"  # none | balanced
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a run executes, and which part of it: nothing here changes what a fold
+    learns (beyond the floating-point rounding of `jobs`, below), so resuming a run (and its
+    config hash, and `fit --estimate-from`) compares every other section and never this one
+    (training/resume.py)."""
+
+    # The corpus directory (--data-dir); None -> the corpus' environment variable.
+    data_dir: typing.Optional[str] = None
+    # Where features (and the generated demo corpus) are cached; None -> $SER_KERAS_CACHE,
+    # else ~/.cache/ser_keras.
+    cache_dir: typing.Optional[str] = None
     strategy: str = "default"  # default | mirrored | multi-worker
     # Folds trained at once, each in its own process (training/parallel.py); with more than
     # one, each process gets cpu_count // jobs TensorFlow threads. A fold's numbers depend on
     # its thread count (floating-point summation order), so they differ in the last digits
     # between jobs=1 and jobs>1; the same config and jobs on the same machine repeat exactly.
     jobs: int = 1
-    # Added by the training engineer (issue #5):
-    # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
-    # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
-    class_weight: str = "none"  # none | balanced
+    fold: typing.Optional[int] = None  # run one fold only (0-based)
+    # Worker processes for feature extraction; 0 means one per CPU core.
+    extract_jobs: int = 0
+    # Processes of the exp1 SVM's grid search (scikit-learn n_jobs).
+    svm_jobs: int = 1
     # `reproduce`: values of model.block_windows for the UAR-vs-context-frames sweep
-    # (context frames per block = model.pool_window * block_windows).
+    # (context frames per block = model.pool_window * block_windows); each run of the sweep
+    # records its own model.block_windows.
     sweep_block_windows: typing.List[int] = field(default_factory=lambda: [2, 5, 10, 20])
 
 
@@ -268,17 +306,23 @@ class Config:
     sae: SAEConfig = field(default_factory=SAEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> None:
+        """Every check of the config's values, before anything runs (one line naming the key
+        and the value on the first failure)."""
+        _validate(self)
 
-def cache_root(data: "DataConfig") -> pathlib.Path:
-    """Where features and the generated demo corpus live: data.cache_dir, else
-    $SER_KERAS_CACHE, else ~/.cache/ser_keras."""
+
+def cache_root(cache_dir: typing.Optional[str] = None) -> pathlib.Path:
+    """Where features and the generated demo corpus live: `cache_dir` (runtime.cache_dir),
+    else $SER_KERAS_CACHE, else ~/.cache/ser_keras."""
     import os
 
-    chosen = data.cache_dir or os.environ.get("SER_KERAS_CACHE") or "~/.cache/ser_keras"
+    chosen = cache_dir or os.environ.get("SER_KERAS_CACHE") or "~/.cache/ser_keras"
     return pathlib.Path(chosen).expanduser()
 
 
@@ -290,94 +334,15 @@ def experiments_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
-def _apply(obj, values: dict, source: str, prefix: str = "") -> None:
-    """Override dataclass `obj` in place from a nested dict, rejecting unknown keys."""
-    known = {f.name: f for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj))
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in known:
-            raise SerKerasError(f"{source}: unknown config key '{dotted}'")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise SerKerasError(f"{source}: '{dotted}' must be a mapping, got {value!r}")
-            _apply(current, value, source, prefix=dotted + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], dotted, source))
-
-
-def _coerce(value, hint, dotted: str, source: str):
-    """Check/convert a YAML or --set value against the field's type hint."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if origin in (list, typing.List):
-            if not isinstance(value, (list, tuple)):
-                value = [value]
-            return [_coerce(v, args[0], dotted, source) for v in value]
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            return float(value)
-        if hint is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise SerKerasError(
-            f"{source}: '{dotted}' expects {getattr(hint, '__name__', hint)}, got {value!r}"
-        ) from None
-    return value
-
-
-def parse_override(text: str) -> tuple:
-    """'train.epochs=5' -> (['train', 'epochs'], 5), the value parsed as YAML."""
-    if "=" not in text:
-        raise SerKerasError(f"--set {text!r}: expected section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def _nest(path: list, value) -> dict:
-    out = value
-    for part in reversed(path):
-        out = {part: out}
-    return out
-
-
-def load_yaml(path: pathlib.Path) -> dict:
-    if not path.is_file():
-        raise SerKerasError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SerKerasError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise SerKerasError(f"{path}: top level must be a mapping")
-    return data
-
-
 def experiment_names() -> list:
-    """The shipped experiments: one YAML file each in `experiments_dir()`."""
-    return sorted(p.stem for p in experiments_dir().glob("*.yaml"))
+    """The shipped experiments: the YAML files in `experiments_dir()` that name their experiment
+    (`model.experiment`). A file that names none (`base.yaml`) only holds what others extend."""
+    names = []
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        model = load_yaml(path).get("model")
+        if isinstance(model, dict) and model.get("experiment"):
+            names.append(path.stem)
+    return names
 
 
 def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Optional[str]) -> pathlib.Path:
@@ -390,29 +355,22 @@ def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Op
     return experiments_dir() / f"{experiment}.yaml"
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """`override` on top of `base`, mappings merged key by key."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
+def _relocate(data: dict) -> dict:
+    """`data` (a config mapping) with keys of the older layout moved to where they live now:
+    the runtime settings that used to sit in data/features/model/train (`_LEGACY_RUNTIME_KEYS`).
+    A key given in both places keeps its value from the new one."""
+    moved = {}
+    out = dict(data)
+    for (section, key), new_key in _LEGACY_RUNTIME_KEYS.items():
+        block = out.get(section)
+        if isinstance(block, dict) and key in block:
+            block = dict(block)
+            moved[new_key] = block.pop(key)
+            out[section] = block
+    if moved:
+        runtime = out.get("runtime") if isinstance(out.get("runtime"), dict) else {}
+        out["runtime"] = {**moved, **runtime}
     return out
-
-
-def load_experiment_yaml(path: pathlib.Path, seen: typing.Tuple[pathlib.Path, ...] = ()) -> dict:
-    """An experiment YAML with its `extends: <file>` chain resolved (relative to the file)."""
-    path = pathlib.Path(path)
-    if path.resolve() in seen:
-        raise SerKerasError(f"{path}: 'extends' loops back to itself")
-    data = load_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise SerKerasError(f"{path}: 'extends' must name a YAML file, got {parent!r}")
-    return _merge(load_experiment_yaml(path.parent / parent, seen + (path.resolve(),)), data)
 
 
 def load_config(
@@ -426,67 +384,117 @@ def load_config(
     data = load_experiment_yaml(path)
     per_corpus = data.pop("corpora", {}) or {}
     config = Config()
-    _apply(config, data, str(path))
+    apply_values(config, _relocate(data), str(path))
     if corpus is not None:
         config.data.corpus = corpus
     corpus_block = per_corpus.get(config.data.corpus, {}) or {}
-    _apply(config, corpus_block, f"{path} (corpora.{config.data.corpus})")
+    apply_values(config, _relocate(corpus_block), f"{path} (corpora.{config.data.corpus})")
     if corpus is not None:
         config.data.corpus = corpus
     for text in overrides:
         keys, value = parse_override(text)
-        _apply(config, _nest(keys, value), f"--set {text}")
-    validate(config)
+        apply_values(config, _relocate(nest(keys, value)), f"--set {text}")
+    config.validate()
     return config
 
 
-def validate(config: Config) -> None:
-    for key, allowed in (("classifier", CLASSIFIERS), ("input_features", INPUT_FEATURES),
-                         ("frontend", FRONTENDS)):
-        if getattr(config.model, key) not in allowed:
-            raise SerKerasError(f"model.{key}: '{getattr(config.model, key)}' is not one of {', '.join(allowed)}")
-    if (config.model.classifier == "svm") != (config.model.input_features == "functionals"):
-        raise SerKerasError(f"model.input_features: '{config.model.input_features}' does not suit "
-                            f"model.classifier '{config.model.classifier}' (the SVM reads functionals, "
+# The choice fields, each with its tuple of allowed values.
+_CHOICES = {
+    "model.classifier": CLASSIFIERS, "model.input_features": INPUT_FEATURES, "model.frontend": FRONTENDS,
+    "features.normalization": NORMALIZATIONS, "features.speaker_fallback": SPEAKER_FALLBACKS,
+    "features.warp_mode": WARP_MODES, "train.protocol": PROTOCOLS, "train.validation_split": VALIDATION_SPLITS,
+    "train.optimizer": OPTIMIZERS, "train.class_weight": CLASS_WEIGHTS, "runtime.strategy": STRATEGIES,
+}
+# The numeric fields, each with the test its value must pass and how to say it.
+_BOUNDS = {
+    "features.pca_components": (lambda v: v >= 1, ">= 1"),
+    "features.pca_max_frames": (lambda v: v >= 2, ">= 2"),
+    "features.norm_std_floor": (lambda v: v > 0, "positive"),
+    "features.speech_min_contrast_db": (lambda v: v >= 0, ">= 0"),
+    "features.speech_min_ms": (lambda v: v >= 0, ">= 0"),
+    "sae.sparsity": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "sae.clip_std": (lambda v: v > 0, "positive"),
+    "sae.batch_size": (lambda v: v >= 1, ">= 1"),
+    "sae.hidden_units": (lambda v: v >= 1, ">= 1"),
+    "sae.patches_per_size": (lambda v: v >= 1, ">= 1"),
+    "sae.epochs": (lambda v: v >= 0, ">= 0"),
+    "model.lstm_layers": (lambda v: v >= 1, ">= 1"),
+    "model.lstm_units": (lambda v: v >= 1, ">= 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.input_noise": (lambda v: v >= 0, ">= 0"),
+    "model.statistics_units": (lambda v: v >= 0, ">= 0"),
+    "model.svm_cv_folds": (lambda v: v >= 2, ">= 2"),
+    "train.validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "runtime.jobs": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _validate(config: Config) -> None:
+    def get(dotted: str):
+        section, key = dotted.split(".")
+        return getattr(getattr(config, section), key)
+
+    for key, allowed in _CHOICES.items():
+        if get(key) not in allowed:
+            raise SerKerasError(f"{key}: '{get(key)}' is not one of {', '.join(allowed)}")
+    for key, (ok, text) in _BOUNDS.items():
+        if not ok(get(key)):
+            raise SerKerasError(f"{key}: must be {text}, got {get(key)}")
+    features, model, train, runtime, rate = (config.features, config.model, config.train, config.runtime,
+                                             config.data.sample_rate)
+    if (model.classifier == "svm") != (model.input_features == "functionals"):
+        raise SerKerasError(f"model.input_features: '{model.input_features}' does not suit "
+                            f"model.classifier '{model.classifier}' (the SVM reads functionals, "
                             "a network frame sequences)")
-    if config.model.statistics_units < 0:
-        raise SerKerasError(f"model.statistics_units: must be >= 0, got {config.model.statistics_units}")
-    if config.train.protocol not in ("loso", "session", "random", "all"):
-        raise SerKerasError(f"train.protocol: '{config.train.protocol}' is not loso, session, random or all")
-    if config.train.protocol == "all" and config.train.validation_fraction == 0:
-        raise SerKerasError("train.protocol all: needs validation data to pick the epoch count of the model "
-                            "trained on everything (train.validation_fraction is 0)")
-    if config.features.normalization not in ("neutral_speaker", "neutral_global", "none", "speaker"):
-        raise SerKerasError(f"features.normalization: '{config.features.normalization}' is not known")
-    if config.features.speaker_fallback not in ("speaker_all", "global"):
-        raise SerKerasError(f"features.speaker_fallback: '{config.features.speaker_fallback}' is not known")
-    if config.features.level_floor_db is not None and config.features.level_floor_db <= 0:
-        raise SerKerasError("features.level_floor_db: must be positive dB (or null), "
-                            f"got {config.features.level_floor_db}")
-    if config.features.speech_min_contrast_db < 0 or config.features.speech_min_ms < 0:
-        raise SerKerasError("features.speech_min_contrast_db and features.speech_min_ms must not be negative")
-    if config.features.warp_mode not in ("copies", "draw"):
-        raise SerKerasError(f"features.warp_mode: '{config.features.warp_mode}' is not copies or draw")
-    if config.train.refit and config.train.validation_fraction == 0:
-        raise SerKerasError("train.refit: needs validation data to pick the epoch count "
-                            "(train.validation_fraction is 0)")
-    if config.train.optimizer not in ("adam", "sgd"):
-        raise SerKerasError(f"train.optimizer: '{config.train.optimizer}' is not adam or sgd")
-    if config.train.strategy not in ("default", "mirrored", "multi-worker"):
-        raise SerKerasError(f"train.strategy: '{config.train.strategy}' is not default, mirrored or multi-worker")
-    if config.train.jobs < 1:
-        raise SerKerasError(f"train.jobs: must be at least 1, got {config.train.jobs}")
-    if config.train.jobs > 1 and config.train.strategy != "default":
-        raise SerKerasError(f"train.jobs: {config.train.jobs} folds at once needs train.strategy default, "
-                            f"not {config.train.strategy} (which spreads ONE fold over devices)")
+    if features.frame_ms * rate / 1000 < 2 or features.hop_ms * rate / 1000 < 1:
+        raise SerKerasError(f"features.frame_ms / hop_ms: {features.frame_ms} / {features.hop_ms} ms give less than "
+                            f"two samples a frame or one a hop at {rate} Hz")
+    if features.n_bins > features.n_fft // 2 + 1:
+        raise SerKerasError(f"features.n_bins: {features.n_bins} exceeds n_fft // 2 + 1 = {features.n_fft // 2 + 1}")
+    if not 0 < features.f0_min_hz < features.f0_max_hz:
+        raise SerKerasError(f"features.f0_min_hz: {features.f0_min_hz} must be positive and below "
+                            f"features.f0_max_hz ({features.f0_max_hz})")
+    if features.level_floor_db is not None and features.level_floor_db <= 0:
+        raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
+    for factor in features.warp_factors:
+        if not 0.5 <= factor <= 2.0 or factor == 1.0:
+            raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
+    if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:
+        raise SerKerasError(f"model.block_stride: must be between 1 and model.block_windows, got "
+                            f"{model.block_stride} (block_windows={model.block_windows})")
+    if not model.svm_c_grid or any(c <= 0 for c in model.svm_c_grid):
+        raise SerKerasError(f"model.svm_c_grid: needs positive values, got {model.svm_c_grid}")
+    if not model.svm_gamma_grid:
+        raise SerKerasError("model.svm_gamma_grid: is empty")
+    for gamma in model.svm_gamma_grid:
+        if gamma not in ("scale", "auto") and not (_is_number(gamma) and float(gamma) > 0):
+            raise SerKerasError(f"model.svm_gamma_grid: {gamma!r} is not 'scale', 'auto' or a positive number")
+    for setting, on in (("train.protocol all", train.protocol == "all"), ("train.refit", train.refit)):
+        if on and train.validation_fraction == 0:
+            raise SerKerasError(f"{setting}: needs validation data to pick the epoch count "
+                                "(train.validation_fraction is 0)")
+    if runtime.jobs > 1 and runtime.strategy != "default":
+        raise SerKerasError(f"runtime.jobs: {runtime.jobs} folds at once needs runtime.strategy default, "
+                            f"not {runtime.strategy} (which spreads ONE fold over devices)")
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
+    """A Config from a saved mapping (a run directory's config.yaml), older layouts included:
+    runtime keys in their former sections, and model fields an older version did not write."""
     config = Config()
+    data = _relocate(data)
     model = data.get("model") or {}
     if "classifier" not in model and model.get("experiment") in _LEGACY_MODEL_FIELDS:
         data = {**data, "model": {**_LEGACY_MODEL_FIELDS[model["experiment"]], **model}}
-    _apply(config, data, source)
+    apply_values(config, data, source)
     return config
 
 

@@ -1,16 +1,24 @@
-"""Shared test fixtures.
+"""Shared test fixtures and helpers.
 
 Tests never write into the user's ~/.cache: the whole session uses one temporary cache
 (features, generated demo corpus), so the demo corpus is generated once per test run.
 Real-corpus tests call ``corpus_dir(name)``, which skips with a reason when
 ../shared/corpora is absent (a user's machine will not have it).
+
+The export, serving and predict tests share runs and exports made once per session (per
+xdist worker): ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model``
++ a ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run`` is a real
+run of the default experiment on the demo corpus (one fold, one epoch, small SAE);
+``exported(run_dir)`` exports a run once; all of them live under ``export_root``.
 """
 
 import os
 import pathlib
 import tempfile
 
+import numpy as np
 import pytest
+import soundfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_CACHE = tempfile.mkdtemp(prefix="ser_keras_test_cache_")
@@ -34,3 +42,137 @@ def corpus_dir(name: str) -> pathlib.Path:
 def session_cache() -> pathlib.Path:
     """The temporary cache directory shared by the whole test session."""
     return pathlib.Path(_SESSION_CACHE)
+
+
+# -- runs and exports shared by the export, serving and predict tests ------------------------
+
+LABELS = ("angry", "happy", "neutral", "sad")
+
+# Tiny-model overrides: fast to train and to export, same architecture family.
+TRAIN_OVERRIDES = [
+    "train.protocol=random", "train.folds=4", "runtime.fold=0", "train.epochs=1",
+    "sae.epochs=1", "sae.patches_per_size=300", "train.batch_size=16",
+]
+
+
+def tiny_export_config(experiment: str = "exp4", level: bool = False):
+    """The shipped config of `experiment` on the demo corpus, with small recurrent layers for
+    exp2/exp3; `level`: with ``features.level_normalization``."""
+    from ser_keras.config import load_config
+
+    overrides = ["features.level_normalization=true"] if level else []
+    if experiment in ("exp3", "exp2"):
+        overrides += ["model.lstm_units=8"]
+    if experiment == "exp2":
+        overrides += ["model.dense_units=16"]
+    return load_config(experiment=experiment, corpus="demo", overrides=overrides)
+
+
+def write_wav(path: pathlib.Path, waveform: np.ndarray, sample_rate: int = 16000, **kwargs) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), waveform, sample_rate, **kwargs)
+    return path
+
+
+def tone(seconds: float, sample_rate: int = 16000, freq: float = 220.0, seed: int = 0) -> np.ndarray:
+    """A voiced-ish test signal: harmonics with a slow vibrato plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    f = freq * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(f) / sample_rate
+    x = sum(np.sin(h * phase) / h for h in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t) ** 2)
+    return (0.2 * x + 0.01 * rng.normal(size=t.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def export_root(tmp_path_factory) -> pathlib.Path:
+    """Where the session's shared runs and exports live (pytest removes it with its basetemp)."""
+    return tmp_path_factory.mktemp("export_tests")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(export_root):
+    """``tiny_run(experiment="exp4", seed=0, level=False) -> run directory``: a hand-made run
+    (untrained model, random normalisation/PCA statistics), made once per session."""
+    made = {}
+
+    def make(experiment: str = "exp4", seed: int = 0, level: bool = False) -> pathlib.Path:
+        key = (experiment, seed, level)
+        if key not in made:
+            made[key] = _write_tiny_run(export_root, experiment, seed, level)
+        return made[key]
+
+    return make
+
+
+def _write_tiny_run(root: pathlib.Path, experiment: str, seed: int, level: bool) -> pathlib.Path:
+    from ser_keras.config import save_run_config
+    from ser_keras.models import build_model
+
+    config = tiny_export_config(experiment, level)
+    run_dir = root / (f"tiny_{experiment}_{seed}" + ("_level" if level else ""))
+    fold_dir = run_dir / "folds" / "fold_0"
+    fold_dir.mkdir(parents=True)
+    save_run_config(config, run_dir, LABELS)
+    if experiment == "exp1":
+        return run_dir
+    rng = np.random.default_rng(seed)
+    if experiment == "exp2":
+        from ser_keras.features.llds import lld_names
+
+        dim = len(lld_names(config.features))
+        stats = dict(norm_mean=rng.normal(0, 1, dim), norm_std=rng.uniform(0.5, 2, dim),
+                     pca_mean=np.zeros(dim, np.float32), pca_components=np.eye(dim, dtype=np.float32))
+        k = dim
+    else:
+        dim, k = config.features.n_bins, config.features.pca_components
+        stats = dict(norm_mean=rng.normal(-8, 2, dim), norm_std=rng.uniform(1, 3, dim),
+                     pca_mean=rng.normal(0, 0.1, dim),
+                     pca_components=np.linalg.qr(rng.normal(size=(dim, dim)))[0][:, :k])
+    stats = {name: np.asarray(value, np.float32) for name, value in stats.items()}
+    stats["sample_rate"] = np.array(config.data.sample_rate)
+    np.savez(fold_dir / "frontend.npz", **stats)
+    build_model(config, len(LABELS), k).save(fold_dir / "model.keras")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(export_root) -> pathlib.Path:
+    """A real run of the default experiment (the shipped model) on the demo corpus
+    (evaluation.fit.fit, one fold, one epoch), trained once per session."""
+    from ser_keras.config import DEFAULT_EXPERIMENT, load_config
+    from ser_keras.evaluation.fit import fit
+
+    config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
+    run_dir = export_root / f"demo_{DEFAULT_EXPERIMENT}"
+    fit(config, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def demo_files() -> list:
+    """The demo corpus's audio files (generated once per session in the test cache)."""
+    from ser_keras.config import load_config
+    from ser_keras.corpora import load_manifest
+
+    config = load_config(experiment="exp4", corpus="demo")
+    return [pathlib.Path(p) for p in load_manifest("demo", None, config.data)["path"]]
+
+
+@pytest.fixture(scope="session")
+def exported(export_root):
+    """``exported(run_dir, jit_compile=False, fused_lstm=True) -> export directory``: the
+    export of a run (default: the shipped settings), made once per session."""
+    made = {}
+
+    def export(run_dir: pathlib.Path, jit_compile: bool = False, fused_lstm: bool = True) -> pathlib.Path:
+        key = (str(run_dir), jit_compile, fused_lstm)
+        if key not in made:
+            from ser_keras.export.serving import export_run
+
+            kind = "xla" if jit_compile else ("fused" if fused_lstm else "keras")
+            made[key] = export_run(run_dir, export_root / f"export_{run_dir.name}_{kind}", jit_compile=jit_compile,
+                                   fused_lstm=fused_lstm)
+        return made[key]
+
+    return export

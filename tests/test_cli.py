@@ -83,16 +83,17 @@ def test_info_on_real_emodb():
 
 
 @pytest.mark.parametrize("command", ["fit", "reproduce"])
-def test_jobs_flag_becomes_train_jobs(command, monkeypatch, tmp_path):
-    """`--jobs N` reaches the config as train.jobs (fit) or as an override of every run (reproduce)."""
+def test_jobs_flag_becomes_runtime_jobs(command, monkeypatch, tmp_path):
+    """`--jobs N` reaches the config as runtime.jobs (fit) or as an override of every run (reproduce)."""
     from ser_keras.evaluation import fit as fit_module
     from ser_keras.evaluation import reproduce
 
     seen = {}
-    monkeypatch.setattr(fit_module, "fit", lambda config, run_dir, progress: seen.setdefault("jobs", config.train.jobs)
+    monkeypatch.setattr(fit_module, "fit",
+                        lambda config, run_dir, progress: seen.setdefault("jobs", config.runtime.jobs)
                         and {"pooled": {"wa": 0.5, "ua": 0.5}})
     monkeypatch.setattr(reproduce, "reproduce",
                         lambda *args, overrides, **kwargs: seen.setdefault("overrides", overrides) and tmp_path)
     assert cli.main([command, "--corpus", "demo", "--jobs", "3", "--out" if command == "reproduce" else "--run-dir",
                      str(tmp_path / "out")]) == 0
-    assert seen == ({"jobs": 3} if command == "fit" else {"overrides": ["train.jobs=3"]})
+    assert seen == ({"jobs": 3} if command == "fit" else {"overrides": ["runtime.jobs=3"]})

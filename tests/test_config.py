@@ -2,7 +2,7 @@
 
 import pytest
 
-from ser_keras.config import Config, load_config, load_run_config, save_run_config
+from ser_keras.config import Config, RuntimeConfig, load_config, load_run_config, save_run_config
 from ser_keras.errors import SerKerasError
 
 
@@ -79,3 +79,94 @@ def test_model_fields_are_checked_and_old_runs_keep_their_meaning(tmp_path):
 def test_shipped_experiment_configs_load(experiment):
     config = load_config(experiment=experiment, corpus="demo")
     assert config.model.experiment == experiment
+
+
+def test_runtime_keys_of_an_older_layout_load_into_the_runtime_section(tmp_path):
+    """A run directory written before the runtime section existed (its keys in data, features,
+    model and train) loads, with those settings in `runtime`."""
+    (tmp_path / "config.yaml").write_text(
+        "labels: [a, b]\nconfig:\n"
+        "  data: {corpus: emodb, data_dir: /corpora/emodb, cache_dir: /cache, sample_rate: 16000}\n"
+        "  features: {n_jobs: 3, hop_ms: 10.0}\n"
+        "  model: {experiment: exp1, classifier: svm, input_features: functionals, svm_n_jobs: 4}\n"
+        "  train: {fold: 1, strategy: default, jobs: 2, sweep_block_windows: [5, 10], epochs: 6}\n")
+    old, labels = load_run_config(tmp_path)
+    assert labels == ["a", "b"] and old.train.epochs == 6 and old.data.corpus == "emodb"
+    assert old.runtime == RuntimeConfig(data_dir="/corpora/emodb", cache_dir="/cache", strategy="default", jobs=2,
+                                        fold=1, extract_jobs=3, svm_jobs=4, sweep_block_windows=[5, 10])
+    # Written back, the settings sit in their new place, and load the same.
+    save_run_config(old, tmp_path, labels)
+    assert load_run_config(tmp_path)[0] == old
+    assert "n_jobs" not in (tmp_path / "config.yaml").read_text()
+
+
+def test_former_runtime_keys_stay_aliases_in_yaml_and_set(tmp_path):
+    path = write(tmp_path, "train:\n  jobs: 2\ndata:\n  cache_dir: /c\n")
+    config = load_config(config_file=path, overrides=["train.fold=1", "train.strategy=default", "features.n_jobs=2"])
+    assert (config.runtime.jobs, config.runtime.cache_dir, config.runtime.fold, config.runtime.extract_jobs) == \
+        (2, "/c", 1, 2)
+    # The new name wins over the old one in the same place.
+    assert load_config(config_file=path, overrides=["runtime.jobs=3"]).runtime.jobs == 3
+
+
+def test_resume_compares_everything_but_the_runtime_section():
+    from ser_keras.training.resume import config_hash, identity
+
+    config, other = Config(), Config()
+    other.runtime = RuntimeConfig(data_dir="/d", cache_dir="/c", strategy="mirrored", jobs=1, fold=2,
+                                  extract_jobs=5, svm_jobs=3, sweep_block_windows=[1])
+    assert identity(config) == identity(other) and config_hash(config) == config_hash(other)
+    assert "runtime" not in identity(config) and set(identity(config)) == set(config.to_dict()) - {"runtime"}
+    other.features.speech_min_ms = 50.0
+    assert config_hash(config) != config_hash(other)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.class_weight=inverse", r"^train\.class_weight: 'inverse' is not one of none, balanced$"),
+    ("sae.sparsity=1.5", r"^sae\.sparsity: must be in \(0, 1\), got 1\.5$"),
+    ("model.dropout=1.0", r"^model\.dropout: must be in \[0, 1\), got 1\.0$"),
+    ("features.normalization=zscore", r"^features\.normalization: 'zscore' is not one of neutral_speaker"),
+    ("features.warp_factors=[3.0]", r"^features\.warp_factors: 3\.0 must be in \[0\.5, 2\] and not 1$"),
+    ("runtime.strategy=tpu", r"^runtime\.strategy: 'tpu' is not one of default, mirrored, multi-worker$"),
+    ("train.validation_split=half", r"^train\.validation_split: 'half' is not one of auto"),
+])
+def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, message):
+    with pytest.raises(SerKerasError, match=message) as info:
+        load_config(experiment="exp4", overrides=[override])
+    assert "\n" not in str(info.value)
+
+
+def test_the_cli_offers_the_choices_the_config_allows():
+    from ser_keras import cli, config as config_module
+
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    options = {a.dest: a.choices for a in subcommands["fit"]._actions}
+    assert options["protocol"] == config_module.PROTOCOLS and options["strategy"] == config_module.STRATEGIES
+    reproduce = {a.dest: a.choices for a in subcommands["reproduce"]._actions}
+    assert set(reproduce["protocol"]) == set(config_module.PROTOCOLS) - {"all"}
+
+
+def test_experiments_are_the_yaml_files_that_name_one_and_extend_without_repeating():
+    """base.yaml (what every experiment shares) is no experiment; a YAML that extends another
+    sets only what differs from it."""
+    from ser_keras.config import experiment_names, experiments_dir, load_experiment_yaml, load_yaml
+
+    assert experiment_names() == ["exp1", "exp2", "exp3", "exp4", "exp5"]
+    assert (experiments_dir() / "base.yaml").is_file()
+
+    def leaves(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        own = load_yaml(path)
+        parent = own.pop("extends", None)
+        if parent is None:
+            continue
+        inherited = dict(leaves(load_experiment_yaml(experiments_dir() / parent)))
+        repeated = [key for key, value in leaves(own) if key in inherited and inherited[key] == value]
+        assert not repeated, f"{path.name} repeats what {parent} sets: {repeated}"

@@ -210,8 +210,13 @@ def test_relative_data_dir_gives_absolute_paths(casia_root, monkeypatch):
     assert all(pathlib.Path(p).is_absolute() and pathlib.Path(p).is_file() for p in manifest["path"])
 
 
-def test_config_data_dir_is_used(casia_root):
-    assert len(load_manifest("casia", config=DataConfig(corpus="casia", data_dir=str(casia_root)))) == 12
+def test_run_config_data_dir_is_used(casia_root):
+    from ser_keras.config import Config
+    from ser_keras.corpora import run_manifest
+
+    config = Config()
+    config.data.corpus, config.runtime.data_dir = "casia", str(casia_root)
+    assert len(run_manifest(config)) == 12
 
 
 def test_unreadable_file_gets_nan_duration(casia_root):
@@ -572,7 +577,7 @@ def _fake_generate(out_dir, seed=0):
 
 def test_demo_cache_folder_names_version_and_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "generate", _fake_generate)
-    manifest = load_manifest("demo", config=DataConfig(demo_seed=7, cache_dir=str(tmp_path)))
+    manifest = load_manifest("demo", config=DataConfig(demo_seed=7), cache_dir=str(tmp_path))
     folder = tmp_path / f"demo-v{demo.GENERATOR_VERSION}-seed7"
     assert pathlib.Path(manifest["path"].iloc[0]).parents[2] == folder
     assert json.loads((folder / demo.MARKER).read_text())["seed"] == 7

@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from ser_keras.cli import main
-from tests.test_export_support import root
 
 # Tiny and fast; the same for the deployed model and the run that estimates it.
 TINY = ["--set", "train.epochs=1", "--set", "sae.epochs=1", "--set", "sae.patches_per_size=300",
@@ -18,13 +17,13 @@ DEMO_SPEAKERS = ["spk_f1", "spk_f2", "spk_m1", "spk_m2"]
 
 
 @pytest.fixture(scope="module")
-def runs():
-    loso = root() / "deploy_loso"
+def runs(export_root):
+    loso = export_root / "deploy_loso"
     assert main(["fit", "--corpus", "demo", "--protocol", "loso", "--fold", "0", "--run-dir", str(loso), *TINY]) == 0
-    deployed = root() / "deploy_all"
+    deployed = export_root / "deploy_all"
     assert main(["fit", "--corpus", "demo", "--protocol", "all", "--run-dir", str(deployed),
                  "--estimate-from", str(loso), *TINY]) == 0
-    export_dir = root() / "deploy_export"
+    export_dir = export_root / "deploy_export"
     assert main(["export", str(deployed), "--out", str(export_dir)]) == 0
     return loso, deployed, export_dir
 
@@ -72,9 +71,9 @@ def test_ordinary_run_export_lists_the_folds_training_speakers(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_estimate_from_a_run_of_another_config_is_refused(runs, capsys):
+def test_estimate_from_a_run_of_another_config_is_refused(runs, capsys, export_root):
     loso, _, _ = runs
-    code = main(["fit", "--corpus", "demo", "--protocol", "all", "--run-dir", str(tmp_dir := root() / "other_all"),
+    code = main(["fit", "--corpus", "demo", "--protocol", "all", "--run-dir", str(tmp_dir := export_root / "other_all"),
                  "--estimate-from", str(loso), *TINY, "--set", "train.epochs=2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "differs" in err[0] and "train.epochs" in err[0]

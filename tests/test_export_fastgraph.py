@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ser_keras.export import fastgraph
-from tests.test_export_support import tiny_config
+from tests.conftest import tiny_export_config
 
 
 def _model(bidirectional=True, return_sequences=True, layers=2, attention=True, units=7):
@@ -82,7 +82,7 @@ def test_cell_state_really_exceeds_clip_range():
 def test_exp2_model_is_supported():
     from ser_keras.models import build_model
 
-    config = tiny_config("exp2")
+    config = tiny_export_config("exp2")
     model = build_model(config, 4, 10)
     assert fastgraph.supports(model)
     x = _inputs()[:, :, :10]

@@ -69,14 +69,12 @@ def test_tf_frontend_matches_numpy_pipeline(name, waveform):
     assert np.abs(got - expected).max() <= FEATURE_RTOL * scale
 
 
-def test_tf_frontend_matches_numpy_on_demo_corpus():
-    from tests.test_export_support import demo_files
-
+def test_tf_frontend_matches_numpy_on_demo_corpus(demo_files):
     from ser_keras.audio import load_audio
 
     params = _params(seed=3)
     worst = 0.0
-    for path in demo_files()[::24]:
+    for path in demo_files[::24]:
         waveform = load_audio(path, 16000)
         expected = _numpy_features(waveform, params)
         got = _tf_features(waveform, params)
@@ -209,7 +207,7 @@ def _level_params(**changes):
     return dataclasses.replace(_params(config=FeatureConfig(level_normalization=True)), **changes)
 
 
-def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
+def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain(demo_files):
     import tensorflow as tf
 
     from ser_keras.features.level import level_normalize, level_reference, top_count
@@ -231,7 +229,7 @@ def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
         shifted = fe.tf_level_normalize(tf.constant(raw + np.float32(shift)), tf.constant(n_frames)).numpy()
         np.testing.assert_allclose(shifted, got, atol=1e-5)
     # A gain g on speech adds 2 ln g to the log power: the reference moves by 2 ln g.
-    speech = _real_or_demo_speech()
+    speech = _real_or_demo_speech(demo_files)
     config = FeatureConfig()
     base = level_reference(log_spectrogram(speech, config, 16000))
     for gain in (0.5, 0.1, 0.05):
@@ -239,7 +237,7 @@ def test_level_reference_numpy_and_tf_agree_and_move_by_the_log_gain():
         assert moved == pytest.approx(2 * np.log(gain), abs=1e-3)
 
 
-def test_relative_level_floor_makes_the_features_gain_invariant():
+def test_relative_level_floor_makes_the_features_gain_invariant(demo_files):
     """Without the relative floor the cells a low gain pushes to the absolute log floor keep
     the features moving with the gain (by up to 2 ln(1/g)); with it every cell stays within a
     few hundredths of the gain-1 value down to gain 0.05, and the TF twin agrees."""
@@ -247,7 +245,7 @@ def test_relative_level_floor_makes_the_features_gain_invariant():
 
     from ser_keras.features.level import level_normalize, relative_floor
 
-    speech, config = _real_or_demo_speech(), FeatureConfig()
+    speech, config = _real_or_demo_speech(demo_files), FeatureConfig()
     raw = {gain: log_spectrogram(speech * np.float32(gain), config, 16000) for gain in (1.0, 0.5, 0.1, 0.05)}
     without = level_normalize(raw[1.0])
     assert np.abs(level_normalize(raw[0.05]) - without).max() > 1.0
@@ -260,15 +258,13 @@ def test_relative_level_floor_makes_the_features_gain_invariant():
     np.testing.assert_allclose(got, level_normalize(raw[0.1], 60.0), atol=1e-5)
 
 
-def _real_or_demo_speech():
+def _real_or_demo_speech(demo_files):
     from ser_keras.audio import load_audio
     from tests.conftest import SHARED_CORPORA
 
     files = sorted((SHARED_CORPORA / "emodb").rglob("*.wav"))[:1]
     if not files:
-        from tests.test_export_support import demo_files
-
-        files = demo_files()[:1]
+        files = demo_files[:1]
     return load_audio(files[0], 16000)
 
 
@@ -292,13 +288,13 @@ def test_level_normalised_tf_frontend_matches_numpy_padded_rows():
             assert np.abs(valid - expected).max() <= FEATURE_RTOL * max(1.0, np.abs(expected).max())
 
 
-def test_speech_flags_numpy_and_tf_agree():
+def test_speech_flags_numpy_and_tf_agree(demo_files):
     from ser_keras.features.level import has_speech
 
     config = FeatureConfig()
     params = _params(config=config)
     rng = np.random.default_rng(4)
-    speech = _real_or_demo_speech()[:32000]
+    speech = _real_or_demo_speech(demo_files)[:32000]
     cases = {
         "speech": (speech, True),
         "speech x0.05": (speech * np.float32(0.05), True),

@@ -28,8 +28,7 @@ import pytest
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.export.predict import predict_files
-from tests.conftest import SHARED_CORPORA, corpus_dir
-from tests.test_export_support import TRAIN_OVERRIDES, demo_files, exported, root, trained_demo_run
+from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
 
 MAX_DP = 1e-6
 MIN_AGREEMENT = 1.0
@@ -69,14 +68,13 @@ SERVE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def trained():
-    run_dir = trained_demo_run()
-    return run_dir, exported(run_dir)
+def trained(exported, trained_demo_run):
+    return trained_demo_run, exported(trained_demo_run)
 
 
-def _parity_files() -> dict:
+def _parity_files(demo_files) -> dict:
     """tag -> audio files: the demo corpus, and the real corpora that are present."""
-    sets = {"demo": demo_files()}
+    sets = {"demo": demo_files}
     for corpus, step in (("casia", 12), ("emodb", 5)):
         path = SHARED_CORPORA / corpus
         if path.is_dir():
@@ -85,12 +83,12 @@ def _parity_files() -> dict:
 
 
 @pytest.fixture(scope="module")
-def parity(trained):
+def parity(trained, demo_files, export_root):
     """Per set: in-process predict from the run dir, and the export served by a fresh process
     that never imports ser_keras (one process for all sets: TensorFlow starts once)."""
     run_dir, export_dir = trained
     reports, waveforms, owners = {}, [], []
-    for tag, files in _parity_files().items():
+    for tag, files in _parity_files(demo_files).items():
         report = predict_files(run_dir, files)
         assert not report["errors"], report["errors"][:3]
         reports[tag] = report
@@ -106,7 +104,7 @@ def parity(trained):
         report = predict_files(run_dir, [demo_paths[i] for i in group], same_speaker=True)
         assert not report["errors"] and report["normalization"] == "speaker"
         same_speaker.update({i: r for i, r in zip(group, report["results"])})
-    served = _serve_in_fresh_process(export_dir, waveforms, "all", groups)
+    served = _serve_in_fresh_process(export_root, export_dir, waveforms, "all", groups)
     owners = np.array(owners)
     out = {}
     for tag, report in reports.items():
@@ -137,14 +135,14 @@ def _demo_speakers(paths) -> list:
     return [speaker[str(p)] for p in paths]
 
 
-def _serve_in_fresh_process(export_dir, waveforms, tag, groups=()):
+def _serve_in_fresh_process(export_root, export_dir, waveforms, tag, groups=()):
     """serve on every waveform, and serve_speaker on each group of waveform indices."""
-    inputs = root() / f"parity_{tag}.npz"
-    output = root() / f"parity_{tag}.json"
-    groups_file = root() / f"parity_{tag}_groups.json"
+    inputs = export_root / f"parity_{tag}.npz"
+    output = export_root / f"parity_{tag}.json"
+    groups_file = export_root / f"parity_{tag}_groups.json"
     groups_file.write_text(json.dumps([list(map(int, g)) for g in groups]))
     np.savez(inputs, **{str(i): w for i, w in enumerate(waveforms)})
-    script = root() / "serve_without_ser_keras.py"
+    script = export_root / "serve_without_ser_keras.py"
     script.write_text(SERVE_SCRIPT)
     # -I: isolated mode, so neither the working directory nor PYTHONPATH can put the source
     # tree on sys.path; the script imports tensorflow and numpy only.
@@ -172,9 +170,9 @@ def _check_parity(entry, tag):
     return agreement, max_dp
 
 
-def test_export_parity_on_demo_corpus(parity):
+def test_export_parity_on_demo_corpus(parity, demo_files):
     agreement, max_dp = _check_parity(parity["demo"], "demo")
-    assert len(parity["demo"]["report"]["results"]) == len(demo_files())
+    assert len(parity["demo"]["report"]["results"]) == len(demo_files)
     assert agreement == 1.0
 
 
@@ -198,12 +196,12 @@ def test_export_of_trained_run_metadata(trained):
     assert meta["labels"] == results["labels"]
 
 
-def test_serve_speaker_parity_with_same_speaker_predict(parity):
+def test_serve_speaker_parity_with_same_speaker_predict(parity, demo_files):
     """All recordings of one speaker: the export's serve_speaker (one padded batch per demo
     speaker, fresh TF-only process) vs in-process ``predict --same-speaker``."""
     entry = parity["demo"]["same_speaker"]
     report = entry["report"]
-    assert len(report["results"]) == len(demo_files())
+    assert len(report["results"]) == len(demo_files)
     in_process = np.array([list(r["probabilities"].values()) for r in report["results"]])
     agreement = float(np.mean(in_process.argmax(1) == entry["probabilities"].argmax(1)))
     max_dp = float(np.abs(in_process - entry["probabilities"]).max())
@@ -239,7 +237,7 @@ def test_fit_serving_figure_is_what_serve_gives(trained, parity):
 
 
 @pytest.fixture(scope="module")
-def loso_run():
+def loso_run(export_root):
     """exp4 on the demo corpus under leave-one-speaker-out (first fold, one epoch), exported."""
     from ser_keras.config import load_config
     from ser_keras.export.serving import export_run
@@ -247,9 +245,9 @@ def loso_run():
 
     overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds"))]
     config = load_config(experiment="exp4", corpus="demo", overrides=["train.protocol=loso", *overrides])
-    run_dir = root() / "demo_exp4_loso"
+    run_dir = export_root / "demo_exp4_loso"
     fit(config, run_dir, progress=False)
-    return run_dir, export_run(run_dir, root() / "export_demo_exp4_loso")
+    return run_dir, export_run(run_dir, export_root / "export_demo_exp4_loso")
 
 
 def test_fit_protocol_figure_is_what_serve_speaker_gives(loso_run):
@@ -288,7 +286,7 @@ def test_bench_normalisation_prints_the_table(loso_run, capsys):
     spec = importlib.util.spec_from_file_location("bench_normalisation", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds", "train.fold"))]
+    overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds", "runtime.fold"))]
     argv = ["--corpus", "demo", "--folds", "0", "--out", str(run_dir), "--quiet", "--ks", "1,3", "--draws", "2"]
     assert bench.main(argv + [x for o in overrides for x in ("--set", o)]) == 0
     out = capsys.readouterr().out
@@ -321,12 +319,12 @@ NOTHING_TO_SCORE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_export_scores_no_emotion_where_there_is_nothing_to_score(trained):
+def test_export_scores_no_emotion_where_there_is_nothing_to_score(trained, export_root):
     """In a process without ser_keras: an empty waveform [1, 0], digital silence and 2 s of
     low-level white noise come back with speech 0 and uniform probabilities; NaN input is an
     error that names it (not a guess at integer PCM)."""
     _, export_dir = trained
-    script = root() / "nothing_to_score.py"
+    script = export_root / "nothing_to_score.py"
     script.write_text(NOTHING_TO_SCORE_SCRIPT)
     done = subprocess.run([sys.executable, "-I", str(script), str(export_dir)], capture_output=True, text=True,
                           timeout=600)

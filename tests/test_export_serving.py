@@ -16,13 +16,13 @@ from ser_keras.errors import SerKerasError
 from ser_keras.export import graph as serving_graph
 from ser_keras.export import serving
 from ser_keras.export.bundle import attention_steps, load_fold
-from tests.test_export_support import LABELS, exported, root, tiny_run, tone
+from tests.conftest import LABELS, tone
 
 SAVED_MODEL_CLI = pathlib.Path(sys.executable).parent / "saved_model_cli"
 
 
 @pytest.fixture(scope="module")
-def exp4_export():
+def exp4_export(tiny_run, exported):
     return exported(tiny_run("exp4"))
 
 
@@ -64,7 +64,7 @@ def test_labels_and_metadata_endpoints(exp4_loaded, exp4_export):
     assert set(exp4_loaded.signatures) >= {"serve", "serve_lengths", "labels", "metadata", "serving_default"}
 
 
-def test_serve_matches_in_process_model(exp4_loaded):
+def test_serve_matches_in_process_model(exp4_loaded, tiny_run):
     run_dir = tiny_run("exp4")
     for seconds in (0.5, 1.7):
         waveform = tone(seconds, seed=int(seconds * 10))
@@ -77,7 +77,7 @@ def test_serve_matches_in_process_model(exp4_loaded):
         assert np.isclose(out["attention"].numpy().sum(), 1.0, atol=1e-5)
 
 
-def test_serve_defined_for_short_silent_and_batched_input(exp4_loaded):
+def test_serve_defined_for_short_silent_and_batched_input(exp4_loaded, tiny_run):
     config = load_fold(tiny_run("exp4")).config
     for waveform in (np.zeros((2, 16000), np.float32), np.zeros((1, 10), np.float32),
                      np.zeros((1, 0), np.float32)):
@@ -94,7 +94,7 @@ def test_serve_defined_for_short_silent_and_batched_input(exp4_loaded):
                                exp4_loaded.serve(padded[None])["probabilities"].numpy(), atol=1e-6)
 
 
-def test_serve_very_long_input(exp4_loaded):
+def test_serve_very_long_input(exp4_loaded, tiny_run):
     """A 60 s recording in one call: one attention step per 0.15 s, weights sum to 1."""
     out = exp4_loaded.serve(tone(60.0)[None])
     assert out["attention"].shape == (1, attention_steps(5999, load_fold(tiny_run("exp4")).config))
@@ -134,7 +134,7 @@ def test_wrong_dtype_or_rank_is_rejected(exp4_loaded):
         serve(waveform=tf.zeros((1, 16000), tf.int32))
 
 
-def test_fused_and_keras_graph_exports_agree():
+def test_fused_and_keras_graph_exports_agree(tiny_run, exported):
     """The default export (fused LSTM kernel) and the plain Keras graph give the same numbers,
     padded rows (serve_lengths) included."""
     run_dir = tiny_run("exp4")
@@ -151,7 +151,7 @@ def test_fused_and_keras_graph_exports_agree():
 
 
 @pytest.mark.slow
-def test_xla_export_agrees_and_buckets():
+def test_xla_export_agrees_and_buckets(tiny_run, exported):
     """The optional XLA export (jit_compile=True): same numbers; lengths in one bucket share
     one compilation."""
     run_dir = tiny_run("exp4")
@@ -178,7 +178,7 @@ def test_bucket_grid():
     assert [serving_graph.bucket_batch(b) for b in (1, 3, 17, 32, 33, 70)] == [1, 4, 32, 32, 64, 96]
 
 
-def test_exp3_attention_is_uniform():
+def test_exp3_attention_is_uniform(tiny_run, exported):
     run_dir = tiny_run("exp3")
     loaded = tf.saved_model.load(str(exported(run_dir)))
     waveform = tone(1.3)
@@ -191,7 +191,7 @@ def test_exp3_attention_is_uniform():
     assert meta["attention"] == "uniform"
 
 
-def test_exp2_endpoint_takes_lld_features():
+def test_exp2_endpoint_takes_lld_features(tiny_run, exported):
     from ser_keras.features.llds import frame_llds
 
     run_dir = tiny_run("exp2")
@@ -211,24 +211,24 @@ def test_exp2_endpoint_takes_lld_features():
         loaded.serve(np.zeros((1, 16000), np.float32))
 
 
-def test_exp1_cannot_be_exported(tmp_path):
+def test_exp1_cannot_be_exported(tmp_path, tiny_run):
     with pytest.raises(SerKerasError, match="export is not available for exp1") as info:
         serving.export_run(tiny_run("exp1"), tmp_path / "out")
     assert "\n" not in str(info.value)
 
 
-def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path):
+def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path, tiny_run):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(SerKerasError, match="not a ser_keras export"):
         serving.export_run(tiny_run("exp4"), tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
-def test_export_fold_selection_errors():
+def test_export_fold_selection_errors(tiny_run, export_root):
     with pytest.raises(SerKerasError, match="out of range"):
-        serving.export_run(tiny_run("exp4"), root() / "never", fold=5)
+        serving.export_run(tiny_run("exp4"), export_root / "never", fold=5)
     with pytest.raises(SerKerasError, match="no trained fold 'nope'"):
-        serving.export_run(tiny_run("exp4"), root() / "never", fold="nope")
+        serving.export_run(tiny_run("exp4"), export_root / "never", fold="nope")
 
 
 def test_saved_model_cli_show_and_run(exp4_export, tmp_path):
@@ -251,7 +251,7 @@ def test_saved_model_cli_show_and_run(exp4_export, tmp_path):
         assert len(values) == len(LABELS) and abs(sum(values) - 1.0) < 1e-5
 
 
-def test_cli_export_command(tmp_path):
+def test_cli_export_command(tmp_path, tiny_run):
     from ser_keras.cli import main
 
     out = tmp_path / "cli_export"
@@ -307,7 +307,7 @@ def test_export_json_names_the_normalisation(exp4_export, exp4_loaded):
     assert {"serve_speaker", "speaker_statistics", "serve_with_statistics"} <= set(exp4_loaded.signatures)
 
 
-def test_serve_speaker_normalises_all_rows_with_the_speakers_statistics(exp4_loaded):
+def test_serve_speaker_normalises_all_rows_with_the_speakers_statistics(exp4_loaded, tiny_run):
     """One speaker's recordings of different lengths in a padded batch: the statistics are those
     of all of their valid frames (features.normalize.frame_stats, as fit's "speaker" mode), and
     every row is scored with them. A row without speech (the 50 ms one: shorter than
@@ -353,7 +353,7 @@ def test_serve_with_statistics_checks_its_inputs(exp4_loaded):
             mean=tf.zeros([256]), std=tf.zeros([256]))
 
 
-def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_statistics(tmp_path):
+def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_statistics(tmp_path, tiny_run):
     """neutral_global: the model never saw speaker statistics, so serve_speaker is serve_lengths."""
     from ser_keras.config import load_run_config, save_run_config
 
@@ -371,7 +371,7 @@ def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_stat
     assert meta["serve_without_speaker"] == "pooled" and meta["normalization"] == "neutral_global"
 
 
-def test_export_does_not_log_assets_written(tmp_path):
+def test_export_does_not_log_assets_written(tmp_path, tiny_run):
     """The SavedModel writer's INFO line ("Assets written to: ...") stays out of the user's log."""
     import logging
 
@@ -394,7 +394,7 @@ def test_export_does_not_log_assets_written(tmp_path):
     assert logger.level == level
 
 
-def test_level_normalised_export_ignores_gain_and_flags_no_speech():
+def test_level_normalised_export_ignores_gain_and_flags_no_speech(tiny_run, exported):
     """A level-normalised export: probabilities at gains 0.5, 0.1 and 0.05 within 0.05 of gain 1;
     silence, low white noise, an empty and a too-short waveform: speech 0, uniform
     probabilities; NaN and Inf: an error that names them (not "integer PCM")."""

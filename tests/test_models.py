@@ -173,7 +173,7 @@ def test_attention_model_needs_attention_and_exp1_is_no_keras_model():
     with pytest.raises(SerKerasError, match="n_classes"):
         build_model(tiny_config("exp4"), 1, D)
     with pytest.raises(SerKerasError, match="block_stride"):
-        build_model(tiny_config("exp4", block_stride=5), N_CLASSES, D)
+        tiny_config("exp4", block_stride=5).validate()
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -211,9 +211,9 @@ def test_build_svm_grid_and_fit():
 
 @pytest.mark.parametrize("model", [{"svm_gamma_grid": ["wide"]}, {"svm_gamma_grid": [-1]}, {"svm_c_grid": [0]},
                                    {"svm_cv_folds": 1}])
-def test_build_svm_rejects_bad_grids(model):
+def test_bad_svm_grids_are_refused_by_validate(model):
     with pytest.raises(SerKerasError, match="model.svm_"):
-        build_svm(config_from_dict({"model": model}))
+        config_from_dict({"model": model}).validate()
 
 
 def test_exp4_exports_as_tf_saved_model(tmp_path):

@@ -56,8 +56,9 @@ def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.jobs=0"], r"^train\.jobs: must be at least 1, got 0$"),
-    (["train.jobs=2", "train.strategy=mirrored"], r"^train\.jobs: 2 folds at once needs train\.strategy default"),
+    (["runtime.jobs=0"], r"^runtime\.jobs: must be >= 1, got 0$"),
+    (["runtime.jobs=2", "runtime.strategy=mirrored"],
+     r"^runtime\.jobs: 2 folds at once needs runtime\.strategy default"),
 ])
 def test_bad_jobs_settings_are_refused_in_one_line(overrides, message):
     with pytest.raises(SerKerasError, match=message) as info:

@@ -9,23 +9,23 @@ import pytest
 from ser_keras.cli import main
 from ser_keras.errors import SerKerasError
 from ser_keras.export import predict
-from tests.test_export_support import LABELS, exported, root, tiny_run, tone, write_wav
+from tests.conftest import LABELS, tone, write_wav
 
 
 @pytest.fixture(scope="module")
-def run_predictor():
+def run_predictor(tiny_run):
     return predict.load_predictor(tiny_run("exp4"))
 
 
 @pytest.fixture(scope="module")
-def export_predictor():
+def export_predictor(tiny_run, exported):
     return predict.load_predictor(exported(tiny_run("exp4")))
 
 
 @pytest.fixture(scope="module")
-def mixed_folder():
+def mixed_folder(export_root):
     """Good and bad files, nested. Returns (folder, good names, bad names)."""
-    folder = root() / "mixed_inputs"
+    folder = export_root / "mixed_inputs"
     if folder.exists():
         return folder, *_mixed_names()
     base = tone(1.2, seed=3)
@@ -180,7 +180,7 @@ def test_run_and_export_give_the_same_results(run_predictor, export_predictor, m
         assert [w["label"] for w in x["windows"]] == [w["label"] for w in y["windows"]]
 
 
-def test_cli_predict_reports_every_good_file_and_names_every_bad_one(mixed_folder, capsys):
+def test_cli_predict_reports_every_good_file_and_names_every_bad_one(mixed_folder, capsys, tiny_run):
     folder, good, bad = mixed_folder
     code = main(["predict", str(tiny_run("exp4")), str(folder), str(folder / "missing.wav")])
     out, err = capsys.readouterr()
@@ -192,7 +192,7 @@ def test_cli_predict_reports_every_good_file_and_names_every_bad_one(mixed_folde
     assert "scored 13 file(s), 5 could not be used" in err
 
 
-def test_cli_predict_json(mixed_folder, capsys):
+def test_cli_predict_json(mixed_folder, capsys, tiny_run, exported):
     folder, good, bad = mixed_folder
     code = main(["predict", str(exported(tiny_run("exp4"))), str(folder / "good_16k.wav"),
                  str(folder / "empty.wav"), "--json"])
@@ -205,7 +205,7 @@ def test_cli_predict_json(mixed_folder, capsys):
     assert set(report["results"][0]) >= {"label", "probabilities", "duration_s", "windows", "attention", "warnings"}
 
 
-def test_cli_predict_exit_code_when_nothing_could_be_scored(mixed_folder, capsys):
+def test_cli_predict_exit_code_when_nothing_could_be_scored(mixed_folder, capsys, tiny_run):
     folder, _, _ = mixed_folder
     code = main(["predict", str(tiny_run("exp4")), str(folder / "empty.wav"), str(folder / "nested" / "corrupt.wav")])
     out, err = capsys.readouterr()
@@ -218,7 +218,7 @@ def test_cli_predict_exit_code_when_nothing_could_be_scored(mixed_folder, capsys
     assert "0 when at least one file was scored" in help_text and "2 when none could be scored" in help_text
 
 
-def test_cli_predict_model_errors_are_one_line(tmp_path, capsys):
+def test_cli_predict_model_errors_are_one_line(tmp_path, capsys, tiny_run, exported):
     assert main(["predict", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "no such model directory" in capsys.readouterr().err
     assert main(["predict", str(exported(tiny_run("exp4"))), str(tmp_path), "--fold", "1"]) == 2
@@ -233,7 +233,7 @@ def test_empty_directory_is_reported(run_predictor, tmp_path):
     assert report["results"] == [] and "no audio files" in report["errors"][0]["error"]
 
 
-def test_plot_png(mixed_folder, tmp_path, capsys):
+def test_plot_png(mixed_folder, tmp_path, capsys, tiny_run):
     folder, _, _ = mixed_folder
     out_png = tmp_path / "long.png"
     assert main(["predict", str(tiny_run("exp4")), str(folder / "long.wav"), "--plot", str(out_png)]) == 0
@@ -245,10 +245,10 @@ def test_plot_png(mixed_folder, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_exp2_run_and_export_predict():
+def test_exp2_run_and_export_predict(tiny_run, exported, export_root):
     run_dir = tiny_run("exp2")
     waveform = tone(1.1, seed=13)
-    path = write_wav(root() / "exp2_input" / "a.wav", waveform)
+    path = write_wav(export_root / "exp2_input" / "a.wav", waveform)
     a = predict.predict_files(run_dir, [path])["results"][0]
     b = predict.predict_files(exported(run_dir), [path])["results"][0]
     np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
@@ -256,7 +256,7 @@ def test_exp2_run_and_export_predict():
     assert a["attention"]["step_s"] == pytest.approx(0.01)
 
 
-def test_load_predictor_rejects_exp1():
+def test_load_predictor_rejects_exp1(tiny_run):
     with pytest.raises(SerKerasError, match="exp1"):
         predict.load_predictor(tiny_run("exp1"))
 
@@ -300,7 +300,7 @@ def test_same_speaker_is_the_speaker_normalised_model_input(run_predictor, mixed
         np.testing.assert_allclose(list(result["probabilities"].values()), probs[0], atol=2e-6)
 
 
-def test_cli_predict_same_speaker(mixed_folder, capsys):
+def test_cli_predict_same_speaker(mixed_folder, capsys, tiny_run, exported):
     folder, _, _ = mixed_folder
     args = ["predict", str(exported(tiny_run("exp4"))), str(folder / "good_16k.wav"), str(folder / "float32.wav"),
             "--json"]
@@ -311,7 +311,7 @@ def test_cli_predict_same_speaker(mixed_folder, capsys):
     assert json.loads(capsys.readouterr().out)["normalization"] == "pooled"
 
 
-def test_same_speaker_needs_a_current_export(tmp_path, mixed_folder):
+def test_same_speaker_needs_a_current_export(tmp_path, mixed_folder, tiny_run, exported):
     """An export without the speaker endpoints (format 1) refuses --same-speaker in one line."""
     folder, _, _ = mixed_folder
     predictor = predict.load_predictor(exported(tiny_run("exp4")))

@@ -134,8 +134,8 @@ def test_pretraining_is_deterministic_given_the_seed():
 
 
 def test_no_retracing_across_auto_encoders_and_folds():
-    """Every fold pre-trains one auto-encoder per kernel size: the training step is traced a
-    couple of times per process at most (reduce_retracing), never once per call, so TensorFlow
+    """Every fold pre-trains one auto-encoder per kernel size: each shape's trainer traces its
+    graph once or twice per process (reduce_retracing), never once per call, so TensorFlow
     prints no retracing warning in the folds."""
     import logging
 
@@ -150,18 +150,56 @@ def test_no_retracing_across_auto_encoders_and_folds():
     logger = tf.get_logger()
     handler = Keep()
     logger.addHandler(handler)
-    train_epoch, evaluate = sae_pretrain._step_functions()
-    before = train_epoch.experimental_get_tracing_count(), evaluate.experimental_get_tracing_count()
+    config = tiny_config(epochs=1, patches_per_size=300, kernel_sizes=[3, 4, 6])
     try:
         for fold in range(4):  # 4 "folds" x 3 kernel sizes of different widths
-            pretrain_kernels(smooth_features(n=6, seed=fold), tiny_config(epochs=1, patches_per_size=300,
-                                                                          kernel_sizes=[3, 4, 6]), seed=fold)
+            pretrain_kernels(smooth_features(n=6, seed=fold), config, seed=fold)
     finally:
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r], records
-    # 12 auto-encoders: at most the first few widths trace (fewer when earlier tests already did).
-    assert train_epoch.experimental_get_tracing_count() - before[0] <= 3
-    assert evaluate.experimental_get_tracing_count() - before[1] <= 3
+    for k in (3, 4, 6):
+        trainer = sae_pretrain._trainer(k * D, config.sae.hidden_units)
+        assert trainer.train_epoch.experimental_get_tracing_count() <= 2
+        assert trainer.evaluate.experimental_get_tracing_count() <= 2
+
+
+def test_graph_loop_is_keras_adam_step_by_step():
+    """The one-call-per-epoch graph loop gives the kernels of plain eager training with
+    keras.optimizers.Adam, one apply_gradients per batch, on the same initial weights and
+    batch order."""
+    config = tiny_config(epochs=3, learning_rate=3e-3)
+    sae = config.sae
+    patches = sample_patches(smooth_features(n=10), 3, 1000, 1.0, seed=0)
+    result = train_sparse_autoencoder(patches, 3, sae, seed=5)
+
+    scale, offset, target_scale, target_offset = fit_scaling(patches, 3, sae.clip_std)
+    x = (patches * scale + offset).astype(np.float32)
+    t = np.clip(patches * target_scale + target_offset, 0.1, 0.9).astype(np.float32)
+    n, width = x.shape
+    rng = np.random.default_rng(5)
+    limit = np.sqrt(6.0 / (width + sae.hidden_units + 1))
+    w1 = rng.uniform(-limit, limit, (width, sae.hidden_units)).astype(np.float32)
+    w2 = rng.uniform(-limit, limit, (sae.hidden_units, width)).astype(np.float32)
+    b1 = np.full(sae.hidden_units, np.log(sae.sparsity / (1 - sae.sparsity)), np.float32)
+    mean_target = np.clip(t.mean(axis=0), 1e-3, 1 - 1e-3)
+    b2 = np.log(mean_target / (1 - mean_target)).astype(np.float32)
+    weights = [tf.Variable(v) for v in (w1, b1, w2, b2)]
+    optimizer = keras.optimizers.Adam(learning_rate=sae.learning_rate)
+    for _ in range(sae.epochs):
+        order = rng.permutation(n)
+        for first in range(0, n - sae.batch_size + 1, sae.batch_size):
+            index = order[first:first + sae.batch_size]
+            with tf.GradientTape() as tape:
+                h = tf.sigmoid(x[index] @ weights[0] + weights[1])
+                x_hat = tf.sigmoid(h @ weights[2] + weights[3])
+                loss = (tf.reduce_mean(tf.reduce_sum(tf.square(x_hat - t[index]), axis=1))
+                        + sae.sparsity_weight * kl_sparsity_penalty(h, sae.sparsity)
+                        + 0.5 * sae.weight_decay * (tf.reduce_sum(tf.square(weights[0]))
+                                                    + tf.reduce_sum(tf.square(weights[2]))))
+            optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+    np.testing.assert_allclose(result.encoder_weights, weights[0].numpy(), atol=2e-5)
+    np.testing.assert_allclose(result.encoder_bias, weights[1].numpy(), atol=2e-5)
+    np.testing.assert_allclose(result.decoder_weights, weights[2].numpy(), atol=2e-5)
 
 
 def test_pretrain_kernels_uses_the_given_patch_sampler():
@@ -218,7 +256,7 @@ def test_bad_inputs_raise_one_line_errors():
     with pytest.raises(SerKerasError, match=r"\(n >= 2, 3\*D\)"):
         train_sparse_autoencoder(np.ones((10, 7), np.float32), 3, sae, seed=0)
     with pytest.raises(SerKerasError, match="sae.sparsity"):
-        train_sparse_autoencoder(np.ones((10, 3 * D), np.float32), 3, tiny_config(sparsity=1.5).sae, seed=0)
+        tiny_config(sparsity=1.5).validate()
     with pytest.raises(SerKerasError, match="no training features"):
         pretrain_kernels([], tiny_config(), seed=0)
 

@@ -17,8 +17,7 @@ import pytest
 
 from ser_keras.audio import load_audio
 from ser_keras.cli import main
-from tests.conftest import SHARED_CORPORA
-from tests.test_export_support import LABELS, TRAIN_OVERRIDES, demo_files, root, write_wav
+from tests.conftest import LABELS, SHARED_CORPORA, TRAIN_OVERRIDES, write_wav
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +58,7 @@ PLAIN_TF = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def level_run():
+def level_run(export_root):
     """A real demo run of the shipped default (one fold, one epoch; its level normalisation and
     relative floor as shipped), exported."""
     from ser_keras.config import DEFAULT_EXPERIMENT, load_config
@@ -69,21 +68,21 @@ def level_run():
     config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo",
                          overrides=TRAIN_OVERRIDES + ["features.warp_factors=[]"])
     assert config.features.level_normalization and config.features.level_floor_db is not None
-    run_dir = root() / "demo_default_level"
+    run_dir = export_root / "demo_default_level"
     fit(config, run_dir, progress=False)
-    return run_dir, export_run(run_dir, root() / "export_demo_default_level")
+    return run_dir, export_run(run_dir, export_root / "export_demo_default_level")
 
 
-def _speech_files() -> list:
-    files = list(demo_files()[::97])  # two demo utterances
+def _speech_files(demo_files) -> list:
+    files = list(demo_files[::97])  # two demo utterances
     files += sorted((SHARED_CORPORA / "emodb").rglob("*.wav"))[:1]  # real speech, when present
     return files
 
 
-def _waveforms() -> dict:
+def _waveforms(demo_files) -> dict:
     rng = np.random.default_rng(0)
     out = {}
-    for i, path in enumerate(_speech_files()):
+    for i, path in enumerate(_speech_files(demo_files)):
         speech = load_audio(path, 16000)
         for gain in GAINS:
             out[f"speech_{i}_{gain:g}"] = (speech * np.float32(gain)).astype(np.float32)
@@ -100,10 +99,10 @@ def _waveforms() -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(level_run):
+def served(level_run, export_root, demo_files):
     _, export_dir = level_run
-    inputs, output, script = (root() / name for name in ("level_inputs.npz", "level_out.json", "plain_tf.py"))
-    np.savez(inputs, **_waveforms())
+    inputs, output, script = (export_root / name for name in ("level_inputs.npz", "level_out.json", "plain_tf.py"))
+    np.savez(inputs, **_waveforms(demo_files))
     script.write_text(PLAIN_TF)
     # -I: isolated mode, so the source tree cannot be on sys.path.
     done = subprocess.run([sys.executable, "-I", str(script), str(export_dir), str(inputs), str(output)],
@@ -114,8 +113,8 @@ def served(level_run):
     return out
 
 
-def test_served_probabilities_do_not_depend_on_the_gain(served):
-    for i, _ in enumerate(_speech_files()):
+def test_served_probabilities_do_not_depend_on_the_gain(served, demo_files):
+    for i, _ in enumerate(_speech_files(demo_files)):
         reference = np.array(served["serve"][f"speech_{i}_1"]["probabilities"])
         for gain in GAINS:
             entry = served["serve"][f"speech_{i}_{gain:g}"]
@@ -145,11 +144,11 @@ def test_metadata_says_level_normalised(served):
     assert meta["n_training_utterances"] > 0 and len(meta["training_speakers"]) == 4
 
 
-def test_predict_run_directory_matches_the_export_and_flags_speech(level_run, served, tmp_path, capsys):
+def test_predict_run_directory_matches_the_export_and_flags_speech(level_run, served, tmp_path, capsys, demo_files):
     """The NumPy path (predict with the run directory): the export's numbers (|dp| <= 1e-4,
     same label) at every gain, and "speech" false for silence and noise."""
     run_dir, _ = level_run
-    waveforms = _waveforms()
+    waveforms = _waveforms(demo_files)
     names = [f"speech_0_{gain:g}" for gain in GAINS] + ["silence", "noise"]
     paths = [write_wav(tmp_path / f"{name}.wav", waveforms[name], subtype="FLOAT") for name in names]
     assert main(["predict", str(run_dir), *map(str, paths), "--json"]) == 0

@@ -108,7 +108,7 @@ def test_session_protocol_and_its_errors():
         make_folds(synthetic_manifest(), "session")
     with pytest.raises(SerKerasError, match="protocol"):
         make_folds(manifest, "kfold")
-    with pytest.raises(SerKerasError, match="train.fold"):
+    with pytest.raises(SerKerasError, match="runtime.fold"):
         select_folds(folds, 5)
     assert select_folds(folds, 1) == [folds[1]]
 

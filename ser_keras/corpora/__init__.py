@@ -60,13 +60,14 @@ def resolve_data_dir(name: str, data_dir: typing.Optional[str]) -> typing.Option
 
 
 def corpus_root(name: str, data_dir: typing.Optional[str] = None,
-                config: typing.Optional[DataConfig] = None) -> pathlib.Path:
-    """The corpus directory (generated first for the demo corpus), checked to exist."""
+                config: typing.Optional[DataConfig] = None, cache_dir: typing.Optional[str] = None) -> pathlib.Path:
+    """The corpus directory (generated first, under `cache_dir`, for the demo corpus), checked
+    to exist."""
     config = config or DataConfig(corpus=name)
     module = corpus_module(name)
-    root = resolve_data_dir(name, data_dir or config.data_dir)
+    root = resolve_data_dir(name, data_dir)
     if hasattr(module, "prepare"):  # generated corpora (demo) make their own directory
-        root = module.prepare(root, config)
+        root = module.prepare(root, config, cache_dir)
     if root is not None:
         # Absolute paths, so the manifest (and anything keyed by its paths, like the feature
         # cache) does not depend on the working directory.
@@ -86,11 +87,11 @@ def corpus_root(name: str, data_dir: typing.Optional[str] = None,
 
 
 def load_manifest(name: str, data_dir: typing.Optional[str] = None,
-                  config: typing.Optional[DataConfig] = None) -> pd.DataFrame:
+                  config: typing.Optional[DataConfig] = None, cache_dir: typing.Optional[str] = None) -> pd.DataFrame:
     """Scan corpus `name` into a manifest with the columns in COLUMNS."""
     config = config or DataConfig(corpus=name)
     module = corpus_module(name)
-    root = corpus_root(name, data_dir, config)
+    root = corpus_root(name, data_dir, config, cache_dir)
     scanned = module.scan(root, config)
     unmatched = [{"path": str(r["path"]), "reason": r.get("skip") or r["note"], "used": "skip" not in r}
                  for r in scanned if "skip" in r or r.get("note")]
@@ -118,6 +119,12 @@ def load_manifest(name: str, data_dir: typing.Optional[str] = None,
     frame.attrs["unmatched"] = sorted(unmatched, key=lambda r: r["path"])
     frame.attrs["layout"] = module.LAYOUT
     return frame
+
+
+def run_manifest(config) -> pd.DataFrame:
+    """The manifest of a run config's corpus (`data.corpus`, read from `runtime.data_dir`; the
+    demo corpus generated under `runtime.cache_dir`)."""
+    return load_manifest(config.data.corpus, config.runtime.data_dir, config.data, config.runtime.cache_dir)
 
 
 def unmatched_line(manifest: pd.DataFrame, shown: int = 3) -> typing.Optional[str]:

@@ -114,11 +114,11 @@ def speakers() -> dict:
 # --- loader contract ---------------------------------------------------------------------
 
 
-def prepare(root: typing.Optional[pathlib.Path], config) -> pathlib.Path:
-    """Generate the corpus (once) and return its folder."""
+def prepare(root: typing.Optional[pathlib.Path], config, cache_dir: typing.Optional[str] = None) -> pathlib.Path:
+    """Generate the corpus (once) and return its folder (by default under the cache root)."""
     seed = int(getattr(config, "demo_seed", 0))
     if root is None:
-        root = cache_root(config) / f"demo-v{GENERATOR_VERSION}-seed{seed}"
+        root = cache_root(cache_dir) / f"demo-v{GENERATOR_VERSION}-seed{seed}"
     ensure_corpus(pathlib.Path(root), seed)
     return pathlib.Path(root)
 

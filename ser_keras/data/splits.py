@@ -17,20 +17,18 @@ never from its test part, in one of two ways (``validation_split``):
   the n training speakers (at least 1, at most n - 1; alternating genders where known). The
   validation score is then speaker-independent, like the test condition of ``loso`` and
   ``session``. A stratified sample of the training speakers' utterances was the first choice
-  here, but it rewards models that learn the training speakers: on EMO-DB it scored exp4 at
-  ~80 % UA where the left-out speakers got ~63 %, and so it stopped training at the wrong epochs
-  and picked the wrong settings.
+  here, but it rewards models that learn the training speakers: on EMO-DB it scored exp4 far
+  above what the left-out speakers got, and so it stopped training at the wrong epochs and
+  picked the wrong settings (README, *The shipped experiment settings, measured*).
 - ``utterances``: per label, ``validation_fraction`` of the training utterances, spread evenly
   over the training speakers (speaker-dependent, like the test condition of ``random``).
 
 ``auto`` (the default) takes ``utterances`` for ``random``, and for ``loso``, ``session`` and ``all``
 takes ``speakers`` when at least ``MIN_TRAINING_SPEAKERS`` (3) speakers would remain to train on,
 ``utterances`` otherwise: a corpus of four speakers (CASIA, the demo) leaves three training
-speakers per LOSO fold, and holding one of them out trains on two voices. Measured on CASIA,
-exp4 LOSO, the first two test folds: UA 16.0 and 27.3 with a held-out speaker, 29.3 and 42.0
-with an utterance sample of all three (validation scores of the two schemes cannot be
-compared, so this was decided on those test folds and is reported as such). ``speakers`` falls
-back to ``utterances`` when a fold has a single training speaker.
+speakers per LOSO fold, and holding one of them out trains on two voices, which scored far
+worse on CASIA (README, *The shipped experiment settings, measured*). ``speakers`` falls back
+to ``utterances`` when a fold has a single training speaker.
 
 Everything is deterministic: the same manifest, protocol, seed and fraction give the same
 folds on every machine (the manifest is sorted by path by ``corpora.load_manifest``).
@@ -44,9 +42,9 @@ import typing
 import numpy as np
 import pandas as pd
 
+from ser_keras.config import PROTOCOLS, VALIDATION_SPLITS
 from ser_keras.errors import SerKerasError
 
-PROTOCOLS = ("loso", "session", "random", "all")
 PROTOCOL_NAMES = {
     "loso": "leave-one-speaker-out",
     "session": "leave-one-session-out",
@@ -79,7 +77,6 @@ def describe_protocol(protocol: str, n_folds: int) -> str:
     return PROTOCOL_NAMES[protocol].format(n=n_folds)
 
 
-VALIDATION_SPLITS = ("auto", "speakers", "utterances")
 # validation_split=auto holds out speakers only when at least this many remain for training.
 MIN_TRAINING_SPEAKERS = 3
 
@@ -171,11 +168,11 @@ def make_folds(
 
 
 def select_folds(folds: typing.Sequence[Fold], fold: typing.Optional[int]) -> typing.List[Fold]:
-    """All folds, or the one at 0-based index `fold` (train.fold / --fold)."""
+    """All folds, or the one at 0-based index `fold` (runtime.fold / --fold)."""
     if fold is None:
         return list(folds)
     if not 0 <= fold < len(folds):
-        raise SerKerasError(f"train.fold: {fold} is out of range (this protocol has folds 0..{len(folds) - 1})")
+        raise SerKerasError(f"runtime.fold: {fold} is out of range (this protocol has folds 0..{len(folds) - 1})")
     return [folds[fold]]
 
 

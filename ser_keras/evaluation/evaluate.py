@@ -28,7 +28,7 @@ import pandas as pd
 
 import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
 from ser_keras.config import load_run_config
-from ser_keras.corpora import load_manifest
+from ser_keras.corpora import run_manifest
 from ser_keras.data.pipeline import make_dataset
 from ser_keras.errors import SerKerasError
 from ser_keras.evaluation.plots import save_confusion_png
@@ -94,7 +94,7 @@ def _rescore(run_dir, config, labels, fold_names, progress) -> dict:
 def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
     """Predict the test part of folds that have a model but lost their predictions."""
     run = RunDir(run_dir)
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     manifest = manifest[manifest["label"].isin(labels)].reset_index(drop=True)
     folds = run.read_folds()
     root = common_root(manifest["path"])
@@ -147,9 +147,9 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     run = RunDir(run_dir)
     target_config = copy.deepcopy(config)
     target_config.data.corpus = corpus
-    target_config.data.data_dir = data_dir
+    target_config.runtime.data_dir = data_dir
     target_config.data.labels = None
-    manifest = load_manifest(corpus, data_dir, target_config.data)
+    manifest = run_manifest(target_config)
     source_canonical = {canonical(label): i for i, label in enumerate(labels)}
     target_labels = sorted(set(manifest["label"]))
     label_map = {t: labels[source_canonical[canonical(t)]] for t in target_labels

@@ -14,7 +14,7 @@ from ser_keras.training.run import train_folds
 
 
 def fit(config: Config, run_dir, progress: bool = True) -> dict:
-    """Train and evaluate `config` on every fold of its protocol (or on `config.train.fold`).
+    """Train and evaluate `config` on every fold of its protocol (or on `config.runtime.fold`).
 
     Returns the results dict also written to ``run_dir/results.json`` (WA/UA are fractions).
     Raises SerKerasError when `run_dir` holds a run of a different config.

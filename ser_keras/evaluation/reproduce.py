@@ -4,7 +4,7 @@ Runs (each a normal, resumable ``fit`` run directory under ``out_dir``):
 
 - ``exp1`` .. ``exp4``: the four comparison experiments (Fig. 4 of the paper);
 - ``exp4-lstm``: exp4 with ``model.bidirectional=false`` (the paper's LSTM-vs-BLSTM remark);
-- ``exp4-context<N>``: exp4 with ``model.block_windows=N`` for N in ``train.sweep_block_windows``
+- ``exp4-context<N>``: exp4 with ``model.block_windows=N`` for N in ``runtime.sweep_block_windows``
   (the paper's "UAR vs number of context frames" remark). A block of the SAE-CNN feature maps
   (eq. 5-6) summarises ``pool_window * block_windows`` frames -- the context each recurrent step
   sees -- so that is what is swept; the block stride is kept at half a block (as 5 of 10 in the
@@ -27,7 +27,7 @@ import time
 import typing
 
 from ser_keras.config import load_config
-from ser_keras.corpora import label_order, load_manifest
+from ser_keras.corpora import label_order, run_manifest
 from ser_keras.data.splits import describe_protocol, make_folds, select_folds
 from ser_keras.evaluation import baseline
 from ser_keras.evaluation.fit import fit
@@ -63,7 +63,7 @@ def reproduce(corpus: str, data_dir: typing.Optional[str], protocol: str, out_di
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    base = [f"train.protocol={protocol}"] + ([f"data.data_dir={data_dir}"] if data_dir else []) + list(overrides)
+    base = [f"train.protocol={protocol}"] + ([f"runtime.data_dir={data_dir}"] if data_dir else []) + list(overrides)
 
     def run(name: str, experiment: str, extra: typing.Sequence[str] = ()) -> dict:
         config = load_config(experiment=experiment, corpus=corpus, overrides=[*base, *extra])
@@ -77,7 +77,7 @@ def reproduce(corpus: str, data_dir: typing.Optional[str], protocol: str, out_di
     exp4_config = runs["exp4"]["_config"]
     runs["exp4-lstm"] = run("exp4-lstm", "exp4", ["model.bidirectional=false"])
     sweep = []
-    for windows in exp4_config.train.sweep_block_windows:
+    for windows in exp4_config.runtime.sweep_block_windows:
         if windows == exp4_config.model.block_windows:
             name, results = "exp4", runs["exp4"]
         else:
@@ -98,11 +98,11 @@ def _baseline(config, out_dir: pathlib.Path, progress: bool) -> tuple:
     if not baseline.opensmile_available():
         return [], ("openSMILE baseline skipped: the optional `opensmile` package is not installed "
                     "(`pip install 'ser_keras[opensmile]'` to add it).")
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     labels = label_order(manifest, config.data)
     folds = select_folds(make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                                     config.train.validation_fraction, config.train.validation_split),
-                         config.train.fold)
+                         config.runtime.fold)
     rows = baseline.run_baseline(config, manifest, folds, labels, out_dir / "baseline", progress)
     return rows, ""
 
@@ -203,7 +203,7 @@ def _write_report(corpus, protocol, exp4_config, runs, sweep, baseline_rows, bas
         "The paper: UAR rises with the number of context frames and flattens once it exceeds the training frame "
         "length. Here the context of one recurrent step is one block of the SAE-CNN feature maps, "
         f"`model.pool_window` ({exp4_config.model.pool_window}) x `model.block_windows` frames of "
-        f"{exp4_config.features.hop_ms:g} ms; `block_windows` is swept (`train.sweep_block_windows`), the block "
+        f"{exp4_config.features.hop_ms:g} ms; `block_windows` is swept (`runtime.sweep_block_windows`), the block "
         "stride kept at half a block.",
         "",
         "| block_windows | context frames | context ms | UA % | WA % | run |",

@@ -101,7 +101,7 @@ def write_run_results(
             "wa": float(np.nanmean([f["wa"] for f in fold_results])),
             "ua": float(np.nanmean([f["ua"] for f in fold_results])),
         }
-        # Summed over the folds: with train.jobs > 1 folds overlap, so the run took less wall time.
+        # Summed over the folds: with runtime.jobs > 1 folds overlap, so the run took less wall time.
         results["wall_time_s"] = round(sum(float(f.get("wall_time_s", 0.0)) for f in fold_results), 2)
         scope = "" if not missing else f" ({len(fold_results)}/{len(fold_names)} folds)"
         save_confusion_png(pooled["confusion"], labels, run.confusion_png,

@@ -49,7 +49,7 @@ _HEAD_READ = 4096  # magic + header in one read; the data follow straight into t
 # FeatureConfig fields that never change a per-utterance array (they act later or elsewhere).
 NOT_SHAPING = frozenset({
     "pca_components", "pca_max_frames", "normalization", "speaker_fallback", "norm_std_floor",
-    "max_frames", "n_jobs", "warp_factors", "warp_mode",
+    "max_frames", "warp_factors", "warp_mode",
     # Applied after the cache read (features/level.py), so the cached arrays stay raw.
     "level_normalization", "level_floor_db", "speech_threshold_dbfs", "speech_min_contrast_db", "speech_min_ms",
 })
@@ -79,7 +79,7 @@ class FeatureCache:
     """Feature arrays of one (corpus, kind, feature config, sample rate), keyed by audio file.
 
     Args:
-        root: the cache root (e.g. ``cache_root(config.data) / "features"``).
+        root: the cache root (e.g. ``cache_root(config.runtime.cache_dir) / "features"``).
         corpus: corpus name (``config.data.corpus``).
         kind: "spectrogram", "lld" or "functionals".
         config: the ``FeatureConfig``.

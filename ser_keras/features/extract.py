@@ -33,16 +33,18 @@ import typing
 import numpy as np
 
 from ser_keras import audio
-from ser_keras.config import FeatureConfig
+from ser_keras.config import INPUT_FEATURES, FeatureConfig
 from ser_keras.config import cache_root as config_cache_root
 from ser_keras.errors import SerKerasError
 from ser_keras.features import llds, spectrogram
 from ser_keras.features.cache import FeatureCache, file_identity
 from ser_keras.features.level import maybe_level_normalize
 
-KINDS = ("spectrogram", "lld", "functionals")
-# Below this many misses the pool's start-up (~0.75 s for two workers) and the transfer of
-# the arrays back cost more than they save. A spectrogram takes ~0.5 ms per file on one core.
+# The feature kinds are what a model reads (model.input_features).
+KINDS = INPUT_FEATURES
+# Below this many misses the pool's start-up and the transfer of the arrays back cost more
+# than they save; a spectrogram is cheap enough that only thousands of files pay for a pool
+# (bench/features.py measures both paths).
 MIN_FILES_FOR_POOL = 8
 MIN_FILES_FOR_POOL_BY_KIND = {"spectrogram": 2000}
 MAX_CHUNK = 16
@@ -72,13 +74,14 @@ def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) 
 
 
 def default_cache_dir(config) -> pathlib.Path:
-    """``cache_root(config.data) / "features"``: data.cache_dir, $SER_KERAS_CACHE or ~/.cache/ser_keras."""
-    return config_cache_root(config.data) / "features"
+    """``cache_root(config.runtime.cache_dir) / "features"``: runtime.cache_dir, $SER_KERAS_CACHE or
+    ~/.cache/ser_keras."""
+    return config_cache_root(config.runtime.cache_dir) / "features"
 
 
 def resolve_jobs(n_jobs: typing.Optional[int], config) -> int:
-    """n_jobs argument, else config.features.n_jobs; 0 (or less) means one per usable core."""
-    jobs = config.features.n_jobs if n_jobs is None else n_jobs
+    """n_jobs argument, else config.runtime.extract_jobs; 0 (or less) means one per usable core."""
+    jobs = config.runtime.extract_jobs if n_jobs is None else n_jobs
     if jobs is None or int(jobs) <= 0:
         try:
             return max(1, len(os.sched_getaffinity(0)))
@@ -95,9 +98,9 @@ def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing
     Args:
         manifest: rows to extract, in order.
         kind: "spectrogram", "lld" or "functionals".
-        config: the full ``Config`` (features, data.sample_rate, data.corpus, data.cache_dir).
+        config: the full ``Config`` (features, data.sample_rate, data.corpus, runtime.cache_dir).
         cache_dir: cache root; None -> ``default_cache_dir(config)``; False -> no caching.
-        n_jobs: worker processes; None -> config.features.n_jobs (0 = one per core).
+        n_jobs: worker processes; None -> config.runtime.extract_jobs (0 = one per core).
         progress: show a tqdm progress bar on stderr.
 
     Returns:
@@ -209,7 +212,7 @@ def _work(paths: list, spec: _Spec) -> list:
     feature modules (imported with this module) loaded (a limit set in a pool initializer
     missed scipy's).
     """
-    with _single_threaded():  # costs ~1 ms (it scans the loaded libraries): once per chunk
+    with _single_threaded():  # it scans the loaded libraries: once per chunk, not per file
         return _work_unlimited(paths, spec)
 
 
@@ -325,7 +328,7 @@ def extract_for_model(config, manifest, progress: bool) -> tuple:
     ``features.level_normalization`` is on, functionals as ``(1, D)`` rows. A file left out is
     never silent: named with `progress`, one line on stderr without."""
     kind = config.model.input_features
-    n_jobs = config.features.n_jobs or None
+    n_jobs = config.runtime.extract_jobs or None
     extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
     features = list(extraction.features)
     failures = dict(extraction.failures)

@@ -2,14 +2,14 @@
 
 The paper normalises the features "by global mean and standard deviation based on neutral
 speech characteristics in the training set". ``NeutralNormalizer`` does that per feature
-dimension over frames, in one of three modes:
+dimension over frames, in one of four modes:
 
-- ``neutral_speaker`` (default): each training speaker is normalised by the mean/std of
+- ``neutral_speaker`` (the class's default): each training speaker is normalised by the mean/std of
   *their own* neutral frames in the training fold, which removes speaker identity (pitch range,
   vocal tract, recording level) and keeps what differs from that speaker's neutral voice.
 - ``neutral_global``: everyone is normalised by the pooled neutral frames of the training fold.
 - ``none``: features pass through unchanged (as float32 copies).
-- ``speaker`` (added by the training engineer, issue #5): every speaker is normalised by the
+- ``speaker`` (the config's default, ``features.normalization``): every speaker is normalised by the
   mean/std of *all* of their frames, training speakers from the training fold, unseen (test)
   speakers from all of their utterances passed to ``transform`` (no labels used). Training
   and test speakers are then treated alike; under leave-one-speaker-out ``neutral_speaker``
@@ -53,10 +53,11 @@ import typing
 
 import numpy as np
 
+from ser_keras.config import NORMALIZATIONS, SPEAKER_FALLBACKS
 from ser_keras.errors import SerKerasError
 
-MODES = ("neutral_speaker", "neutral_global", "none", "speaker")
-FALLBACKS = ("speaker_all", "global")
+MODES = NORMALIZATIONS
+FALLBACKS = SPEAKER_FALLBACKS
 # Modes whose models see speaker-normalised input (a test speaker: statistics of their speech).
 SPEAKER_MODES = ("neutral_speaker", "speaker")
 

@@ -81,20 +81,6 @@ def _check(config: Config, n_classes: int, input_dim: int) -> None:
         raise SerKerasError(f"build_model: need at least 2 classes, got n_classes={n_classes}")
     if int(input_dim) < 1:
         raise SerKerasError(f"build_model: input_dim must be positive, got {input_dim}")
-    if config.model.lstm_layers < 1 or config.model.lstm_units < 1:
-        raise SerKerasError(
-            f"model.lstm_layers / model.lstm_units must be >= 1, got "
-            f"{config.model.lstm_layers} / {config.model.lstm_units}"
-        )
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise SerKerasError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
-    if config.model.input_noise < 0:
-        raise SerKerasError(f"model.input_noise: must be >= 0, got {config.model.input_noise}")
-    if config.model.frontend == "sae_conv" and not 1 <= config.model.block_stride <= config.model.block_windows:
-        raise SerKerasError(
-            "model.block_stride: must be between 1 and model.block_windows, got "
-            f"{config.model.block_stride} (block_windows={config.model.block_windows})"
-        )
 
 
 def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:

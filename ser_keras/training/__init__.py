@@ -9,9 +9,9 @@
   resumable early stopping on validation UA, checkpoints (``EpochCheckpoint``).
 - ``confusion_image``: the per-epoch confusion matrix as a small image for TensorBoard.
 - ``resume``: run-directory identity (config hash).
-- ``distribute``: ``train.strategy`` -> a ``tf.distribute`` strategy (multi-worker reads TF_CONFIG).
+- ``distribute``: ``runtime.strategy`` -> a ``tf.distribute`` strategy (multi-worker reads TF_CONFIG).
 - ``sae_pretrain``: sparse auto-encoder pre-training of the SAE-CNN kernels.
-- ``parallel``: ``train.jobs`` folds at once, each in a worker process.
+- ``parallel``: ``runtime.jobs`` folds at once, each in a worker process.
 
 Submodules import TensorFlow; import them directly (``from ser_keras.training.run import train_folds``).
 """

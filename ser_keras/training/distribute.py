@@ -1,4 +1,4 @@
-"""``train.strategy``: the same training code on one device, several local devices, or several
+"""``runtime.strategy``: the same training code on one device, several local devices, or several
 machines, through ``tf.distribute`` (Keras 3's TensorFlow backend distributes ``model.fit``
 over the strategy the model was built under).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 
+from ser_keras.config import STRATEGIES
 from ser_keras.errors import SerKerasError
 
 
@@ -39,9 +40,9 @@ def make_strategy(name: str):
             try:
                 json.loads(raw)
             except ValueError:
-                raise SerKerasError("TF_CONFIG: not valid JSON (train.strategy=multi-worker)") from None
+                raise SerKerasError("TF_CONFIG: not valid JSON (runtime.strategy=multi-worker)") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise SerKerasError(f"train.strategy: '{name}' is not default, mirrored or multi-worker")
+    raise SerKerasError(f"runtime.strategy: '{name}' is not one of {', '.join(STRATEGIES)}")
 
 
 def worker_role() -> tuple:
@@ -52,7 +53,7 @@ def worker_role() -> tuple:
     try:
         task = json.loads(raw).get("task", {})
     except ValueError:
-        raise SerKerasError("TF_CONFIG: not valid JSON (train.strategy=multi-worker)") from None
+        raise SerKerasError("TF_CONFIG: not valid JSON (runtime.strategy=multi-worker)") from None
     return task.get("type", "chief"), int(task.get("index", 0))
 
 

@@ -83,7 +83,7 @@ def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, 
         protocol_name=describe_protocol(config.train.protocol, config.train.folds), progress=progress,
     )
     if config.model.classifier == "network":
-        context.strategy = make_strategy(config.train.strategy)
+        context.strategy = make_strategy(config.runtime.strategy)
     return context
 
 

@@ -3,7 +3,7 @@
 ``train_network`` is the network half of the fold engine (``training.fold``): for an
 ``sae_conv`` front end the sparse-auto-encoder kernels pre-trained on patches of a seeded third
 of the training part (``sae_kernels.npz``); the model (``ser_keras.models``) built and compiled
-inside the ``train.strategy`` scope and trained with Keras' ``fit`` and the callbacks of
+inside the ``runtime.strategy`` scope and trained with Keras' ``fit`` and the callbacks of
 ``training.callbacks`` (per-epoch validation WA/UA and confusion matrix to TensorBoard and
 ``history.csv``, a checkpoint every epoch, early stopping on validation UA restoring the best
 weights); with ``train.refit`` (always under protocol "all") a fresh model then trains on the
@@ -174,7 +174,7 @@ def fold_model(context, n_classes: int, input_dim: int):
         # Build the optimizer now, so its initial state can be recorded and put back later.
         fresh.optimizer.build(fresh.trainable_variables)
         context.models[key] = (fresh, [v.numpy() for v in fresh.optimizer.variables])
-        if context.config.train.strategy == "multi-worker":
+        if context.config.runtime.strategy == "multi-worker":
             patch_for_multi_worker(fresh)
         return fresh
     model, optimizer_start = context.models[key]

@@ -1,4 +1,4 @@
-"""Several folds at once (``train.jobs`` / ``fit --jobs N``), each in its own process.
+"""Several folds at once (``runtime.jobs`` / ``fit --jobs N``), each in its own process.
 
 A fold's training step keeps about one CPU core busy: TensorFlow's thread pool gains little
 on the small matrices of these models, so on a 2-core machine one fold at a time leaves half
@@ -29,7 +29,7 @@ import typing
 import tensorflow as tf
 
 from ser_keras.config import Config
-from ser_keras.corpora import label_order, load_manifest
+from ser_keras.corpora import label_order, run_manifest
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
 from ser_keras.features.extract import extract_for_model
@@ -133,7 +133,7 @@ def _worker_context(config: Config, run_dir: pathlib.Path, progress: bool, threa
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     configure_determinism(config.train.seed)
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     features, _ = extract_for_model(config, manifest, progress=False)
     context = make_context(config, run_dir, manifest, label_order(manifest, config.data), features, progress)
     context.epoch_lines = True

@@ -4,10 +4,10 @@ A run directory belongs to one resolved config. Re-running ``fit`` with the same
 continues it (finished folds are skipped, a half-done fold resumes from its last checkpointed
 epoch); a different config is refused with one line naming the first settings that differ.
 
-Settings that do not change results are left out of the comparison (and of the config hash):
-where the corpus and the cache live, how many extraction workers run, which single fold is
-run (``train.fold``: running folds one at a time into one directory is allowed), the
-``tf.distribute`` strategy and how many folds train at once (``train.jobs``).
+What does not change results is the config's ``runtime`` section (``config.RuntimeConfig``:
+where the corpus and the cache live, how many processes extract, search and train, which
+single fold is run, the ``tf.distribute`` strategy): it is left out of the comparison and of
+the config hash. Every other setting is compared.
 """
 
 from __future__ import annotations
@@ -21,27 +21,11 @@ import typing
 from ser_keras.config import Config, load_run_config, save_run_config
 from ser_keras.errors import SerKerasError
 
-# (section, key) pairs that do not affect results.
-VOLATILE = (
-    ("data", "data_dir"),
-    ("data", "cache_dir"),
-    ("features", "n_jobs"),
-    ("model", "svm_n_jobs"),
-    ("train", "fold"),
-    ("train", "strategy"),
-    ("train", "jobs"),
-    # Speech detection acts only when a model is served (features/level.py), never in fit.
-    ("features", "speech_threshold_dbfs"),
-    ("features", "speech_min_contrast_db"),
-    ("features", "speech_min_ms"),
-)
-
 
 def identity(config: Config) -> dict:
-    """The config as a dict without the settings listed in VOLATILE."""
+    """The config as a dict without its runtime section: every setting that shapes results."""
     data = copy.deepcopy(config.to_dict())
-    for section, key in VOLATILE:
-        data.get(section, {}).pop(key, None)
+    data.pop("runtime", None)
     return data
 
 
@@ -81,7 +65,7 @@ def prepare_run_dir(config: Config, run_dir: pathlib.Path, labels: typing.Sequen
                 f"{run_dir}: holds a run of a different config ({shown}); "
                 "use another --run-dir, or delete it to start over"
             )
-        # Keep the file, but record the volatile settings of the latest invocation.
+        # Keep the file, but record the runtime settings of the latest invocation.
         save_run_config(config, run_dir, labels)
         return True
     save_run_config(config, run_dir, labels)

@@ -3,7 +3,7 @@
 ``train_folds(config, run_dir)`` loads the corpus manifest, writes (or, resuming, checks) the
 run directory's ``config.yaml`` and ``folds.json`` (``training.resume``, ``rundir.RunDir``),
 extracts the features every fold needs once (cached on disk), and trains the folds that are not
-done yet: one after another in this process, or with ``train.jobs`` > 1 that many at a time in
+done yet: one after another in this process, or with ``runtime.jobs`` > 1 that many at a time in
 worker processes (``training.parallel``). Each fold is the fold engine's
 (``training.fold.run_fold``), which writes ``folds/<fold>/``. The run-level results (pooled
 predictions, ``results.json``, the confusion PNG) are evaluation's: ``evaluation.fit.fit`` is
@@ -26,10 +26,10 @@ a half-done fold restarts from its last checkpointed epoch. A different config i
 
 Determinism: ``keras.utils.set_random_seed(train.seed)`` at the start of every fold and
 ``tf.config.experimental.enable_op_determinism()``, so the same config gives the same folds,
-weights and metrics; a fold run alone (``train.fold``) gives what it gives inside a full run.
+weights and metrics; a fold run alone (``runtime.fold``) gives what it gives inside a full run.
 TensorFlow's thread count changes floating-point summation order, so fold workers (fewer
-threads each) give slightly different numbers than ``train.jobs=1``; the same config with the
-same ``train.jobs`` on the same machine repeats exactly.
+threads each) give slightly different numbers than ``runtime.jobs=1``; the same config with the
+same ``runtime.jobs`` on the same machine repeats exactly.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import typing
 import pandas as pd
 
 from ser_keras.config import Config
-from ser_keras.corpora import label_order, load_manifest, unmatched_line
+from ser_keras.corpora import label_order, run_manifest, unmatched_line
 from ser_keras.data.splits import Fold, describe_protocol, make_folds, select_folds
 from ser_keras.features.extract import extract_for_model
 from ser_keras.rundir import RunDir, common_root, relative_path
@@ -69,19 +69,20 @@ class TrainedRun:
 
 
 def train_folds(config: Config, run_dir, progress: bool = True) -> TrainedRun:
-    """Train `config` on every fold of its protocol (or on `config.train.fold`) that is not done.
+    """Train `config` on every fold of its protocol (or on `config.runtime.fold`) that is not done.
 
     Raises SerKerasError when `run_dir` holds a run of a different config.
     """
+    config.validate()
     run_dir = pathlib.Path(run_dir)
     started = time.time()
     configure_determinism(config.train.seed)
-    manifest = load_manifest(config.data.corpus, config.data.data_dir, config.data)
+    manifest = run_manifest(config)
     unmatched = unmatched_line(manifest)
     if unmatched:  # a warning about the data, so shown with progress off too
         print(f"{config.data.corpus}: {unmatched}", file=sys.stderr, flush=True)
     labels = label_order(manifest, config.data)
-    if not is_chief(config.train.strategy):
+    if not is_chief(config.runtime.strategy):
         # A non-chief multi-worker worker: the same computation, written to its own scratch copy.
         run_dir = run_dir / f".worker-{worker_role()[1]}"
     resumed = resume.prepare_run_dir(config, run_dir, labels)
@@ -89,7 +90,7 @@ def train_folds(config: Config, run_dir, progress: bool = True) -> TrainedRun:
     folds = make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
                        config.train.validation_fraction, config.train.validation_split)
     run.check_folds(folds_payload(folds, manifest, config))
-    selected = select_folds(folds, config.train.fold)
+    selected = select_folds(folds, config.runtime.fold)
     pending = [f for f in selected if not run.fold(f.name).done()]
     protocol_name = describe_protocol(config.train.protocol, config.train.folds)
     if progress:
@@ -101,7 +102,7 @@ def train_folds(config: Config, run_dir, progress: bool = True) -> TrainedRun:
     failures: dict = {}
     if pending:
         features, failures = extract_for_model(config, manifest, progress)
-        jobs = min(int(config.train.jobs), len(pending))
+        jobs = min(int(config.runtime.jobs), len(pending))
         if jobs > 1:
             del features  # the fold workers read them from the feature cache
             run_folds_in_processes(config, run_dir, pending, jobs, progress)

@@ -13,7 +13,7 @@ The auto-encoder (eq. 1-3)::
           + mu * sum_j KL(rho || rho_hat_j)        sparsity (eq. 3), rho_hat_j = batch mean of h_j
           + weight_decay / 2 * (||W1||^2 + ||W2||^2)
 
-trained with Adam on mini-batches (`config.sae`: sparsity rho, sparsity_weight mu,
+trained with `keras.optimizers.Adam` on mini-batches (`config.sae`: sparsity rho, sparsity_weight mu,
 weight_decay, epochs, batch_size, learning_rate). W1, W2 start U(+-sqrt(6 / (n + H + 1)))
 (UFLDL), b1 at logit(rho) so the units start near the target activation, b2 at the logit
 of the mean target.
@@ -52,9 +52,14 @@ import logging
 import time
 import typing
 
+import keras
 import numpy as np
+import tensorflow as tf
+from keras import ops
 
+from ser_keras.data.pipeline import sample_patches
 from ser_keras.errors import SerKerasError
+from ser_keras.layers import SparseAEConv
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ def kl_sparsity_penalty(activations, rho: float):
     Works on NumPy arrays and on backend tensors (keras.ops). rho_hat is clipped to
     [1e-7, 1 - 1e-7] so a dead or saturated unit gives a large but finite penalty.
     """
-    from keras import ops
-
     rho_hat = ops.clip(ops.mean(activations, axis=0), 1e-7, 1.0 - 1e-7)
     kl = rho * ops.log(rho / rho_hat) + (1.0 - rho) * ops.log((1.0 - rho) / (1.0 - rho_hat))
     return ops.sum(kl)
@@ -162,8 +165,6 @@ def fit_scaling(patches: np.ndarray, kernel_size: int, clip_std: float) -> tuple
 
 def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, seed: int) -> SAEResult:
     """Train one sparse auto-encoder on raw patches `(n, k*D)`; see the module docstring."""
-    import tensorflow as tf
-
     patches = np.asarray(patches, dtype=np.float32)
     if patches.ndim != 2 or patches.shape[0] < 2 or patches.shape[1] % kernel_size:
         raise SerKerasError(
@@ -172,14 +173,7 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
         )
     if not np.all(np.isfinite(patches)):
         raise SerKerasError(f"SAE pre-training (kernel {kernel_size}): patches contain NaN or inf")
-    cfg = sae_config
-    if not 0.0 < cfg.sparsity < 1.0:
-        raise SerKerasError(f"sae.sparsity: rho must be in (0, 1), got {cfg.sparsity}")
-    if cfg.clip_std <= 0 or cfg.batch_size < 1 or cfg.epochs < 0 or cfg.hidden_units < 1:
-        raise SerKerasError(
-            "sae: clip_std, batch_size and hidden_units must be positive and epochs >= 0, got "
-            f"{cfg.clip_std}, {cfg.batch_size}, {cfg.hidden_units}, {cfg.epochs}"
-        )
+    cfg = sae_config  # its values are checked by Config.validate()
     start = time.perf_counter()
     n, width = patches.shape
     hidden = cfg.hidden_units
@@ -191,34 +185,31 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
 
     rng = np.random.default_rng(seed)
     limit = np.sqrt(6.0 / (width + hidden + 1))  # UFLDL initialisation
-    w1 = tf.constant(rng.uniform(-limit, limit, (width, hidden)).astype(np.float32))
+    w1 = rng.uniform(-limit, limit, (width, hidden)).astype(np.float32)
     # Hidden units start near the target activation rho, so the sparsity term does not
     # dominate (and saturate the units) at the start.
-    b1 = tf.constant(np.full(hidden, np.log(rho / (1 - rho)), np.float32))
-    w2 = tf.constant(rng.uniform(-limit, limit, (hidden, width)).astype(np.float32))
+    b1 = np.full(hidden, np.log(rho / (1 - rho)), np.float32)
+    w2 = rng.uniform(-limit, limit, (hidden, width)).astype(np.float32)
     # The decoder starts at the mean target, so training does not spend its first epochs
     # learning the mean.
     mean_target = np.clip(targets.mean(axis=0), 1e-3, 1 - 1e-3)
-    b2 = tf.constant(np.log(mean_target / (1 - mean_target)).astype(np.float32))
-    weights = (w1, b1, w2, b2)
-    # Adam's state (as keras.optimizers.Adam keeps it): two moments per weight and the step.
-    state = tuple(tf.zeros_like(w) for w in weights) * 2 + (tf.constant(0.0),)
-    hyper = tf.constant([cfg.learning_rate, rho, mu, decay, *ADAM], tf.float32)
+    b2 = np.log(mean_target / (1 - mean_target)).astype(np.float32)
+    trainer = _trainer(width, hidden)
+    trainer.reset((w1, b1, w2, b2), cfg.learning_rate)
+    hyper = tf.constant([rho, mu, decay], tf.float32)
     x_all, t_all = tf.constant(inputs), tf.constant(targets)
-    train_epoch, evaluate = _step_functions()
 
     history = {"loss": []}
-    before = float(evaluate(x_all, t_all, *weights)[0])
+    before = float(trainer.evaluate(x_all, t_all)[0])
     batch = min(cfg.batch_size, n)
     for _ in range(cfg.epochs):
         # Whole batches only: a tiny last batch would give a noisy rho_hat.
         steps = n // batch
         batches = rng.permutation(n).astype(np.int32)[: steps * batch].reshape(steps, batch)
-        mean_loss, weights, state = train_epoch(x_all, t_all, tf.constant(batches), weights, state, hyper)
-        history["loss"].append(float(mean_loss))
+        history["loss"].append(float(trainer.train_epoch(x_all, t_all, tf.constant(batches), hyper)))
 
-    after, activation = evaluate(x_all, t_all, *weights)
-    w1, b1, w2, b2 = weights
+    after, activation = trainer.evaluate(x_all, t_all)
+    w1, b1, w2, b2 = (w.numpy() for w in trainer.weights)
     activation = activation.numpy()
     history.update(
         reconstruction_before=before,
@@ -234,10 +225,10 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
     result = SAEResult(
         kernel_size=kernel_size,
         input_dim=width // kernel_size,
-        encoder_weights=w1.numpy().astype(np.float64),
-        encoder_bias=b1.numpy().astype(np.float64),
-        decoder_weights=w2.numpy().astype(np.float64),
-        decoder_bias=b2.numpy().astype(np.float64),
+        encoder_weights=w1.astype(np.float64),
+        encoder_bias=b1.astype(np.float64),
+        decoder_weights=w2.astype(np.float64),
+        decoder_bias=b2.astype(np.float64),
         scale=scale,
         offset=offset,
         history=history,
@@ -245,79 +236,72 @@ def train_sparse_autoencoder(patches: np.ndarray, kernel_size: int, sae_config, 
     return result
 
 
-# keras.optimizers.Adam's defaults: beta_1, 1 - beta_1, beta_2, 1 - beta_2, epsilon.
-ADAM = (0.9, 1 - 0.9, 0.999, 1 - 0.999, 1e-7)
-_STEP_FUNCTIONS = None
+_TRAINERS: dict = {}
 
 
-def _step_functions():
-    """(train_epoch, evaluate): ONE pair of tf.functions per process, shared by every
-    auto-encoder (every kernel size, every fold). They are pure functions of tensors — the
-    patches, the batches' row indices, the weights, Adam's state, the hyper-parameters — so a
-    new auto-encoder reuses the traced graph (``reduce_retracing`` generalises over the patch
-    width after the first two widths), instead of a fresh tf.function per call that
-    TensorFlow retraces, and warns about, in every fold.
+def _trainer(width: int, hidden: int) -> "_AutoEncoderTrainer":
+    """The process' trainer for auto-encoders of this shape (one per kernel size in practice),
+    reused by every fold: its graph is traced once, never once per auto-encoder."""
+    if (width, hidden) not in _TRAINERS:
+        _TRAINERS[width, hidden] = _AutoEncoderTrainer(width, hidden)
+    return _TRAINERS[width, hidden]
 
-    ``train_epoch(x, t, batches, weights, state, hyper) -> (mean loss, weights, state)`` runs
-    one Adam step per row of ``batches`` (row indices into ``x`` / ``t``) inside the graph: one
-    call per epoch, because a Python call per step cost several times the step's arithmetic.
-    Each step is the update written out as ``keras.optimizers.Adam.update_step`` does it (no
-    weight decay term, no clipping); ``state`` is (first moments, second moments, step count).
+
+class _AutoEncoderTrainer:
+    """The weights of one auto-encoder shape (`w1, b1, w2, b2` as Keras variables),
+    `keras.optimizers.Adam` over them, and two tf.functions on them:
+
+    ``train_epoch(x, t, batches, hyper) -> mean loss`` runs one Adam step per row of
+    ``batches`` (row indices into ``x`` / ``t``) inside the graph: one call per epoch, because a
+    Python call per step cost several times the step's arithmetic. ``hyper`` is
+    ``(rho, mu, weight_decay)``, a tensor, so another config does not retrace.
+    ``evaluate(x, t) -> (per-value reconstruction MSE, per-unit mean activation)``.
+
+    ``reset(initial weights, learning_rate)`` starts a new auto-encoder: the weights take their
+    initial values, Adam its initial state (zero moments, step 0) and the learning rate.
     """
-    global _STEP_FUNCTIONS
-    if _STEP_FUNCTIONS is not None:
-        return _STEP_FUNCTIONS
-    import tensorflow as tf
 
-    def forward(x, w1, b1, w2, b2):
+    def __init__(self, width: int, hidden: int):
+        shapes = {"w1": (width, hidden), "b1": (hidden,), "w2": (hidden, width), "b2": (width,)}
+        self.weights = [keras.Variable(np.zeros(shape, np.float32), name=name) for name, shape in shapes.items()]
+        self.optimizer = keras.optimizers.Adam()
+        self.optimizer.build(self.weights)
+        self._initial_state = [v.numpy() for v in self.optimizer.variables]
+        self.train_epoch = tf.function(self._train_epoch, reduce_retracing=True)
+        self.evaluate = tf.function(self._evaluate, reduce_retracing=True)
+
+    def reset(self, weights: typing.Sequence[np.ndarray], learning_rate: float) -> None:
+        for variable, value in zip(self.weights, weights):
+            variable.assign(value)
+        for variable, value in zip(self.optimizer.variables, self._initial_state):
+            variable.assign(value)
+        self.optimizer.learning_rate = learning_rate
+
+    def _forward(self, x):
+        w1, b1, w2, b2 = self.weights
         h = tf.sigmoid(x @ w1 + b1)
         return h, tf.sigmoid(h @ w2 + b2)
 
-    def adam_step(x, t, weights, state, hyper):
-        learning_rate, rho, mu, decay, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon = tf.unstack(hyper)
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            w1, _, w2, _ = weights
-            h, x_hat = forward(x, *weights)
-            reconstruction = tf.reduce_mean(tf.reduce_sum(tf.square(x_hat - t), axis=1))
-            sparsity = mu * kl_sparsity_penalty(h, rho)
-            weight_decay = 0.5 * decay * (tf.reduce_sum(tf.square(w1)) + tf.reduce_sum(tf.square(w2)))
-            loss = reconstruction + sparsity + weight_decay
-        gradients = tape.gradient(loss, weights)
-        n = len(weights)
-        first, second, step = state[:n], state[n:2 * n], state[-1] + 1.0
-        alpha = learning_rate * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-        first = tuple(m + (g - m) * one_minus_beta_1 for g, m in zip(gradients, first))
-        second = tuple(v + (tf.square(g) - v) * one_minus_beta_2 for g, v in zip(gradients, second))
-        weights = tuple(w - (m * alpha) / (tf.sqrt(v) + epsilon) for w, m, v in zip(weights, first, second))
-        return loss, weights, first + second + (step,)
+    def _loss(self, x, t, hyper):
+        rho, mu, decay = tf.unstack(hyper)
+        h, x_hat = self._forward(x)
+        reconstruction = tf.reduce_mean(tf.reduce_sum(tf.square(x_hat - t), axis=1))
+        w1, _, w2, _ = self.weights
+        weight_decay = 0.5 * decay * (tf.reduce_sum(tf.square(w1)) + tf.reduce_sum(tf.square(w2)))
+        return reconstruction + mu * kl_sparsity_penalty(h, rho) + weight_decay
 
-    @tf.function(reduce_retracing=True)
-    def train_epoch(x, t, batches, weights, state, hyper):
+    def _train_epoch(self, x, t, batches, hyper):
         total = tf.constant(0.0)
         for index in batches:  # autograph: a tf.while_loop over the rows
-            loss, weights, state = adam_step(tf.gather(x, index), tf.gather(t, index), weights, state, hyper)
+            with tf.GradientTape() as tape:
+                loss = self._loss(tf.gather(x, index), tf.gather(t, index), hyper)
+            self.optimizer.apply(tape.gradient(loss, self.weights), self.weights)
             total += loss
-        return total / tf.cast(tf.maximum(tf.shape(batches)[0], 1), tf.float32), weights, state
+        return total / tf.cast(tf.maximum(tf.shape(batches)[0], 1), tf.float32)
 
-    @tf.function(reduce_retracing=True)
-    def evaluate(x, t, w1, b1, w2, b2):
-        """Per-value reconstruction MSE and per-unit mean activation over all patches."""
-        h, x_hat = forward(x, w1, b1, w2, b2)
+    def _evaluate(self, x, t):
+        h, x_hat = self._forward(x)
         return tf.reduce_mean(tf.square(x_hat - t)), tf.reduce_mean(h, axis=0)
-
-    _STEP_FUNCTIONS = (train_epoch, evaluate)
-    return _STEP_FUNCTIONS
-
-
-def _default_sampler():
-    try:
-        from ser_keras.data.pipeline import sample_patches
-    except ImportError as exc:  # pragma: no cover - only while the data pipeline is missing
-        raise SerKerasError(
-            f"SAE pre-training needs ser_keras.data.pipeline.sample_patches ({exc})"
-        ) from None
-    return sample_patches
 
 
 def pretrain_kernels(
@@ -350,12 +334,12 @@ def pretrain_kernels(
     dims = {np.shape(f)[-1] for f in features_list}
     if len(dims) != 1 or any(np.ndim(f) != 2 for f in features_list):
         raise SerKerasError(f"SAE pre-training: features must be (frames, D) with one D, got D in {sorted(dims)}")
-    sampler = patch_sampler or _default_sampler()
+    patch_sampler = patch_sampler or sample_patches
     sae = config.sae
     results = {}
     for k in sae.kernel_sizes:
         patches = np.asarray(
-            sampler(
+            patch_sampler(
                 features_list,
                 kernel_size=k,
                 n=sae.patches_per_size,
@@ -378,8 +362,6 @@ def pretrain_kernels(
 
 
 def _sae_conv_layers(model) -> list:
-    from ser_keras.layers import SparseAEConv
-
     found, stack = [], [model]
     while stack:
         layer = stack.pop()
