@@ -8,7 +8,7 @@ Trains (or reuses) the folds of one ``fit`` run directory (default ``runs/bench_
 test part with the SAME trained model, the test utterances normalised in different ways:
 
 (a) ``speaker``: each test speaker by the mean/std of all of their test utterances' frames —
-    what ``fit`` does (``features.normalization=speaker``; ``NeutralNormalizer`` speaker_all)
+    what ``fit`` does (``features.normalization=speaker``; ``FeatureNormalizer`` speaker_all)
     and the export's ``serve_speaker`` / ``predict --same-speaker``;
 (b) ``pooled``: the pooled statistics of the training fold (``global_mean_``/``global_std_``),
     a single recording without speaker context — what the export's ``serve`` does and ``fit``

@@ -5,7 +5,7 @@ import pytest
 
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.features.normalize import NeutralNormalizer
+from ser_keras.features.normalize import FeatureNormalizer
 from ser_keras.features.pca import FramePCA
 
 D = 5
@@ -40,7 +40,7 @@ def stats(arrays):
 
 def test_speaker_stats_come_from_that_speakers_neutral_training_frames():
     (train_x, train_y, train_s), _ = split(*corpus())
-    norm = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     for speaker in ("A", "B"):
         neutral = [x for x, y, s in zip(train_x, train_y, train_s) if s == speaker and y == "neutral"]
         mean, std = stats(neutral)
@@ -59,7 +59,7 @@ def test_speaker_stats_come_from_that_speakers_neutral_training_frames():
 def test_test_fold_data_never_moves_the_fitted_statistics():
     """Would fail if test utterances (or emotional training frames) leaked into the fit."""
     (train_x, train_y, train_s), (test_x, test_y, test_s) = split(*corpus())
-    norm = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     fitted = norm.to_arrays()
     huge = [x + 1e6 for x in test_x]
     train_out = norm.transform(train_x, train_s)
@@ -72,13 +72,13 @@ def test_test_fold_data_never_moves_the_fitted_statistics():
     assert np.abs(np.concatenate(norm.transform(train_x, train_s))).max() < 50
     # The angry training frames do not count either.
     shifted = [x + 1e6 if y == "angry" else x for x, y in zip(train_x, train_y)]
-    again = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral").fit(shifted, train_y, train_s)
+    again = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral").fit(shifted, train_y, train_s)
     np.testing.assert_allclose(again.global_mean_, norm.global_mean_)
 
 
 def test_unseen_speaker_fallbacks():
     (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
-    own = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    own = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     out = np.concatenate(own.transform(test_x, test_s))
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)  # C's own (all-frame) stats
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-5)
@@ -86,7 +86,7 @@ def test_unseen_speaker_fallbacks():
     mixed = own.transform(train_x + test_x, list(train_s) + list(test_s))
     np.testing.assert_allclose(np.concatenate(mixed[len(train_x):]), out, rtol=1e-6)
 
-    pooled = NeutralNormalizer("neutral_speaker", "global", "neutral").fit(train_x, train_y, train_s)
+    pooled = FeatureNormalizer("neutral_speaker", "global", "neutral").fit(train_x, train_y, train_s)
     out = pooled.transform(test_x, test_s)
     for x, y in zip(test_x, out):
         np.testing.assert_allclose(y, (x - pooled.global_mean_) / pooled.global_std_, rtol=1e-5)
@@ -97,11 +97,11 @@ def test_unseen_speaker_fallbacks():
 
 def test_neutral_global_and_none_modes():
     (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
-    norm = NeutralNormalizer("neutral_global", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("neutral_global", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     assert norm.speaker_stats_ == {}
     for x, y in zip(train_x, norm.transform(train_x, train_s)):
         np.testing.assert_allclose(y, (x - norm.global_mean_) / norm.global_std_, rtol=1e-5)
-    none = NeutralNormalizer("none").fit(train_x, train_y, train_s)
+    none = FeatureNormalizer("none").fit(train_x, train_y, train_s)
     out = none.transform(test_x, test_s)
     assert out[0].dtype == np.float32 and out[0] is not test_x[0]
     np.testing.assert_allclose(out[0], test_x[0], rtol=1e-6)
@@ -110,7 +110,7 @@ def test_neutral_global_and_none_modes():
 def test_training_fold_without_neutral_uses_all_frames():
     (train_x, train_y, train_s), _ = split(*corpus())
     labels = np.where(train_y == "neutral", "calm", train_y)
-    norm = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, labels, train_s)
+    norm = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral").fit(train_x, labels, train_s)
     assert norm.reference_ == "all"
     np.testing.assert_allclose(norm.global_mean_, stats(train_x)[0])
     a_frames = [x for x, s in zip(train_x, train_s) if s == "A"]
@@ -119,7 +119,7 @@ def test_training_fold_without_neutral_uses_all_frames():
 
 def test_std_is_floored():
     x = [np.ones((20, 3)), np.ones((10, 3))]
-    norm = NeutralNormalizer("neutral_global", std_floor=1e-3).fit(x, ["neutral", "neutral"], ["s", "s"])
+    norm = FeatureNormalizer("neutral_global", std_floor=1e-3).fit(x, ["neutral", "neutral"], ["s", "s"])
     assert np.all(norm.global_std_ == 1e-3)
     out = norm.transform([np.full((4, 3), 1.0 + 1e-6)])
     assert np.all(np.isfinite(out[0])) and np.allclose(out[0], 1e-3)
@@ -127,10 +127,10 @@ def test_std_is_floored():
 
 def test_save_and_load_arrays(tmp_path):
     (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
-    norm = NeutralNormalizer("neutral_speaker", "global", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("neutral_speaker", "global", "neutral").fit(train_x, train_y, train_s)
     np.savez(tmp_path / "norm.npz", **norm.to_arrays())
     with np.load(tmp_path / "norm.npz", allow_pickle=False) as arrays:
-        loaded = NeutralNormalizer.from_arrays(dict(arrays))
+        loaded = FeatureNormalizer.from_arrays(dict(arrays))
     assert (loaded.mode, loaded.fallback, loaded.reference_) == ("neutral_speaker", "global", "neutral")
     for a, b in zip(norm.transform(train_x + test_x, list(train_s) + list(test_s)),
                     loaded.transform(train_x + test_x, list(train_s) + list(test_s))):
@@ -141,14 +141,14 @@ def test_from_config_and_bad_settings():
     config = Config()
     config.features.normalization = "neutral_global"
     config.data.neutral_label = "N"
-    norm = NeutralNormalizer.from_config(config)
+    norm = FeatureNormalizer.from_config(config)
     assert (norm.mode, norm.neutral_label, norm.std_floor) == ("neutral_global", "N", config.features.norm_std_floor)
     with pytest.raises(SerKerasError, match="features.normalization"):
-        NeutralNormalizer("per_utterance")
+        FeatureNormalizer("per_utterance")
     with pytest.raises(SerKerasError, match="features.speaker_fallback"):
-        NeutralNormalizer("neutral_speaker", "nearest")
+        FeatureNormalizer("neutral_speaker", "nearest")
     with pytest.raises(SerKerasError, match="before fit"):
-        NeutralNormalizer().transform([np.zeros((2, 2))], ["a"])
+        FeatureNormalizer().transform([np.zeros((2, 2))], ["a"])
 
 
 # ---------------------------------------------------------------------------------- PCA
@@ -217,7 +217,7 @@ def test_speaker_mode_uses_all_of_each_speakers_frames_and_no_labels():
     of ALL of their training frames, an unseen speaker by all of their frames in the call, the
     pooled statistics over all training frames; labels play no part."""
     (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
-    norm = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     for speaker in ("A", "B"):
         mine = [x for x, s in zip(train_x, train_s) if s == speaker]
         np.testing.assert_allclose(norm.speaker_stats_[speaker][0], stats(mine)[0])
@@ -228,7 +228,7 @@ def test_speaker_mode_uses_all_of_each_speakers_frames_and_no_labels():
     out = np.concatenate(norm.transform(test_x, list(test_s)))  # C by C's own frames
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-4)
-    relabelled = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, np.array(["x"] * len(train_y)),
+    relabelled = FeatureNormalizer("speaker", "speaker_all", "neutral").fit(train_x, np.array(["x"] * len(train_y)),
                                                                             train_s)
     for key, value in norm.to_arrays().items():
         if key.startswith(("speaker", "global")):
@@ -237,7 +237,7 @@ def test_speaker_mode_uses_all_of_each_speakers_frames_and_no_labels():
 
 def test_speaker_mode_a_huge_test_utterance_moves_no_training_statistic():
     (train_x, train_y, train_s), (test_x, _, test_s) = split(*corpus())
-    norm = NeutralNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
+    norm = FeatureNormalizer("speaker", "speaker_all", "neutral").fit(train_x, train_y, train_s)
     fitted = norm.to_arrays()
     train_out = norm.transform(train_x, list(train_s))
     both = norm.transform(train_x + [test_x[0] + 1e6] + test_x[1:], list(train_s) + list(test_s))

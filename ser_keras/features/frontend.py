@@ -25,7 +25,7 @@ import numpy as np
 from ser_keras.errors import SerKerasError
 from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
 from ser_keras.features.level import maybe_level_normalize
-from ser_keras.features.normalize import SPEAKER_MODES, NeutralNormalizer, serving_normalization
+from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
 from ser_keras.rundir import FoldDir
 
@@ -50,12 +50,12 @@ class FittedFrontEnd:
     """Normaliser + optional PCA fitted on one training fold.
 
     Args:
-        normalizer: a fitted ``NeutralNormalizer``.
+        normalizer: a fitted ``FeatureNormalizer``.
         pca: a fitted ``FramePCA``, or None (LLD input).
         serving: the arrays the export bakes in (``serving_arrays``); None to derive them.
     """
 
-    def __init__(self, normalizer: NeutralNormalizer, pca: typing.Optional[FramePCA] = None,
+    def __init__(self, normalizer: FeatureNormalizer, pca: typing.Optional[FramePCA] = None,
                  serving: typing.Optional[dict] = None):
         self.normalizer = normalizer
         self.pca = pca
@@ -66,7 +66,7 @@ class FittedFrontEnd:
     @classmethod
     def fit(cls, config, features: list, labels: list, speakers: list) -> "FittedFrontEnd":
         """Fit on the training utterances (``(frames, D)`` arrays, their labels and speakers)."""
-        normalizer = NeutralNormalizer.from_config(config)
+        normalizer = FeatureNormalizer.from_config(config)
         normalizer.fit(features, labels, speakers)
         pca = None
         dim = features[0].shape[-1]
@@ -153,7 +153,7 @@ class FittedFrontEnd:
     def load(cls, fold_dir: FoldDir, pca: bool) -> "FittedFrontEnd":
         """The front end a fold saved (`pca`: whether it has one: ``uses_pca(config)``)."""
         with np.load(fold_dir.normalizer) as arrays:
-            normalizer = NeutralNormalizer.from_arrays(dict(arrays))
+            normalizer = FeatureNormalizer.from_arrays(dict(arrays))
         serving = cls.read_serving_arrays(fold_dir)
         return cls(normalizer, FramePCA.from_arrays(serving) if pca else None, serving)
 

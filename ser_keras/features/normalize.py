@@ -1,7 +1,7 @@
 """Normalisation by the statistics of neutral speech in the training fold (section 4.1).
 
 The paper normalises the features "by global mean and standard deviation based on neutral
-speech characteristics in the training set". ``NeutralNormalizer`` does that per feature
+speech characteristics in the training set". ``FeatureNormalizer`` does that per feature
 dimension over frames, in one of four modes:
 
 - ``neutral_speaker`` (the class's default): each training speaker is normalised by the mean/std of
@@ -126,17 +126,19 @@ def mean_std_from_moments(count, total, squares, std_floor: float) -> tuple:
     return mean, np.maximum(np.sqrt(var), float(std_floor))
 
 
-class NeutralNormalizer:
-    """Per-dimension standardisation by neutral-speech statistics of the training fold.
+class FeatureNormalizer:
+    """Per-dimension standardisation of frame features, fitted on a fold's training part: by
+    each speaker's statistics (all of their speech, or their neutral speech) or by the neutral
+    speech of the whole training part.
 
     Args:
-        mode: "neutral_speaker", "neutral_global" or "none".
+        mode: one of ``MODES`` (``features.normalization``).
         fallback: "speaker_all" or "global", for speakers without training neutral frames.
         neutral_label: the label (as given to ``fit``) of neutral utterances.
         std_floor: lower bound of every standard deviation.
 
     Example:
-        >>> norm = NeutralNormalizer("neutral_speaker", "speaker_all", "neutral")
+        >>> norm = FeatureNormalizer("neutral_speaker", "speaker_all", "neutral")
         >>> norm.fit(train_features, train_labels, train_speakers)
         >>> test_x = norm.transform(test_features, test_speakers)
     """
@@ -159,7 +161,7 @@ class NeutralNormalizer:
         self.reference_ = None
 
     @classmethod
-    def from_config(cls, config) -> "NeutralNormalizer":
+    def from_config(cls, config) -> "FeatureNormalizer":
         """From a full ``Config`` (features section + data.neutral_label)."""
         return cls(config.features.normalization, config.features.speaker_fallback,
                    config.data.neutral_label, config.features.norm_std_floor)
@@ -167,7 +169,7 @@ class NeutralNormalizer:
     # ------------------------------------------------------------------------------ fit
 
     def fit(self, features: typing.Sequence[np.ndarray], labels: typing.Sequence,
-            speakers: typing.Optional[typing.Sequence] = None) -> "NeutralNormalizer":
+            speakers: typing.Optional[typing.Sequence] = None) -> "FeatureNormalizer":
         """Learn statistics from the TRAINING fold only: `features` (frames, D) per utterance."""
         features = list(features)
         if not features:
@@ -263,7 +265,7 @@ class NeutralNormalizer:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: typing.Mapping) -> "NeutralNormalizer":
+    def from_arrays(cls, arrays: typing.Mapping) -> "FeatureNormalizer":
         """Inverse of ``to_arrays`` (works on an ``np.load``-ed npz file). Speaker ids and the
         neutral label come back as strings."""
         norm = cls(str(arrays["mode"]), str(arrays["fallback"]), str(arrays["neutral_label"]),
@@ -279,7 +281,7 @@ class NeutralNormalizer:
 
     def _check_fitted(self) -> None:
         if self.global_mean_ is None:
-            raise SerKerasError("normalisation: NeutralNormalizer used before fit()")
+            raise SerKerasError("normalisation: FeatureNormalizer used before fit()")
 
 
 def _as_2d(x) -> np.ndarray:

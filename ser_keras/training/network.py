@@ -162,7 +162,7 @@ def fold_model(context, n_classes: int, input_dim: int):
 
     The first fold builds and compiles it. Later folds of the same run reuse that model object,
     so Keras' traced training step and the validation predictor are reused too (tracing the
-    BLSTM's training step costs ~15 s per fold on a CPU, a fifth of an EMO-DB fold), and every
+    BLSTM's training step is a sizeable share of a short fold on a CPU), and every
     variable is reset to a freshly built model's: weights, the noise and dropout layers' seed
     states, and the optimizer's slots and step counter. A fold therefore trains exactly as it
     would alone (tests/test_training.py checks it bit for bit).
