@@ -32,7 +32,7 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.level import relative_floor
+from ser_keras.features.level import TOP_FRACTION_DENOMINATOR, relative_floor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,9 +294,7 @@ def _top_count(n):
     """``features.level.top_count`` of a frame-count tensor."""
     import tensorflow as tf
 
-    from ser_keras.features.level import TOP_FRACTION_DENOMINATOR as den
-
-    return tf.maximum(1, (n + den - 1) // den)
+    return tf.maximum(1, (n + TOP_FRACTION_DENOMINATOR - 1) // TOP_FRACTION_DENOMINATOR)
 
 
 def tf_speech_flags(waveform, lengths, params: FrontEndParams):

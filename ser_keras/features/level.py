@@ -43,6 +43,8 @@ import typing
 
 import numpy as np
 
+from ser_keras.features.spectrogram import frame_params
+
 # The share of frames (the loudest) the level reference and the speech level are taken over.
 TOP_FRACTION_DENOMINATOR = 5
 
@@ -126,8 +128,6 @@ def speech_level_dbfs(waveform: np.ndarray, frame: int, hop: int, length=None) -
 def has_speech(waveform: np.ndarray, feature_config, sample_rate: int, length=None) -> bool:
     """Whether a mono waveform at `sample_rate` holds speech (module docstring); `length`: the
     valid samples (default: all)."""
-    from ser_keras.features.spectrogram import frame_params
-
     frame, hop = frame_params(feature_config, sample_rate)
     n = np.asarray(waveform).reshape(-1).shape[0] if length is None else int(length)
     if n < feature_config.speech_min_ms * sample_rate / 1000.0:
