@@ -147,8 +147,8 @@ class FeatureConfig:
     # raised to it, so the cells a low gain pushes towards the absolute log floor (which no
     # longer move with the gain) are held at a level that does not depend on the gain either.
     # It must sit above the absolute floor (-100 dB) by more than the lowest gain served takes
-    # away (26 dB at 0.05) plus the reference's height over it; features/level.py says how it
-    # was chosen. None: no relative floor (runs made before it existed).
+    # away (26 dB at 0.05) plus the reference's height over it (features/level.py). None: no
+    # relative floor (runs made before it existed).
     level_floor_db: typing.Optional[float] = None
     # Speech detection (features/level.py), for the serving `speech` output and predict's
     # "speech": a recording without speech gets uniform probabilities. These do not change

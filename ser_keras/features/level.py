@@ -23,6 +23,14 @@ The reference is subtracted from every bin of every frame, before any other norm
 (``export.frontend.tf_level_normalize``, tested against ``level_normalize``). Features in the
 cache stay raw: it is applied after the cache read.
 
+Relative floor (``features.level_floor_db``). The cells at the absolute floor do not move with
+the gain, and a lower gain pushes more cells down to it, so they alone would still change the
+features. With a floor of F dB every level-normalised cell below ``-F`` dB is raised to it:
+then a cell either moves with the gain (and the reference takes the move away) or sits at
+``-F`` at every gain, as long as ``-F`` dB below the reference stays well above the absolute
+floor at the lowest gain served. The value shipped was chosen on validation speakers (README,
+*Serving*).
+
 Speech detection (the ``speech`` output of the export, ``"speech"`` in ``predict``'s JSON). On
 the spectrogram's frame grid (un-windowed samples), with P_top the mean power of the loudest
 ``top_count`` frames and P_low that of the quietest ``top_count`` frames, a recording holds
