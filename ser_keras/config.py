@@ -150,6 +150,11 @@ class FeatureConfig:
     # away (26 dB at 0.05) plus the reference's height over it (features/level.py). None: no
     # relative floor (runs made before it existed).
     level_floor_db: typing.Optional[float] = None
+    # Spectrogram models: append a log F0 contour and a voicing flag (YIN, f0_min_hz ..
+    # f0_max_hz, voicing_threshold) to every frame, beside the log-power bins; normalised per
+    # speaker, not level-normalised, warped or projected by the PCA (features/pitch.py). False
+    # keeps the features of runs made before it existed.
+    pitch_channels: bool = False
     # Speech detection (features/level.py), for the serving `speech` output and predict's
     # "speech": a recording without speech gets uniform probabilities. These do not change
     # training. The quietest real recording measured here (the demo corpus' quietest file,

@@ -59,12 +59,21 @@ LLD_ONLY = frozenset({
     "pre_emphasis",
 })
 SPECTROGRAM_ONLY = frozenset({"n_bins"})
+# Fields the pitch channels read besides the frame grid (features/pitch.py).
+PITCH_FIELDS = frozenset({"f0_min_hz", "f0_max_hz", "voicing_threshold"})
 
 
 def shaping_fields(config, kind: str) -> dict:
     """The FeatureConfig fields that shape features of `kind` (part of the cache key)."""
     values = dataclasses.asdict(config)
-    skip = set(NOT_SHAPING) | (LLD_ONLY if kind == "spectrogram" else SPECTROGRAM_ONLY)
+    if kind == "spectrogram":
+        skip = set(NOT_SHAPING) | LLD_ONLY
+    elif kind == "pitch":
+        skip = set(NOT_SHAPING) | SPECTROGRAM_ONLY | (LLD_ONLY - PITCH_FIELDS)
+    else:
+        skip = set(NOT_SHAPING) | SPECTROGRAM_ONLY
+    # Whether a run appends pitch channels never changes a cached array of any kind.
+    skip.add("pitch_channels")
     return {name: value for name, value in sorted(values.items()) if name not in skip}
 
 

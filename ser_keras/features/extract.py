@@ -5,7 +5,9 @@
 - ``"spectrogram"``: ``spectrogram.log_spectrogram`` (frames, n_bins);
 - ``"lld"``: ``llds.frame_llds`` (frames, len(lld_names));
 - ``"functionals"``: ``llds.functionals`` of the LLDs (len(functional_names),) -- the LLDs are
-  cached on the way, so a later ``"lld"`` extraction is free.
+  cached on the way, so a later ``"lld"`` extraction is free;
+- ``"pitch"``: ``pitch.pitch_channels`` (frames, 2), which ``extract_for_model`` appends to the
+  spectrogram with ``features.pitch_channels``.
 
 Cache hits are read in the calling process. Misses are computed by worker processes from a
 ``ProcessPoolExecutor`` with a ``forkserver`` context (``spawn`` where that does not exist):
@@ -36,12 +38,12 @@ from ser_keras import audio
 from ser_keras.config import INPUT_FEATURES, FeatureConfig
 from ser_keras.config import cache_root as config_cache_root
 from ser_keras.errors import SerKerasError
-from ser_keras.features import llds, spectrogram
+from ser_keras.features import llds, pitch, spectrogram
 from ser_keras.features.cache import FeatureCache, file_identity
 from ser_keras.features.level import maybe_level_normalize
 
-# The feature kinds are what a model reads (model.input_features).
-KINDS = INPUT_FEATURES
+# The feature kinds: what a model reads (model.input_features), and the pitch channels.
+KINDS = INPUT_FEATURES + ("pitch",)
 # Below this many misses the pool's start-up and the transfer of the arrays back cost more
 # than they save; a spectrogram is cheap enough that only thousands of files pay for a pool
 # (bench/features.py measures both paths).
@@ -70,6 +72,8 @@ def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) 
         return llds.frame_llds(waveform, config, sample_rate)
     if kind == "functionals":
         return llds.functionals(llds.frame_llds(waveform, config, sample_rate), config)
+    if kind == "pitch":
+        return pitch.pitch_channels(waveform, config, sample_rate)
     raise SerKerasError(f"feature kind '{kind}' is not one of {', '.join(KINDS)}")
 
 
@@ -97,7 +101,7 @@ def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing
 
     Args:
         manifest: rows to extract, in order.
-        kind: "spectrogram", "lld" or "functionals".
+        kind: "spectrogram", "lld", "functionals" or "pitch".
         config: the full ``Config`` (features, data.sample_rate, data.corpus, runtime.cache_dir).
         cache_dir: cache root; None -> ``default_cache_dir(config)``; False -> no caching.
         n_jobs: worker processes; None -> config.runtime.extract_jobs (0 = one per core).
@@ -334,6 +338,8 @@ def extract_for_model(config, manifest, progress: bool) -> tuple:
     failures = dict(extraction.failures)
     if kind == "spectrogram":  # after the cache read: the cache holds the raw spectrograms
         features = maybe_level_normalize(features, config.features)
+        if pitch.pitch_channel_count(config.features):
+            features = _with_pitch(features, failures, manifest, config, n_jobs, progress)
     if kind == "functionals":  # (D,) vectors -> (1, D) so they normalise like frame features
         features = [None if f is None else np.asarray(f, np.float32).reshape(1, -1) for f in features]
     if failures and progress:
@@ -348,3 +354,20 @@ def extract_for_model(config, manifest, progress: bool) -> tuple:
     if all(f is None for f in features):
         raise SerKerasError(f"corpus '{config.data.corpus}': feature extraction failed for every file")
     return features, failures
+
+
+def _with_pitch(features: list, failures: dict, manifest, config, n_jobs, progress: bool) -> list:
+    """Each spectrogram with its pitch channels appended (None where either failed; a pitch
+    failure is added to `failures`)."""
+    extraction = extract_features(manifest, "pitch", config, n_jobs=n_jobs, progress=progress)
+    for path, message in extraction.failures.items():
+        failures.setdefault(path, message)
+    out = []
+    for x, channels in zip(features, extraction.features):
+        if x is None or channels is None:
+            out.append(None)
+            continue
+        if channels.shape[0] != x.shape[0]:  # one frame grid by construction
+            raise SerKerasError(f"pitch channels have {channels.shape[0]} frames, the spectrogram {x.shape[0]}")
+        out.append(np.concatenate([x, channels.astype(x.dtype)], axis=1))
+    return out

@@ -27,6 +27,7 @@ from ser_keras.features.augment import check_factors, warp_frequency, warped_spe
 from ser_keras.features.level import maybe_level_normalize
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
+from ser_keras.features.pitch import map_spectral
 from ser_keras.rundir import FoldDir
 
 
@@ -118,7 +119,8 @@ class FittedFrontEnd:
         for factor in check_factors(feature_config.warp_factors):
             # A warped copy is a voice of its own: level-normalised by its own reference, as a
             # recording of that voice would be (warping moves energy across bins).
-            warped = maybe_level_normalize([warp_frequency(x, factor) for x in features], feature_config)
+            warped = [map_spectral(lambda bins: _warped_bins(bins, factor, feature_config), x, feature_config)
+                      for x in features]
             normalised = self.normalizer.transform(warped, [warped_speaker(s, factor) for s in speakers])
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
         return out
@@ -169,3 +171,10 @@ class FittedFrontEnd:
                 return {key: data[key] for key in data.files}
         except (OSError, ValueError) as exc:
             raise SerKerasError(f"{path}: not a readable .npz file ({exc.__class__.__name__})") from None
+
+
+def _warped_bins(bins: np.ndarray, factor: float, feature_config) -> np.ndarray:
+    """The log-power bins warped by `factor` and level-normalised again (the pitch channels of
+    a warped copy stay as they are: normalised per (speaker, factor), a scaled F0 contour is
+    the same contour)."""
+    return maybe_level_normalize([warp_frequency(bins, factor)], feature_config)[0]

@@ -18,6 +18,7 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
+from ser_keras.features.pitch import pitch_channel_count
 
 
 class FramePCA:
@@ -27,6 +28,10 @@ class FramePCA:
         n_components: output channels k (60 in the paper).
         seed: seed of the frame subsample.
         max_frames: fit on at most this many frames (seeded subsample beyond it).
+        passthrough: the last this many input columns are not projected but appended to the
+            components as they are (the pitch channels): ``components_`` is block diagonal,
+            the principal axes of the other columns and an identity, and ``mean_`` is zero
+            there, so the export applies it as one matrix like any PCA.
 
     Attributes:
         mean_: (D,) float32 training frame mean.
@@ -35,7 +40,7 @@ class FramePCA:
         explained_variance_ratio_: (k,) fraction of the total variance.
     """
 
-    def __init__(self, n_components: int = 60, seed: int = 0, max_frames: int = 200000):
+    def __init__(self, n_components: int = 60, seed: int = 0, max_frames: int = 200000, passthrough: int = 0):
         if int(n_components) < 1:
             raise SerKerasError(f"features.pca_components: must be >= 1, got {n_components}")
         if int(max_frames) < 2:
@@ -43,6 +48,7 @@ class FramePCA:
         self.n_components = int(n_components)
         self.seed = int(seed)
         self.max_frames = int(max_frames)
+        self.passthrough = int(passthrough)
         self.mean_ = None
         self.components_ = None
         self.explained_variance_ = None
@@ -51,11 +57,16 @@ class FramePCA:
     @classmethod
     def from_config(cls, config) -> "FramePCA":
         """From a full ``Config`` (features.pca_components, features.pca_max_frames, train.seed)."""
-        return cls(config.features.pca_components, config.train.seed, config.features.pca_max_frames)
+        return cls(config.features.pca_components, config.train.seed, config.features.pca_max_frames,
+                   passthrough=pitch_channel_count(config.features))
 
     def fit(self, features: typing.Union[np.ndarray, typing.Sequence[np.ndarray]]) -> "FramePCA":
         """Fit on training frames: a (frames, D) array or a list of them (one per utterance)."""
         arrays = self._arrays(features)
+        passed = None
+        if self.passthrough:
+            passed = [a[:, -self.passthrough:] for a in arrays]
+            arrays = [a[:, :-self.passthrough] for a in arrays]
         lengths = np.array([a.shape[0] for a in arrays])
         total = int(lengths.sum())
         if total < 2:
@@ -90,7 +101,21 @@ class FramePCA:
         self.components_ = vectors.astype(np.float32)
         self.explained_variance_ = values.astype(np.float32)
         self.explained_variance_ratio_ = (values / total if total > 0 else np.zeros_like(values)).astype(np.float32)
+        if passed is not None:
+            self._append_passthrough(passed)
         return self
+
+    def _append_passthrough(self, passed: list) -> None:
+        """Extend the fitted projection by the passed-through columns (identity, zero mean)."""
+        p, (dim, k) = self.passthrough, self.components_.shape
+        components = np.zeros((dim + p, k + p), np.float32)
+        components[:dim, :k] = self.components_
+        components[dim:, k:] = np.eye(p, dtype=np.float32)
+        self.components_ = components
+        self.mean_ = np.concatenate([self.mean_, np.zeros(p, np.float32)])
+        variance = np.concatenate([a for a in passed]).astype(np.float64).var(axis=0)
+        self.explained_variance_ = np.concatenate([self.explained_variance_, variance.astype(np.float32)])
+        self.explained_variance_ratio_ = np.concatenate([self.explained_variance_ratio_, np.zeros(p, np.float32)])
 
     def transform(self, x):
         """Project a (frames, D) array, or each array of a list -> float32 (frames, k)."""
