@@ -26,6 +26,8 @@ from accuracy import print_table, run_row  # noqa: E402
 LEVERS = {
     "default": [],
     "no_statistics": ["model.statistics_units=0"],
+    "no_pitch": ["features.pitch_channels=false"],
+    "pitch": ["features.pitch_channels=true"],
     "no_warp": ["features.warp_factors=[]"],
     "no_refit": ["train.refit=false"],
     "refit": ["train.refit=true"],

@@ -34,6 +34,7 @@ DEFAULT_EXPERIMENT = "exp5"
 CLASSIFIERS = ("network", "svm")
 INPUT_FEATURES = ("spectrogram", "lld", "functionals")
 FRONTENDS = ("sae_conv", "dense")
+PITCH_INTO = ("all", "statistics")
 NORMALIZATIONS = ("neutral_speaker", "neutral_global", "none", "speaker")
 SPEAKER_FALLBACKS = ("speaker_all", "global")
 WARP_MODES = ("draw", "copies")
@@ -227,6 +228,10 @@ class ModelConfig:
     # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
     # sequence before the classifier; 0 (the paper's models) has no such branch.
     statistics_units: int = 0
+    # With features.pitch_channels: which branches read them. "all": every path (the SAE
+    # convolution and the recurrent layers, and the statistics branch); "statistics": only the
+    # utterance statistics (needs statistics_units), the convolution reads the PCA channels.
+    pitch_into: str = "all"
     dropout: float = 0.5
     input_noise: float = 0.1
     init_scale: float = 0.1
@@ -406,6 +411,7 @@ def load_config(
 # The choice fields, each with its tuple of allowed values.
 _CHOICES = {
     "model.classifier": CLASSIFIERS, "model.input_features": INPUT_FEATURES, "model.frontend": FRONTENDS,
+    "model.pitch_into": PITCH_INTO,
     "features.normalization": NORMALIZATIONS, "features.speaker_fallback": SPEAKER_FALLBACKS,
     "features.warp_mode": WARP_MODES, "train.protocol": PROTOCOLS, "train.validation_split": VALIDATION_SPLITS,
     "train.optimizer": OPTIMIZERS, "train.class_weight": CLASS_WEIGHTS, "runtime.strategy": STRATEGIES,
@@ -464,6 +470,8 @@ def _validate(config: Config) -> None:
     for factor in features.warp_factors:
         if not 0.5 <= factor <= 2.0 or factor == 1.0:
             raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
+    if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
+        raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:
         raise SerKerasError(f"model.block_stride: must be between 1 and model.block_windows, got "
                             f"{model.block_stride} (block_windows={model.block_windows})")

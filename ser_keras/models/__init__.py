@@ -9,6 +9,7 @@ from ser_keras.models.deep import (
     attention_step_frames,
     build_model,
     compile_model,
+    sequence_channels,
 )
 from ser_keras.models.svm import build_svm
 
@@ -22,4 +23,5 @@ __all__ = [
     "build_model",
     "build_svm",
     "compile_model",
+    "sequence_channels",
 ]

@@ -26,7 +26,8 @@ import keras
 
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling
+from ser_keras.features.pitch import pitch_channel_count
+from ser_keras.layers import AttentionPooling, BlockPooling, ChannelSlice, SparseAEConv, StatisticsPooling
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
@@ -176,6 +177,8 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
     inputs = keras.Input(shape=(None, input_dim), dtype="float32", name=INPUT_NAME)
     masked = masking(inputs)
     x = noise(masked)
+    if sequence_channels(config, input_dim) < input_dim:
+        x = ChannelSlice(sequence_channels(config, input_dim), name="sequence_channels")(x)
     for layer in frontend:
         x = layer(x)
     x = frontend_dropout(x)
@@ -191,6 +194,14 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
         x = keras.layers.Concatenate(name="fusion")([x, summary])
     outputs = classifier(x)
     return keras.Model(inputs, outputs, name=f"ser_{m.experiment}")
+
+
+def sequence_channels(config: Config, input_dim: int) -> int:
+    """Input channels the front end and the recurrent layers read: all of them, or without the
+    trailing pitch channels when only the statistics branch reads those (model.pitch_into)."""
+    if config.model.pitch_into == "statistics" and config.model.statistics_units:
+        return int(input_dim) - pitch_channel_count(config.features)
+    return int(input_dim)
 
 
 def attention_model(model: keras.Model) -> keras.Model:

@@ -29,7 +29,7 @@ from ser_keras.config import Config
 from ser_keras.data.pipeline import epoch_steps, make_dataset
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
-from ser_keras.models import build_model, compile_model
+from ser_keras.models import build_model, compile_model, sequence_channels
 from ser_keras.models.predictor import make_predictor
 from ser_keras.rundir import FoldDir, RunDir, atomic_write_text
 from ser_keras.training import callbacks
@@ -50,7 +50,9 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
     y = {"train": context.y[train], "validation": context.y[validation], "test": context.y[test]}
     kernels = None
     if config.model.frontend == "sae_conv":
-        kernels = _sae_kernels(context, fold_dir, x["train"], seed)
+        # Only the channels the convolution reads (model.pitch_into).
+        dim = sequence_channels(config, x["train"][0].shape[-1])
+        kernels = _sae_kernels(context, fold_dir, [f[:, :dim] for f in x["train"]], seed)
     batch = int(config.train.batch_size)
     validation_ds = make_dataset(x["validation"], None, batch, training=False, seed=seed) \
         if len(validation) else None
