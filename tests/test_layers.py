@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling  # noqa: E402
+from ser_keras.layers import AttentionPooling, BlockPooling, ChannelSlice, SparseAEConv, StatisticsPooling  # noqa: E402
 from ser_keras.layers.block_pooling import num_blocks  # noqa: E402
 from tests.layer_harness import run_layer_test  # noqa: E402
 
@@ -95,6 +95,23 @@ def test_statistics_pooling_harness(deltas):
         expected_num_trainable_weights=0,
         expected_num_non_trainable_weights=0,
     )
+
+
+def test_channel_slice_harness_keeps_the_mask():
+    x, mask = padded_batch()
+    run_layer_test(
+        ChannelSlice,
+        {"channels": 4},
+        x,
+        mask=mask,
+        expected_mask=lambda m: m,
+        expected_output_shape=(3, x.shape[1], 4),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+    )
+    np.testing.assert_array_equal(np.asarray(ChannelSlice(4)(x)), x[..., :4])
+    with pytest.raises(ValueError, match="fewer than"):
+        ChannelSlice(D + 1)(x)
 
 
 # -- NumPy references ----------------------------------------------------------------------

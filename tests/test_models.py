@@ -17,6 +17,7 @@ from ser_keras.models import (  # noqa: E402
     build_model,
     build_svm,
     compile_model,
+    sequence_channels,
 )
 
 N_CLASSES = 3
@@ -228,6 +229,30 @@ def test_exp4_exports_as_tf_saved_model(tmp_path):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
     probabilities, alpha = served(tf.constant(x[1:2, :17]))  # another length, unpadded
     np.testing.assert_allclose(np.asarray(alpha)[0], predict(model, x)[1][1, :4], atol=1e-6)
+
+
+def test_pitch_into_statistics_keeps_the_pitch_channels_out_of_the_convolution():
+    """model.pitch_into=statistics: the SAE convolution reads the leading channels only, the
+    statistics branch every channel (the trailing two are the pitch channels)."""
+    config = tiny_config("exp5", statistics_units=6, pitch_into="statistics")
+    config.features.pitch_channels = True
+    model = build_model(config, N_CLASSES, D)
+    assert sequence_channels(config, D) == D - 2
+    assert model.get_layer("sequence_channels").channels == D - 2
+    x = padded_batch()
+    batch = predict(model, x)
+    np.testing.assert_allclose(predict(model, np.pad(x, ((0, 0), (0, 9), (0, 0)))), batch, atol=1e-6)
+    moved = x.copy()
+    moved[..., -2:] += 1.0  # the pitch channels reach the output through the statistics only
+    assert np.abs(predict(model, moved) - batch).max() > 1e-4
+    dense = model.get_layer("statistics_dense")
+    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    silenced = predict(model, x)
+    np.testing.assert_allclose(predict(model, moved), silenced, atol=1e-6)
+    # Every path reads them by default.
+    config.model.pitch_into = "all"
+    assert sequence_channels(config, D) == D
+    assert "sequence_channels" not in [layer.name for layer in build_model(config, N_CLASSES, D).layers]
 
 
 def test_statistics_branch_is_fused_and_padding_free():
