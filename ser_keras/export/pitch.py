@@ -62,9 +62,8 @@ def tf_pitch_channels(waveform, n_frames, params):
     # Mean square of each frame of the waveform (features.level.frame_powers): the same running
     # sum, shifted by the left padding (zeros add nothing to it).
     cumulative = _running_energy(padded)
-    starts = g["left"] + tf.range(total) * params.hop
-    powers = tf.maximum(tf.gather(cumulative, starts + params.frame, axis=1)
-                        - tf.gather(cumulative, starts, axis=1), 0.0) / float(params.frame)
+    powers = tf.maximum(_every_hop(cumulative, g["left"] + params.frame, total, params.hop)
+                        - _every_hop(cumulative, g["left"], total, params.hop), 0.0) / float(params.frame)
     loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
     voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
     log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
@@ -79,25 +78,37 @@ def _running_energy(padded):
     return tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
 
 
+def _frames(values, length: int, hop: int, total):
+    """``[B, total, length]``: ``values[:, i * hop : i * hop + length]`` for i < total."""
+    import tensorflow as tf
+
+    return tf.signal.frame(values, length, hop, pad_end=False)[:, :total]
+
+
+def _every_hop(values, offset: int, total, hop: int):
+    """``values[:, offset + i * hop]`` for i < total (a strided slice)."""
+    return values[:, offset::hop][:, :total]
+
+
 def _yin(padded, total, params, g):
     """(f0 Hz float64 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): ``llds.yin`` on
     every frame of the left-padded rows."""
     import tensorflow as tf
 
     lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
-    segments = tf.signal.frame(padded, g["length"], params.hop, pad_end=False)[:, :total]  # [B, T, length]
+    segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
     spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
     head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
     cross = tf.signal.irfft(tf.math.conj(head) * spectrum, fft_length=[g["n_fft"]])[:, :, :lags]
     cross = tf.cast(cross, tf.float64)
 
     cumulative = _running_energy(padded)
-    first = tf.range(total)[:, None] * params.hop + tf.range(lags)[None, :]  # [T, lags]: i*hop + tau
-    energy_shifted = (tf.gather(cumulative, first + g["width"], axis=1)
-                      - tf.gather(cumulative, first, axis=1))  # sum_{j<width} x_{j+tau}^2
+    starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
+    ends = _frames(cumulative[:, g["width"]:], lags, params.hop, total)
+    energy_shifted = ends - starts  # sum_{j<width} x_{j+tau}^2
     diff = tf.maximum(energy_shifted[:, :, :1] + energy_shifted - 2.0 * cross, 0.0)
-    begin = tf.range(total) * params.hop
-    total_energy = tf.gather(cumulative, begin + g["length"], axis=1) - tf.gather(cumulative, begin, axis=1)
+    total_energy = _every_hop(cumulative, g["length"], total, params.hop) - _every_hop(cumulative, 0, total,
+                                                                                       params.hop)
 
     # Cumulative-mean-normalised difference d'(tau) = d(tau) * tau / sum_{1<=j<=tau} d(j).
     running = tf.cumsum(diff[:, :, 1:], axis=2)
@@ -135,31 +146,38 @@ def _yin(padded, total, params, g):
 
 def _interpolated_log_f0(f0, voiced, fallback: float):
     """float64 ``[B, T]``: ``features.pitch.interpolated_log_f0`` of every row (``np.interp``'s
-    formula between the previous and the next voiced frame; held at the ends)."""
+    formula between the previous and the next voiced frame; held at the ends).
+
+    Static shapes only (XLA compiles ``tf.where``'s data-dependent output for minutes): the
+    k-th voiced frame of row b is written to slot ``[b, k]`` of a ``[B, T + 1]`` table (slot T
+    takes the unvoiced frames), and a frame reads its neighbours from slots ``count - 1`` and
+    ``count - voiced``, ``count`` being the voiced frames up to and including it."""
     import tensorflow as tf
 
     shape = tf.shape(voiced)
-    flat = tf.reshape(voiced, [-1])
-    # The voiced frames of the whole batch in row-major order; one dummy entry keeps the
-    # gathers below valid when no frame is voiced.
-    where = tf.cast(tf.where(flat)[:, 0], tf.int32)
-    times = tf.concat([where % shape[1], [0]], 0)
-    values = tf.concat([tf.gather(tf.math.log(tf.reshape(f0, [-1])), where), [0.0]], 0)
-    count = tf.cast(flat, tf.int32)
-    up_to = tf.reshape(tf.cumsum(count), shape)  # voiced frames up to and including each frame
-    per_row = tf.reduce_sum(tf.reshape(count, shape), axis=1, keepdims=True)
-    row_end = tf.cumsum(per_row, axis=0)  # voiced frames up to the end of each row
-    row_start = row_end - per_row
-    previous = up_to - 1  # index (into `where`) of the last voiced frame at or before each frame
-    following = up_to - tf.cast(voiced, tf.int32)  # of the first voiced frame at or after it
-    has_previous = previous >= row_start
-    has_following = following < row_end
-    last = tf.size(where)
-    t0 = tf.cast(tf.gather(times, tf.clip_by_value(previous, 0, last)), tf.float64)
-    y0 = tf.gather(values, tf.clip_by_value(previous, 0, last))
-    t1 = tf.cast(tf.gather(times, tf.clip_by_value(following, 0, last)), tf.float64)
-    y1 = tf.gather(values, tf.clip_by_value(following, 0, last))
-    t = tf.cast(tf.range(shape[1]), tf.float64)[None, :]
+    batch, frames = shape[0], shape[1]
+    flags = tf.cast(voiced, tf.int32)
+    count = tf.cumsum(flags, axis=1)
+    slot = tf.where(voiced, count - 1, frames) + tf.range(batch)[:, None] * (frames + 1)
+    t = tf.broadcast_to(tf.range(frames)[None, :], shape)
+
+    def table(values):  # [B, T + 1]: the value of each row's k-th voiced frame at k
+        spread = tf.math.unsorted_segment_max(values, slot, batch * (frames + 1))
+        return tf.reshape(spread, [batch, frames + 1])
+
+    times = table(t)
+    values = table(tf.math.log(tf.where(voiced, f0, tf.ones_like(f0))))
+    previous = count - 1  # slot of the last voiced frame at or before each frame
+    following = count - flags  # of the first voiced frame at or after it
+    has_previous = previous >= 0
+    has_following = following < count[:, -1:]
+
+    def read(table_, index):
+        return tf.gather(table_, tf.clip_by_value(index, 0, frames), axis=1, batch_dims=1)
+
+    t0, y0 = tf.cast(read(times, previous), tf.float64), read(values, previous)
+    t1, y1 = tf.cast(read(times, following), tf.float64), read(values, following)
+    t = tf.cast(t, tf.float64)
     between = has_previous & has_following & (t1 > t0)
     slope = (y1 - y0) / tf.where(between, t1 - t0, tf.ones_like(t0))
     inner = tf.where(between, slope * (t - t0) + y0, y0)
