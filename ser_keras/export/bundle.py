@@ -26,6 +26,7 @@ from ser_keras.export import frontend as fe
 from ser_keras.features.frontend import FittedFrontEnd
 from ser_keras.features.level import level_normalize
 from ser_keras.features.llds import frame_llds
+from ser_keras.features.pitch import pitch_channels
 from ser_keras.features.spectrogram import log_spectrogram
 from ser_keras.models import ATTENTION_LAYER, attention_model, attention_span_frames, attention_step_frames
 from ser_keras.rundir import RunDir
@@ -155,12 +156,16 @@ class FoldModel:
 
     def raw_features(self, waveform: np.ndarray) -> np.ndarray:
         """The frame features of a waveform at `sample_rate` before the per-dimension
-        normalisation (NumPy front end; level-normalised when the run was)."""
+        normalisation (NumPy front end; level-normalised when the run was; with the pitch
+        channels appended to the bins when the run had them)."""
         if self.params.kind == "lld":
             return frame_llds(waveform, self.config.features, self.sample_rate)
         spectrogram = log_spectrogram(waveform, self.config.features, self.sample_rate)
         if self.params.level_normalization:
             spectrogram = level_normalize(spectrogram, self.params.level_floor_db)
+        if self.params.pitch_channels:  # as features.extract appends them: after the level step
+            channels = pitch_channels(waveform, self.config.features, self.sample_rate)
+            spectrogram = np.concatenate([spectrogram, channels.astype(spectrogram.dtype)], axis=1)
         return spectrogram
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:

@@ -12,6 +12,8 @@ raw waveform. The definitions are the same, step by step:
 4. power ``|rfft|^2``, the first ``n_bins`` bins, ``log(power + log_floor)``;
 4b. with ``level_normalization``: minus the recording's level reference (the mean log power of
    its loudest fifth of valid frames; ``features.level``), so its gain does not matter;
+4c. with ``pitch_channels``: log F0 and voicing (``features.pitch``; their twin is
+   ``export.pitch.tf_pitch_channels``) appended to every frame, ``n_bins + 2`` columns;
 5. ``(x - mean) / std`` per dimension: by default with the training fold's pooled statistics
    (``norm_mean``/``norm_std``), or with statistics given by the caller (``stats=``: a
    speaker's, computed from all of their frames by ``tf_frame_moments`` / ``tf_mean_std``
@@ -32,7 +34,9 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
+from ser_keras.export.pitch import tf_pitch_channels
 from ser_keras.features.level import TOP_FRACTION_DENOMINATOR, relative_floor
+from ser_keras.features.pitch import PITCH_CHANNELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +46,8 @@ class FrontEndParams:
     Attributes:
         kind: "spectrogram" (exp3/exp4: the whole front end runs in the graph) or "lld"
             (exp2: the LLDs are computed outside the graph; only the normalisation is in it).
-        input_dim: feature dimension before PCA (n_bins, or the LLD count).
+        input_dim: feature dimension before PCA (n_bins, n_bins + 2 with pitch channels, or
+            the LLD count).
         sample_rate: Hz of the waveform the front end takes.
         frame: frame length in samples.
         hop: hop in samples.
@@ -60,6 +65,10 @@ class FrontEndParams:
             that level (``features.level.level_normalize``); None: no such floor.
         speech_threshold_dbfs, speech_min_contrast_db, speech_min_ms: speech detection
             (``features.level.has_speech``).
+        pitch_channels: append log F0 and voicing to every spectrogram frame
+            (``features.pitch``), after the level normalisation of the bins.
+        f0_min_hz, f0_max_hz, voicing_threshold: YIN's F0 range and dip threshold
+            (``features.llds.yin``), for the pitch channels.
     """
 
     kind: str
@@ -80,6 +89,10 @@ class FrontEndParams:
     speech_threshold_dbfs: float = -70.0
     speech_min_contrast_db: float = 3.0
     speech_min_ms: float = 100.0
+    pitch_channels: bool = False
+    f0_min_hz: float = 60.0
+    f0_max_hz: float = 500.0
+    voicing_threshold: float = 0.3
 
     @property
     def output_dim(self) -> int:
@@ -115,8 +128,9 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
     (``features.frontend.FittedFrontEnd.serving_arrays``, or a dict of them).
 
     Missing or empty ``norm_*`` / ``pca_*`` entries mean that step is skipped. ``input_dim``
-    is the feature dimension before PCA: ``n_bins`` for the spectrogram (the default), the
-    LLD count for ``kind="lld"`` (then taken from ``norm_mean`` when not given).
+    is the feature dimension before PCA: ``n_bins`` for the spectrogram (the default; plus
+    ``len(PITCH_CHANNELS)`` with ``features.pitch_channels``), the LLD count for ``kind="lld"``
+    (then taken from ``norm_mean`` when not given).
     ``std_floor``: see ``FrontEndParams`` (``features.norm_std_floor``).
     """
     if kind not in ("spectrogram", "lld"):
@@ -136,8 +150,10 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
     norm_mean, norm_std = _optional(stats, "norm_mean"), _optional(stats, "norm_std")
     pca_mean, pca_components = _optional(stats, "pca_mean"), _optional(stats, "pca_components")
     n_bins = int(feature_config.n_bins)
+    # Only the spectrogram carries pitch channels (exp2's LLDs have F0 columns of their own).
+    pitch = bool(getattr(feature_config, "pitch_channels", False)) and kind == "spectrogram"
     if kind == "spectrogram":
-        dim = n_bins
+        dim = n_bins + (len(PITCH_CHANNELS) if pitch else 0)
     elif input_dim is not None:
         dim = int(input_dim)
     elif norm_mean is not None:
@@ -172,6 +188,8 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
         speech_threshold_dbfs=float(feature_config.speech_threshold_dbfs),
         speech_min_contrast_db=float(feature_config.speech_min_contrast_db),
         speech_min_ms=float(feature_config.speech_min_ms),
+        pitch_channels=pitch, f0_min_hz=float(feature_config.f0_min_hz),
+        f0_max_hz=float(feature_config.f0_max_hz), voicing_threshold=float(feature_config.voicing_threshold),
     )
 
 
@@ -334,8 +352,9 @@ def tf_speech_flags(waveform, lengths, params: FrontEndParams):
 def tf_raw_features(inputs, params: FrontEndParams, per_row: bool = False, n_frames=None):
     """Features ``(batch, frames, input_dim)`` before the per-dimension normalisation: the log
     spectrogram of a ``(batch, samples)`` waveform (level-normalised over each row's first
-    ``n_frames[b]`` frames, default all, when ``params.level_normalization``), or the
-    ``(batch, frames, D)`` LLDs as they are."""
+    ``n_frames[b]`` frames, default all, when ``params.level_normalization``; its pitch
+    channels appended when ``params.pitch_channels``), or the ``(batch, frames, D)`` LLDs as
+    they are."""
     import tensorflow as tf
 
     if params.kind == "lld":
@@ -345,8 +364,14 @@ def tf_raw_features(inputs, params: FrontEndParams, per_row: bool = False, n_fra
 
 
 def _spectrogram(x, n_frames, params: FrontEndParams):
+    import tensorflow as tf
+
     raw = tf_log_spectrogram(x, params)
-    return tf_level_normalize(raw, n_frames, params.level_floor_db) if params.level_normalization else raw
+    if params.level_normalization:
+        raw = tf_level_normalize(raw, n_frames, params.level_floor_db)
+    if params.pitch_channels:  # after the level normalisation, which they skip
+        raw = tf.concat([raw, tf_pitch_channels(x, n_frames, params)], axis=2)
+    return raw
 
 
 def _valid_frames(inputs, params: FrontEndParams, n_frames):

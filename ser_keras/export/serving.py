@@ -9,7 +9,9 @@
   front end and ``config.yaml`` from the run, so the export can also be used in-process;
 - ``export.json`` — labels, sample rate, attention step and span in seconds, experiment,
   protocol, fold, the normalisation (``normalization``, ``serve_without_speaker``,
-  ``norm_std_floor``), the endpoints.
+  ``norm_std_floor``), ``feature_dim`` (``n_bins``, plus the ``pitch_channels`` it lists when
+  the run appended log F0 and voicing to every frame; the graph computes them too), the
+  endpoints.
 
 Normalisation. The features are normalised per dimension before the PCA, as in training
 (``features.normalization``). The shipped experiment configs normalise each speaker by the
@@ -135,6 +137,7 @@ from ser_keras.export.bundle import FoldModel, load_fold
 from ser_keras.export.graph import ServingGraph, speaker_adapted
 from ser_keras.features.llds import lld_names
 from ser_keras.features.normalize import serving_normalization
+from ser_keras.features.pitch import PITCH_CHANNELS
 from ser_keras.rundir import CONFIG_FILE, EXPORT_FILE, FRONTEND_FILE, KERAS_MODEL_FILE, FoldDir, RunDir
 
 EXPORT_FORMAT = "ser_keras-savedmodel"
@@ -177,6 +180,8 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "norm_std_floor": p.std_floor,
         "feature_dim": p.input_dim,
         "level_normalization": bool(p.level_normalization),
+        # feature_dim counts them: n_bins + 2 (the last two columns of mean/std are theirs).
+        "pitch_channels": list(PITCH_CHANNELS) if p.pitch_channels else [],
         "speech": {"threshold_dbfs": p.speech_threshold_dbfs, "min_contrast_db": p.speech_min_contrast_db,
                    "min_ms": p.speech_min_ms,
                    "rule": "speech when at least min_ms long, the mean power of the loudest fifth of the "
