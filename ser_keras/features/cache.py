@@ -52,6 +52,8 @@ NOT_SHAPING = frozenset({
     "max_frames", "warp_factors", "warp_mode",
     # Applied after the cache read (features/level.py), so the cached arrays stay raw.
     "level_normalization", "level_floor_db", "speech_threshold_dbfs", "speech_min_contrast_db", "speech_min_ms",
+    # Whether a run appends the pitch channels (their own kind) to the spectrogram.
+    "pitch_channels",
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({
@@ -72,8 +74,6 @@ def shaping_fields(config, kind: str) -> dict:
         skip = set(NOT_SHAPING) | SPECTROGRAM_ONLY | (LLD_ONLY - PITCH_FIELDS)
     else:
         skip = set(NOT_SHAPING) | SPECTROGRAM_ONLY
-    # Whether a run appends pitch channels never changes a cached array of any kind.
-    skip.add("pitch_channels")
     return {name: value for name, value in sorted(values.items()) if name not in skip}
 
 
