@@ -67,12 +67,6 @@ def interpolated_log_f0(f0: np.ndarray, voiced: np.ndarray, feature_config) -> n
     return np.interp(np.arange(f0.shape[0]), rows, np.log(f0[rows]))
 
 
-def spectral(x: np.ndarray, feature_config) -> np.ndarray:
-    """The log-power bins of a feature array (without its pitch channels)."""
-    count = pitch_channel_count(feature_config)
-    return x[:, : x.shape[1] - count] if count else x
-
-
 def map_spectral(function, x: np.ndarray, feature_config) -> np.ndarray:
     """``function`` applied to the log-power bins of ``x``; the pitch channels as they are."""
     count = pitch_channel_count(feature_config)
