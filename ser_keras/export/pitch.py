@@ -23,21 +23,18 @@ gate's maximum, so a row's channels do not depend on what else is in the batch. 
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.fft
 
+from ser_keras.features import llds
 from ser_keras.features.pitch import VOICING_RELATIVE_DB, unvoiced_log_f0
 
 
 def yin_geometry(params) -> dict:
-    """YIN's integer constants for ``params`` (a ``FrontEndParams``), as ``llds.yin`` sets them."""
-    rate = params.sample_rate
-    tau_min = max(2, int(np.floor(rate / params.f0_max_hz)))
-    tau_max = max(tau_min + 2, int(np.ceil(rate / params.f0_min_hz)))
-    width = max(params.frame, int(np.ceil(2.5 * rate / params.f0_min_hz)))
-    length = width + tau_max + 2
-    return dict(tau_min=tau_min, tau_max=tau_max, width=width, length=length,
-                left=length // 2 - params.frame // 2,
+    """YIN's integer constants for ``params`` (a ``FrontEndParams``): ``llds.yin_geometry`` and
+    the FFT length ``llds.yin`` uses."""
+    tau_min, tau_max, width, length, left = llds.yin_geometry(
+        params.sample_rate, params.frame, params.f0_min_hz, params.f0_max_hz)
+    return dict(tau_min=tau_min, tau_max=tau_max, width=width, length=length, left=left,
                 n_fft=int(scipy.fft.next_fast_len(length, real=True)))
 
 
@@ -57,11 +54,11 @@ def tf_pitch_channels(waveform, n_frames, params):
     # Segment i covers padded[i * hop : i * hop + length], padded = left zeros + waveform + zeros.
     needed = (total - 1) * params.hop + g["length"]
     padded = tf.pad(waveform, [[0, 0], [g["left"], tf.maximum(needed - g["left"] - size, 0)]])[:, :needed]
-    f0, dip = _yin(padded, total, params, g)
+    cumulative = _running_energy(padded)
+    f0, dip = _yin(padded, cumulative, total, params, g)
 
     # Mean square of each frame of the waveform (features.level.frame_powers): the same running
     # sum, shifted by the left padding (zeros add nothing to it).
-    cumulative = _running_energy(padded)
     powers = tf.maximum(_every_hop(cumulative, g["left"] + params.frame, total, params.hop)
                         - _every_hop(cumulative, g["left"], total, params.hop), 0.0) / float(params.frame)
     loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
@@ -90,9 +87,9 @@ def _every_hop(values, offset: int, total, hop: int):
     return values[:, offset::hop][:, :total]
 
 
-def _yin(padded, total, params, g):
+def _yin(padded, cumulative, total, params, g):
     """(f0 Hz float64 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): ``llds.yin`` on
-    every frame of the left-padded rows."""
+    every frame of the left-padded rows (``cumulative``: their ``_running_energy``)."""
     import tensorflow as tf
 
     lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
@@ -102,7 +99,6 @@ def _yin(padded, total, params, g):
     cross = tf.signal.irfft(tf.math.conj(head) * spectrum, fft_length=[g["n_fft"]])[:, :, :lags]
     cross = tf.cast(cross, tf.float64)
 
-    cumulative = _running_energy(padded)
     starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
     ends = _frames(cumulative[:, g["width"]:], lags, params.hop, total)
     energy_shifted = ends - starts  # sum_{j<width} x_{j+tau}^2

@@ -125,8 +125,9 @@ def frame_llds(waveform: np.ndarray, config, sample_rate: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------- F0
 
 
-def yin(waveform, n_frames, frame, hop, sample_rate, f0_min, f0_max, threshold) -> tuple:
-    """(f0 Hz (frames,), voiced bool (frames,)) by vectorised YIN on frames centred like the grid."""
+def yin_geometry(sample_rate: int, frame: int, f0_min: float, f0_max: float) -> tuple:
+    """YIN's integer constants: (tau_min, tau_max, width, length, left) — the lag range, the
+    integration window, the segment analysed per frame and the zeros before the waveform."""
     if not 0 < f0_min < f0_max:
         raise ValueError(f"f0_min_hz ({f0_min}) must be positive and below f0_max_hz ({f0_max})")
     tau_min = max(2, int(np.floor(sample_rate / f0_max)))
@@ -138,6 +139,12 @@ def yin(waveform, n_frames, frame, hop, sample_rate, f0_min, f0_max, threshold) 
     length = width + tau_max + 2  # taus 0 .. tau_max + 1
     # Segment i starts at centre_i - length // 2 with centre_i = i * hop + frame // 2.
     left = length // 2 - frame // 2
+    return tau_min, tau_max, width, length, left
+
+
+def yin(waveform, n_frames, frame, hop, sample_rate, f0_min, f0_max, threshold) -> tuple:
+    """(f0 Hz (frames,), voiced bool (frames,)) by vectorised YIN on frames centred like the grid."""
+    tau_min, tau_max, width, length, left = yin_geometry(sample_rate, frame, f0_min, f0_max)
     right = max(0, (n_frames - 1) * hop + length - left - waveform.shape[0])
     padded = np.pad(waveform.astype(np.float32), (left, right))
     segments = np.lib.stride_tricks.sliding_window_view(padded, length)[::hop][:n_frames]

@@ -113,7 +113,7 @@ class FramePCA:
         components[dim:, k:] = np.eye(p, dtype=np.float32)
         self.components_ = components
         self.mean_ = np.concatenate([self.mean_, np.zeros(p, np.float32)])
-        variance = np.concatenate([a for a in passed]).astype(np.float64).var(axis=0)
+        variance = np.concatenate(passed).astype(np.float64).var(axis=0)
         self.explained_variance_ = np.concatenate([self.explained_variance_, variance.astype(np.float32)])
         self.explained_variance_ratio_ = np.concatenate([self.explained_variance_ratio_, np.zeros(p, np.float32)])
 
