@@ -31,6 +31,8 @@ LEVERS = {
     "no_warp": ["features.warp_factors=[]"],
     "no_refit": ["train.refit=false"],
     "refit": ["train.refit=true"],
+    "no_ema": ["train.ema_momentum=null"],
+    "ema": ["train.ema_momentum=0.95"],
 }
 
 

@@ -278,6 +278,10 @@ class TrainConfig:
     # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
     # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
     class_weight: str = "none"  # none | balanced
+    # exp2-4: validate, keep and test an exponential moving average of the weights (Keras'
+    # optimizer EMA, updated every step with this momentum; its horizon is about
+    # 1 / (1 - momentum) steps) instead of the last step's weights. None: off.
+    ema_momentum: typing.Optional[float] = None
 
 
 @dataclass
@@ -482,6 +486,8 @@ def _validate(config: Config) -> None:
     for gamma in model.svm_gamma_grid:
         if gamma not in ("scale", "auto") and not (_is_number(gamma) and float(gamma) > 0):
             raise SerKerasError(f"model.svm_gamma_grid: {gamma!r} is not 'scale', 'auto' or a positive number")
+    if train.ema_momentum is not None and not 0 < train.ema_momentum < 1:
+        raise SerKerasError(f"train.ema_momentum: must be in (0, 1) (or null), got {train.ema_momentum}")
     for setting, on in (("train.protocol all", train.protocol == "all"), ("train.refit", train.refit)):
         if on and train.validation_fraction == 0:
             raise SerKerasError(f"{setting}: needs validation data to pick the epoch count "

@@ -129,6 +129,7 @@ def test_resume_compares_everything_but_the_runtime_section():
     ("features.warp_factors=[3.0]", r"^features\.warp_factors: 3\.0 must be in \[0\.5, 2\] and not 1$"),
     ("runtime.strategy=tpu", r"^runtime\.strategy: 'tpu' is not one of default, mirrored, multi-worker$"),
     ("train.validation_split=half", r"^train\.validation_split: 'half' is not one of auto"),
+    ("train.ema_momentum=1.0", r"^train\.ema_momentum: must be in \(0, 1\) \(or null\), got 1\.0$"),
 ])
 def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, message):
     with pytest.raises(SerKerasError, match=message) as info:

@@ -261,3 +261,72 @@ def test_a_keras_backup_and_restore_checkpoint_still_resumes(tmp_path):
     assert checkpoint.restore(other) == 2 and checkpoint.resumed_from == tmp_path / "latest.weights.h5"
     for a, b in zip(model.weights, other.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _averaging_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(seed=3))(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.1, use_ema=True, ema_momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_averaged_weights_are_what_validation_and_the_kept_model_see(tmp_path):
+    """train.ema_momentum: every epoch end (and the end of fit) holds the optimizer's moving
+    average of the weights, training itself follows the same path as without the swap, and a
+    fit resumed from a checkpoint ends where the uninterrupted one does."""
+    import keras
+    import numpy as np
+
+    from ser_keras.training.callbacks import AveragedWeights, EpochCheckpoint
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
+
+    class Seen(keras.callbacks.Callback):  # what validation would see at each epoch end
+        def __init__(self):
+            super().__init__()
+            self.weights = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append([np.asarray(v) for v in self.model.trainable_variables])
+
+    class Averages(keras.callbacks.Callback):  # the reference: the optimizer's average, no swap
+        def __init__(self):
+            super().__init__()
+            self.weights, self.trained = [], []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append([np.asarray(a) for a in self.model.optimizer._model_variables_moving_average])
+            self.trained.append([np.asarray(v) for v in self.model.trainable_variables])
+
+    def fit(model, callbacks, start, stop):
+        model.fit(x, y, batch_size=4, epochs=stop, initial_epoch=start, shuffle=False, verbose=0,
+                  callbacks=callbacks)
+
+    plain, averages = _averaging_model(), Averages()
+    fit(plain, [averages], 0, 4)
+    swapped, seen = _averaging_model(), Seen()
+    checkpoint = EpochCheckpoint(tmp_path / "full")
+    fit(swapped, [AveragedWeights(checkpoint), seen, checkpoint], 0, 4)
+    for expected, got in zip(averages.weights, seen.weights):
+        for a, b in zip(expected, got):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # fit's end keeps the last average, not the trained weights.
+    for a, b in zip(averages.weights[-1], swapped.trainable_variables):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(averages.trained[-1][0], averages.weights[-1][0], atol=1e-3)
+
+    first = _averaging_model()
+    checkpoint = EpochCheckpoint(tmp_path / "resumed")
+    fit(first, [AveragedWeights(checkpoint), checkpoint], 0, 2)
+    again = _averaging_model()
+    checkpoint = EpochCheckpoint(tmp_path / "resumed")
+    assert checkpoint.restore(again) == 2
+    fit(again, [AveragedWeights(checkpoint), checkpoint], 2, 4)
+    for a, b in zip(swapped.variables + swapped.optimizer.variables, again.variables + again.optimizer.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

@@ -246,15 +246,19 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
     """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy.
 
     `train.optimizer`: "adam" (learning_rate) or "sgd" (learning_rate, momentum; the paper's
-    optimiser, whose learning rate 1e-6 was meant for losses summed over frames).
+    optimiser, whose learning rate 1e-6 was meant for losses summed over frames);
+    `train.ema_momentum`: the optimizer keeps a moving average of the trainable weights.
     """
     train = config.train
     if train.learning_rate <= 0:
         raise SerKerasError(f"train.learning_rate: must be > 0, got {train.learning_rate}")
+    # With train.ema_momentum the optimizer also keeps a moving average of the weights
+    # (training.callbacks.AveragedWeights swaps it in for validation and the kept model).
+    average = {"use_ema": True, "ema_momentum": float(train.ema_momentum)} if train.ema_momentum else {}
     if train.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate, **average)
     elif train.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=train.learning_rate, momentum=train.momentum)
+        optimizer = keras.optimizers.SGD(learning_rate=train.learning_rate, momentum=train.momentum, **average)
     else:
         raise SerKerasError(f"train.optimizer: '{train.optimizer}' is not adam or sgd")
     model.compile(

@@ -13,10 +13,15 @@
 - ``EpochCheckpoint``: a callback on Keras' public API that saves, every epoch, one ``.npz``
   with the model's variables (seed states included), the optimizer's and the callbacks' state;
   ``restore`` puts it back before ``fit``, which is then called with ``initial_epoch``.
+- ``AveragedWeights``: with the optimizer's moving average of the weights (``train.ema_momentum``),
+  puts the averaged weights into the model at every epoch end, so everything after it (validation,
+  early stopping, the checkpoint, the model fit leaves) sees them, and the trained ones back
+  before the next epoch.
 - ``training_callbacks``: the ordered list for one fold (checkpoints are kept after training,
   so the run directory holds them).
 
-Order matters: ``ValidationMetrics`` must come before every callback that reads its keys.
+Order matters: ``AveragedWeights`` comes first, and ``ValidationMetrics`` before every callback
+that reads its keys.
 """
 
 from __future__ import annotations
@@ -228,17 +233,19 @@ def training_callbacks(
     tensorboard_dir: typing.Optional[pathlib.Path],
     title: str = "",
     extra: typing.Sequence[keras.callbacks.Callback] = (),
+    average_weights: bool = False,
 ) -> list:
-    """The callbacks of one fold, in the order they must run at every epoch end."""
+    """The callbacks of one fold, in the order they must run at every epoch end
+    (`average_weights`: the model's optimizer keeps a moving average of the weights)."""
     checkpoint_dir = FoldDir(fold_dir).checkpoint
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     has_validation = len(y_validation) > 0
-    callbacks: list = []
+    checkpoint = EpochCheckpoint(checkpoint_dir / "backup", title=title)
+    callbacks: list = [AveragedWeights(checkpoint)] if average_weights else []
     if has_validation:
         callbacks.append(ValidationMetrics(validation_dataset, y_validation, labels, tensorboard_dir, title))
     elif tensorboard_dir is not None:
         callbacks.append(ScalarLogger(tensorboard_dir))
-    checkpoint = EpochCheckpoint(checkpoint_dir / "backup", title=title)
     callbacks.append(ResumableCSVLogger(FoldDir(fold_dir).history, checkpoint))
     if has_validation:
         stopping = ResumableEarlyStopping(checkpoint_dir, patience=patience)
@@ -248,6 +255,68 @@ def training_callbacks(
     # Last, so the checkpoint holds what the callbacks above wrote for this epoch.
     callbacks.append(checkpoint)
     return callbacks
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """The optimizer's moving average of the weights (``use_ema``) in the model between epochs.
+
+    Trained weights jump from step to step, and the validation UA with them; their moving
+    average is smoother and generalises better. The optimizer keeps that average beside the
+    weights; this callback, first of a fold's callbacks, swaps the two at every epoch end, so
+    validation, early stopping's best weights, the checkpoint and the model that ``fit`` leaves
+    all hold the average, and swaps them back when the next epoch begins to train.
+
+    A checkpoint is therefore always written swapped (model: the average; the optimizer's slot:
+    the trained weights), and the first epoch of a resumed ``fit`` (``checkpoint.initial_epoch``
+    above 0) starts by swapping back, so a resumed fold repeats the uninterrupted one. Keras'
+    ``fit`` ends by copying that slot into the model (``finalize_variable_values``); here the
+    slot holds the trained weights, so ``on_train_end`` puts the average back.
+
+    Args:
+        checkpoint: the fold's ``EpochCheckpoint`` (its ``initial_epoch`` says whether the model
+            was restored swapped).
+    """
+
+    def __init__(self, checkpoint: "EpochCheckpoint"):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self._swapped = False
+        self._average = None
+
+    def _pairs(self) -> list:
+        optimizer = self.model.optimizer
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        if not getattr(optimizer, "use_ema", False) or averages is None:
+            raise SerKerasError("AveragedWeights: the model's optimizer keeps no moving average "
+                                "(compile it with train.ema_momentum)")
+        return [(v, a) for v, a in zip(self.model.trainable_variables, averages) if a is not None]
+
+    def _swap(self) -> list:
+        """Exchange the model's weights and the optimizer's slot; returns the model's new ones."""
+        pairs = self._pairs()
+        in_model = [np.asarray(v) for v, _ in pairs]
+        in_slot = [np.asarray(a) for _, a in pairs]
+        for (variable, slot), old, new in zip(pairs, in_model, in_slot):
+            variable.assign(new)
+            slot.assign(old)
+        self._swapped = not self._swapped
+        return in_slot
+
+    def on_train_begin(self, logs=None):
+        self._swapped = self.checkpoint.initial_epoch > 0
+        self._average = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._swapped:
+            self._swap()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._average = self._swap()
+
+    def on_train_end(self, logs=None):
+        if self._average is not None and self._swapped:
+            for (variable, _), averaged in zip(self._pairs(), self._average):
+                variable.assign(averaged)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

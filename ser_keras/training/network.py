@@ -141,7 +141,8 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
         extra.append(callbacks.EpochLine(title, epochs))
     # Looked up on the module at call time: tests wrap training_callbacks to interrupt a fit.
     fold_callbacks = callbacks.training_callbacks(phase_dir.path, validation_ds, y_validation, context.labels,
-                                                  config.train.patience, tensorboard_dir, title=title, extra=extra)
+                                                  config.train.patience, tensorboard_dir, title=title, extra=extra,
+                                                  average_weights=bool(config.train.ema_momentum))
     checkpoint = next(c for c in fold_callbacks if isinstance(c, callbacks.EpochCheckpoint))
     start = checkpoint.restore(model)
     # Stopped early at the last checkpoint (interrupted before the end of fit): run no more
