@@ -278,7 +278,7 @@ class TrainConfig:
     # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
     # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
     class_weight: str = "none"  # none | balanced
-    # exp2-4: validate, keep and test an exponential moving average of the weights (Keras'
+    # Networks (exp2-exp5): validate, keep and test an exponential moving average of the weights (Keras'
     # optimizer EMA, updated every step with this momentum; its horizon is about
     # 1 / (1 - momentum) steps) instead of the last step's weights. None: off.
     ema_momentum: typing.Optional[float] = None
