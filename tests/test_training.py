@@ -241,10 +241,9 @@ def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
     default's) included; the second fold must come out bit for bit as it does in a run of its own."""
     from ser_keras.evaluation.fit import fit
 
-    extra = ("train.ema_momentum=0.9",)
-
-    both = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", *extra)
-    alone = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.fold=1", *extra)
+    common = ("train.protocol=random", "train.folds=2", "train.epochs=2", "train.ema_momentum=0.9")
+    both = tiny_config("exp4", *common)
+    alone = tiny_config("exp4", *common, "train.fold=1")
     fit(both, tmp_path / "both", progress=False)
     fit(alone, tmp_path / "alone", progress=False)
     for name in ("predictions.csv", "history.csv"):
