@@ -120,7 +120,7 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
     from ser_keras.features.frontend import FittedFrontEnd, uses_pca
     from ser_keras.features.normalize import frame_stats, normalize_with
     from ser_keras.metrics import summarize
-    from ser_keras.models.predictor import make_predictor
+    from ser_keras.models.predictor import make_predictor, predict_views
     from ser_keras.rundir import RunDir
 
     ks = list(ks)
@@ -137,7 +137,7 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
         fold = select_folds(folds, index)[0]
         fold_dir = RunDir(out).fold(fold.name)
         frontend = FittedFrontEnd.load(fold_dir, pca=uses_pca(config))
-        normalizer, pca = frontend.normalizer, frontend.pca
+        normalizer = frontend.normalizer
         model = keras.saving.load_model(fold_dir.keras_model, compile=False)
         predict = make_predictor(model)
         test = np.array([i for i in fold.test if features[i] is not None])
@@ -145,9 +145,10 @@ def condition_rows(config, out, manifest, labels, folds, indices, ks=(1, 3, 10),
         speakers = speakers_all[test]
 
         def score(normalised):
-            x = pca.transform(normalised) if pca is not None else normalised
-            dataset = make_dataset(x, None, int(config.train.batch_size), training=False, seed=0)
-            return predict(dataset).argmax(axis=1)
+            # Scored as fit scores: averaged over the test-time views (features.test_warp_factors).
+            views = frontend.project_views(normalised, config.features)
+            return predict_views(predict, [make_dataset(view, None, int(config.train.batch_size), training=False,
+                                                        seed=0) for view in views]).argmax(axis=1)
 
         conditions = {
             "speaker": normalizer.transform(raw, list(speakers)),

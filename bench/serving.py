@@ -128,7 +128,8 @@ def gain_sweep(run_dir, config, labels, manifest, folds, indices, gains) -> dict
     from ser_keras.export.bundle import load_fold
     from ser_keras.features.level import has_speech
     from ser_keras.metrics import summarize
-    from ser_keras.models.predictor import make_predictor
+    from ser_keras.export.frontend import split_views
+    from ser_keras.models.predictor import make_predictor, predict_views
 
     label_index = {label: i for i, label in enumerate(labels)}
     truth, probabilities, flags = [], {g: [] for g in gains}, {g: [] for g in gains}
@@ -140,8 +141,12 @@ def gain_sweep(run_dir, config, labels, manifest, folds, indices, gains) -> dict
         truth.append(manifest["label"].iloc[fold.test].map(label_index).to_numpy())
         for gain in gains:
             scaled = [w * np.float32(gain) for w in waveforms]
+            # Every test-time view of the features (side by side in bundle.features' output), scored
+            # and averaged as serve does.
             x = [bundle.features(w) for w in scaled]
-            p = predict(make_dataset(x, None, int(config.train.batch_size), training=False, seed=0))
+            views = [make_dataset(list(view), None, int(config.train.batch_size), training=False, seed=0)
+                     for view in zip(*(split_views(f, bundle.params.n_views) for f in x))]
+            p = predict_views(predict, views)
             speech = np.array([has_speech(w, config.features, bundle.sample_rate) for w in scaled])
             p[~speech] = 1.0 / len(labels)  # as serve answers a recording without speech
             probabilities[gain].append(p)

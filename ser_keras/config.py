@@ -132,6 +132,12 @@ class FeatureConfig:
     # of its warped versions drawn at random (no extra steps per epoch); "copies" trains on
     # every version every epoch (each factor adds a training set's worth of steps).
     warp_mode: str = "draw"
+    # Test-time views (spectrogram models): every recording is also scored with its normalised
+    # log-power bins warped by each of these factors (the warp of `warp_factors`, applied after
+    # the normalisation and before the PCA), and the probabilities (and attention) of all views
+    # are averaged, in validation, testing, predict and the export alike. [] scores the
+    # recording as it is. experiments/exp5.yaml sets [0.9, 1.1] (README, Results).
+    test_warp_factors: typing.List[float] = field(default_factory=list)
     # Speaker-normalised models: also train on every training utterance normalised as a single
     # served recording is (the pooled training statistics, no speaker context), as one more
     # version beside the warped ones (drawn or copied per warp_mode), so the served model has
@@ -471,9 +477,13 @@ def _validate(config: Config) -> None:
                             f"features.f0_max_hz ({features.f0_max_hz})")
     if features.level_floor_db is not None and features.level_floor_db <= 0:
         raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
-    for factor in features.warp_factors:
-        if not 0.5 <= factor <= 2.0 or factor == 1.0:
-            raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
+    for name in ("warp_factors", "test_warp_factors"):
+        for factor in getattr(features, name):
+            if not 0.5 <= factor <= 2.0 or factor == 1.0:
+                raise SerKerasError(f"features.{name}: {factor} must be in [0.5, 2] and not 1")
+    if features.test_warp_factors and model.input_features != "spectrogram":
+        raise SerKerasError("features.test_warp_factors: test-time views warp the spectrogram; "
+                            f"{model.experiment} reads {model.input_features} features")
     if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
         raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
 
 
 def test_warping_moves_a_spectral_peak_by_the_factor():
@@ -25,6 +25,57 @@ def test_factors_are_checked_and_name_their_pseudo_speaker():
         with pytest.raises(SerKerasError, match="features.warp_factors"):
             check_factors(bad)
     assert warped_speaker("03", 0.9) == "03@warp0.9"
+
+
+def test_the_warp_is_a_matrix_and_views_warp_the_bins_only():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(7, 256)).astype(np.float32)
+    for factor in (0.5, 0.9, 1.1, 2.0):
+        np.testing.assert_allclose(frames @ warp_matrix(256, factor), warp_frequency(frames, factor), atol=1e-5)
+    with_pitch = np.concatenate([frames, rng.normal(size=(7, 2)).astype(np.float32)], axis=1)
+    views = warped_views(with_pitch, 256, [warp_matrix(256, 0.9), warp_matrix(256, 1.1)])
+    assert len(views) == 3 and views[0] is with_pitch
+    for view, factor in zip(views[1:], (0.9, 1.1)):
+        assert view.shape == with_pitch.shape and view.dtype == np.float32
+        np.testing.assert_allclose(view[:, :256], warp_frequency(frames, factor), atol=1e-5)
+        np.testing.assert_array_equal(view[:, 256:], with_pitch[:, 256:])
+
+
+def test_fit_scores_every_test_time_view(tmp_path):
+    """With test-time views the fold's test and validation probabilities are the mean of the
+    model's probabilities on each view (plain, then warped after normalisation), and
+    ``evaluate``'s re-prediction of a fold gives the same."""
+    import keras
+
+    from ser_keras.data.pipeline import make_dataset
+    from ser_keras.evaluation.evaluate import predict_with_fold
+    from ser_keras.evaluation.fit import fit
+    from ser_keras.features.extract import extract_for_model
+    from ser_keras.features.frontend import FittedFrontEnd
+    from ser_keras.corpora import run_manifest
+    from ser_keras.rundir import RunDir
+    from tests.test_training import tiny_config
+
+    config = tiny_config("exp4", "train.fold=0", "features.test_warp_factors=[0.9,1.1]")
+    result = fit(config, tmp_path, progress=False)
+    fold = result["folds"][0]
+    fold_dir = RunDir(tmp_path).fold(fold["name"])
+    saved = np.loadtxt(fold_dir.predictions, delimiter=",", skiprows=1, usecols=range(5, 5 + len(result["labels"])))
+    manifest = run_manifest(config)
+    features, _ = extract_for_model(config, manifest, progress=False)
+    test = manifest.index[manifest["speaker"].astype(str) == fold["name"].split("-", 1)[1]].to_numpy()
+    raw = [features[i] for i in test]
+    speakers = manifest["speaker"].iloc[test].tolist()
+    frontend = FittedFrontEnd.load(fold_dir, pca=True)
+    views = frontend.transform_views(raw, speakers, config.features)
+    assert len(views) == 3 and all(len(view) == len(test) for view in views)
+    np.testing.assert_array_equal(views[0][0], frontend.transform(raw, speakers)[0])
+    assert not np.allclose(views[1][0], views[0][0])
+    model = keras.saving.load_model(fold_dir.keras_model, compile=False)
+    each = [model.predict(make_dataset(view, None, 16, training=False, seed=0), verbose=0) for view in views]
+    np.testing.assert_allclose(saved, np.mean(each, axis=0), atol=2e-6)
+    assert not np.allclose(saved, each[0], atol=1e-3)  # the views do change the scores
+    np.testing.assert_allclose(predict_with_fold(fold_dir, config, raw, speakers), saved, atol=2e-6)
 
 
 def test_fit_trains_on_the_warped_copies_too(tmp_path, monkeypatch):

@@ -127,6 +127,7 @@ def test_resume_compares_everything_but_the_runtime_section():
     ("model.dropout=1.0", r"^model\.dropout: must be in \[0, 1\), got 1\.0$"),
     ("features.normalization=zscore", r"^features\.normalization: 'zscore' is not one of neutral_speaker"),
     ("features.warp_factors=[3.0]", r"^features\.warp_factors: 3\.0 must be in \[0\.5, 2\] and not 1$"),
+    ("features.test_warp_factors=[1.0]", r"^features\.test_warp_factors: 1\.0 must be in \[0\.5, 2\] and not 1$"),
     ("runtime.strategy=tpu", r"^runtime\.strategy: 'tpu' is not one of default, mirrored, multi-worker$"),
     ("train.validation_split=half", r"^train\.validation_split: 'half' is not one of auto"),
     ("train.ema_momentum=1.0", r"^train\.ema_momentum: must be in \(0, 1\) \(or null\), got 1\.0$"),
@@ -135,6 +136,12 @@ def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, 
     with pytest.raises(SerKerasError, match=message) as info:
         load_config(experiment="exp4", overrides=[override])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("experiment", ["exp1", "exp2"])
+def test_test_time_views_need_a_spectrogram(experiment):
+    with pytest.raises(SerKerasError, match=r"^features\.test_warp_factors: test-time views warp the spectrogram"):
+        load_config(experiment=experiment, overrides=["features.test_warp_factors=[0.9]"])
 
 
 def test_the_cli_offers_the_choices_the_config_allows():

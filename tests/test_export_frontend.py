@@ -7,6 +7,7 @@ from tests.conftest import corpus_dir
 from ser_keras.config import FeatureConfig
 from ser_keras.errors import SerKerasError
 from ser_keras.export import frontend as fe
+from ser_keras.features.augment import warp_frequency
 from ser_keras.features.spectrogram import frame_count, log_spectrogram
 
 # float32 FFTs on both sides (scipy.fft / tf.signal.rfft) differ by rounding only; in the log
@@ -67,6 +68,31 @@ def test_tf_frontend_matches_numpy_pipeline(name, waveform):
     assert got.shape == expected.shape
     scale = max(1.0, float(np.abs(expected).max()))
     assert np.abs(got - expected).max() <= FEATURE_RTOL * scale
+
+
+def test_test_time_views_sit_side_by_side_and_match_numpy():
+    """With test_warp_factors the front end gives every view's k features side by side: the
+    plain view first (what it gives without views), then the normalised bins warped before
+    the PCA; NumPy and TensorFlow agree on all of them, with pooled or given statistics."""
+    config = FeatureConfig(test_warp_factors=[0.9, 1.1])
+    plain, params = _params(), _params(config=config)
+    assert params.n_views == 3 and params.output_dim == plain.output_dim == 60
+    waveform = (0.1 * np.random.default_rng(3).normal(size=8000)).astype(np.float32)
+    raw = log_spectrogram(waveform, config, 16000)
+    expected = fe.apply_stats_numpy(raw, params)
+    assert expected.shape == (raw.shape[0], 3 * 60)
+    np.testing.assert_array_equal(fe.split_views(expected, 3)[0], fe.apply_stats_numpy(raw, plain))
+    normalised = (raw - plain.norm_mean) / plain.norm_std
+    for view, factor in zip(fe.split_views(expected, 3)[1:], (0.9, 1.1)):
+        warped = (warp_frequency(normalised, factor) - plain.pca_mean) @ plain.pca_components
+        np.testing.assert_allclose(view, warped, atol=1e-3)
+    got = _tf_features(waveform, params)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= FEATURE_RTOL * max(1.0, float(np.abs(expected).max()))
+    stats = (raw.mean(axis=0), raw.std(axis=0) + 0.5)
+    given = fe.tf_frontend(waveform[None], params, stats=stats).numpy()[0]
+    expected = fe.apply_stats_numpy(raw, params, stats)
+    assert np.abs(given - expected).max() <= FEATURE_RTOL * max(1.0, float(np.abs(expected).max()))
 
 
 def test_tf_frontend_matches_numpy_on_demo_corpus(demo_files):

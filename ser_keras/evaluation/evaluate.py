@@ -36,7 +36,7 @@ from ser_keras.evaluation.results import collect_results
 from ser_keras.features.extract import extract_for_model
 from ser_keras.features.frontend import FittedFrontEnd, uses_pca
 from ser_keras.metrics import predictions_frame, score_predictions, summarize
-from ser_keras.models.predictor import make_predictor
+from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.models.svm import svm_scores
 from ser_keras.rundir import (CONFUSION_FILE, PREDICTIONS_FILE, RESULTS_FILE, FoldDir, RunDir, atomic_write_json,
                               common_root, relative_path)
@@ -127,17 +127,20 @@ def predict_with_fold(fold_dir, config, features: list, speakers: list, model=No
     be passed together (an unseen speaker is normalised with statistics of all of them).
     `n_classes` (an SVM's output width): default, the run's label count."""
     fold_dir = FoldDir(fold_dir)
-    x = FittedFrontEnd.load(fold_dir, pca=uses_pca(config)).transform(features, speakers)
+    frontend = FittedFrontEnd.load(fold_dir, pca=uses_pca(config))
     if config.model.classifier == "svm":
+        x = frontend.transform(features, speakers)
         model = model or joblib.load(fold_dir.svm_model)
         stacked = np.concatenate([np.asarray(v).reshape(1, -1) for v in x], axis=0)
         if n_classes is None:
             n_classes = len(load_run_config(fold_dir.run_dir.path)[1])
         return svm_scores(model, stacked, n_classes)
     model = model or keras.models.load_model(fold_dir.keras_model, compile=False)
-    dataset = make_dataset(x, None, int(config.train.batch_size), training=False,
-                           seed=int(config.train.seed))
-    return make_predictor(model)(dataset)
+    # Scored as fit scores it: averaged over the test-time views (features.test_warp_factors).
+    views = frontend.transform_views(features, speakers, config.features)
+    return predict_views(make_predictor(model), [
+        make_dataset(view, None, int(config.train.batch_size), training=False, seed=int(config.train.seed))
+        for view in views])
 
 
 # ---------------------------------------------------------------------------- cross-corpus

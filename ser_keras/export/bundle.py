@@ -169,7 +169,9 @@ class FoldModel:
         return spectrogram
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:
-        """Model input ``(frames, k)`` of a waveform: front end, normalisation, PCA (NumPy).
+        """Model input of a waveform: front end, normalisation, PCA (NumPy): ``(frames, k)``, or
+        with test-time views ``(frames, views * k)``, the views side by side (``score`` takes
+        either).
 
         `stats`: (mean, std) of the speaker to normalise with; None: the pooled statistics, as
         the export's ``serve`` does.
@@ -177,7 +179,8 @@ class FoldModel:
         return fe.apply_stats_numpy(self.raw_features(waveform), self.params, stats)
 
     def score(self, batch: np.ndarray) -> tuple:
-        """``(batch, frames, k)`` equal-length features -> (probabilities, alpha) as NumPy.
+        """``(batch, frames, views * k)`` equal-length features (``features``) ->
+        (probabilities, alpha) as NumPy, each the mean over the test-time views.
 
         alpha is ``(batch, steps)``: the attention weights, or uniform weights over the
         steps for a model without attention (see ``export.serving`` for the definition).
@@ -187,14 +190,20 @@ class FoldModel:
             self._compiled = tf.function(
                 lambda x: call_network(self.network(), x),
                 input_signature=[tf.TensorSpec([None, None, self.params.output_dim], tf.float32)])
-        outputs = self._compiled(np.asarray(batch, np.float32))
+        batch = np.asarray(batch, np.float32)
+        views = self.params.n_views if batch.shape[-1] != self.params.output_dim else 1
+        # Every view in one call, stacked on the batch axis.
+        stacked = np.concatenate(fe.split_views(batch, views), axis=0)
+        outputs = self._compiled(stacked)
         if isinstance(outputs, (list, tuple)):
             probs, alpha = (np.asarray(o) for o in outputs)
         else:
             probs = np.asarray(outputs)
             steps = self.steps(batch.shape[1])
-            alpha = np.full((batch.shape[0], steps), 1.0 / steps, np.float32)
-        return probs, alpha
+            alpha = np.full((stacked.shape[0], steps), 1.0 / steps, np.float32)
+        n = batch.shape[0]
+        return (probs.reshape(views, n, -1).mean(axis=0).astype(np.float32),
+                alpha.reshape(views, n, -1).mean(axis=0).astype(np.float32))
 
 
 def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:

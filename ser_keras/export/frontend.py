@@ -18,7 +18,10 @@ raw waveform. The definitions are the same, step by step:
    (``norm_mean``/``norm_std``), or with statistics given by the caller (``stats=``: a
    speaker's, computed from all of their frames by ``tf_frame_moments`` / ``tf_mean_std``
    exactly as ``features.normalize.frame_stats`` does, std floored at ``std_floor``);
-6. ``(x - pca_mean) @ pca_components``.
+5b. with ``test_warp_factors``: the test-time views, the normalised log-power bins times each
+   factor's warp matrix (``features.augment.warped_views``), the plain frames first;
+6. ``(x - pca_mean) @ pca_components`` of every view, the views side by side on the last axis
+   (``[..., views * k]``; ``split_views`` takes them apart, ``n_views`` of them).
 
 ``tf_speech_flags`` is the twin of ``features.level.has_speech`` (the export's ``speech`` output).
 
@@ -35,6 +38,7 @@ import numpy as np
 
 from ser_keras.errors import SerKerasError
 from ser_keras.export.pitch import tf_pitch_channels
+from ser_keras.features.augment import check_factors, warp_matrix, warped_views
 from ser_keras.features.level import TOP_FRACTION_DENOMINATOR, relative_floor
 from ser_keras.features.pitch import PITCH_CHANNELS
 
@@ -69,6 +73,8 @@ class FrontEndParams:
             (``features.pitch``), after the level normalisation of the bins.
         f0_min_hz, f0_max_hz, voicing_threshold: YIN's F0 range and dip threshold
             (``features.llds.yin``), for the pitch channels.
+        test_warp_factors: the test-time views' warp factors (``features.test_warp_factors``;
+            spectrogram only); () scores the recording as it is.
     """
 
     kind: str
@@ -93,12 +99,21 @@ class FrontEndParams:
     f0_min_hz: float = 60.0
     f0_max_hz: float = 500.0
     voicing_threshold: float = 0.3
+    test_warp_factors: tuple = ()
 
     @property
     def output_dim(self) -> int:
+        """The model's input dimension (one view)."""
         if self.pca_components is not None:
             return int(self.pca_components.shape[1])
         return int(self.input_dim)
+
+    @property
+    def n_views(self) -> int:
+        return 1 + len(self.test_warp_factors)
+
+    def warp_matrices(self) -> list:
+        return [warp_matrix(self.n_bins, factor) for factor in self.test_warp_factors]
 
     def frame_count(self, n_samples: int) -> int:
         """Frames the front end makes of ``n_samples`` samples (at least one)."""
@@ -190,6 +205,9 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
         speech_min_ms=float(feature_config.speech_min_ms),
         pitch_channels=pitch, f0_min_hz=float(feature_config.f0_min_hz),
         f0_max_hz=float(feature_config.f0_max_hz), voicing_threshold=float(feature_config.voicing_threshold),
+        # Views warp the spectrogram's bins (the config refuses them for LLD input).
+        test_warp_factors=tuple(check_factors(getattr(feature_config, "test_warp_factors", []), "test_warp_factors"))
+        if kind == "spectrogram" else (),
     )
 
 
@@ -199,7 +217,8 @@ def params_from_arrays(feature_config, stats: typing.Mapping, sample_rate: typin
 
 
 def apply_stats_numpy(features: np.ndarray, params: FrontEndParams, stats=None) -> np.ndarray:
-    """Normalisation then PCA of a ``(frames, input_dim)`` array, in NumPy (float32 result).
+    """Normalisation, the test-time views and PCA of a ``(frames, input_dim)`` array, in NumPy:
+    float32 ``(frames, n_views * output_dim)``, the views side by side (``split_views``).
 
     `stats`: (mean, std) to normalise with (a speaker's); None: the pooled statistics.
     """
@@ -208,9 +227,19 @@ def apply_stats_numpy(features: np.ndarray, params: FrontEndParams, stats=None) 
         x = (x - np.asarray(stats[0], np.float64)) / np.asarray(stats[1], np.float64)
     elif params.norm_mean is not None:
         x = (x - params.norm_mean) / params.norm_std
+    views = warped_views(x, params.n_bins, params.warp_matrices())
     if params.pca_components is not None:
-        x = (x - params.pca_mean) @ params.pca_components
-    return x.astype(np.float32)
+        views = [(view - params.pca_mean) @ params.pca_components for view in views]
+    return np.concatenate(views, axis=-1).astype(np.float32)
+
+
+def split_views(features, n_views: int) -> list:
+    """The views of front-end output ``[..., n_views * k]`` (``apply_stats_numpy``,
+    ``tf_frontend``) as a list of ``[..., k]`` arrays or tensors, the plain view first."""
+    if n_views == 1:
+        return [features]
+    k = features.shape[-1] // n_views
+    return [features[..., i * k:(i + 1) * k] for i in range(n_views)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,14 +281,18 @@ def tf_apply_stats(features, params: FrontEndParams, stats=None):
         x = tf.cast((tf.cast(x, tf.float64) - mean) / std, tf.float32)
     elif params.norm_mean is not None:
         x = (x - tf.constant(params.norm_mean, tf.float32)) / tf.constant(params.norm_std, tf.float32)
+    shape = tf.shape(x)
+    # (B, T, D) @ (D, k) as one 2-D matmul: the fastest form on CPU.
+    flat = tf.reshape(x, [-1, params.input_dim])
+    views = [flat]
+    for matrix in params.warp_matrices():
+        warped = tf.linalg.matmul(flat[:, : params.n_bins], tf.constant(matrix, tf.float32))
+        views.append(tf.concat([warped, flat[:, params.n_bins:]], axis=1))
     if params.pca_components is not None:
-        x = x - tf.constant(params.pca_mean, tf.float32)
-        # (B, T, D) @ (D, k) as one 2-D matmul: the fastest form on CPU.
-        shape = tf.shape(x)
-        flat = tf.reshape(x, [-1, params.input_dim])
-        flat = tf.linalg.matmul(flat, tf.constant(params.pca_components, tf.float32))
-        x = tf.reshape(flat, [shape[0], shape[1], params.output_dim])
-    return x
+        views = [tf.linalg.matmul(view - tf.constant(params.pca_mean, tf.float32),
+                                  tf.constant(params.pca_components, tf.float32)) for view in views]
+    flat = views[0] if len(views) == 1 else tf.concat(views, axis=1)
+    return tf.reshape(flat, [shape[0], shape[1], params.n_views * params.output_dim])
 
 
 def tf_frame_moments(raw, n_frames):
@@ -416,7 +449,7 @@ def tf_frontend(inputs, params: FrontEndParams, per_row: bool = False, stats=Non
         if params.kind == "lld":
             return tf_apply_stats(inputs, params)
         return _by_row(lambda x, n: tf_apply_stats(_spectrogram(x, n, params), params), inputs,
-                       _valid_frames(inputs, params, n_frames), params.output_dim, per_row)
+                       _valid_frames(inputs, params, n_frames), params.n_views * params.output_dim, per_row)
     return tf_apply_stats(tf_raw_features(inputs, params, per_row, n_frames), params, stats)
 
 

@@ -119,6 +119,12 @@ class ServingGraph:
         stats = None if mean is None else (mean, std)
         features = fe.tf_frontend(inputs, self.params, per_row=not self.jit_compile, stats=stats,
                                   n_frames=n_frames)
+        # The test-time views (features.test_warp_factors) run as one batch, stacked on its axis,
+        # and their outputs are averaged below.
+        views = self.params.n_views
+        batch = tf.shape(features)[0]
+        features = tf.concat(fe.split_views(features, views), axis=0)
+        n_frames = tf.tile(n_frames, [views])
         # Zero the padded frames: the model's Masking(0.0) turns them into a mask, and every
         # layer after it honours the mask, so the padding changes nothing.
         valid = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=features.dtype)
@@ -135,6 +141,9 @@ class ServingGraph:
             total = self._steps(tf.shape(features)[1])
             alpha = tf.sequence_mask(steps, total, dtype=probabilities.dtype)
             alpha = alpha / tf.cast(steps, probabilities.dtype)[:, None]
+        if views > 1:
+            probabilities = tf.reduce_mean(tf.reshape(probabilities, [views, batch, -1]), axis=0)
+            alpha = tf.reduce_mean(tf.reshape(alpha, [views, batch, -1]), axis=0)
         return probabilities, alpha
 
     # -- endpoints -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Training-set augmentation by frequency warping of the log spectrogram (VTLP-style).
+"""Frequency warping of the log spectrogram (VTLP-style): training augmentation and test-time views.
 
 A speaker-independent model sees only a handful of training voices (9 per EMO-DB LOSO fold
 minus the validation speakers). Warping the frequency axis by a factor alpha moves formants and
@@ -6,6 +6,13 @@ harmonics the way a shorter (alpha > 1) or longer (alpha < 1) vocal tract would 
 Hinton 2013, "vocal tract length perturbation"), so each factor adds a set of plausible new
 voices. Each warped copy of a speaker is normalised as a speaker of its own (its own statistics),
 exactly as an unseen test speaker is, and only training utterances are warped.
+
+Test-time views (``features.test_warp_factors``): a recording is also scored warped by each
+factor and the model's outputs are averaged over the views. The warp is linear in the log-power
+bins (``warp_matrix``), so the views are taken from the *normalised* frames (``warped_views``):
+each view then needs no statistics of its own, which a single served recording could not give
+(the mean and spread of warped frames are, up to the level reference, the warped mean and
+spread), and the export computes them with one matrix product per view.
 """
 
 from __future__ import annotations
@@ -15,13 +22,13 @@ import numpy as np
 from ser_keras.errors import SerKerasError
 
 
-def check_factors(factors) -> list:
-    """The warp factors as floats; each must lie in [0.5, 2] and differ from 1."""
+def check_factors(factors, name: str = "warp_factors") -> list:
+    """The warp factors (``features.<name>``) as floats; each must lie in [0.5, 2] and differ from 1."""
     out = []
     for factor in factors or []:
         value = float(factor)
         if not 0.5 <= value <= 2.0 or value == 1.0:
-            raise SerKerasError(f"features.warp_factors: {factor} must be in [0.5, 2] and not 1")
+            raise SerKerasError(f"features.{name}: {factor} must be in [0.5, 2] and not 1")
         out.append(value)
     return out
 
@@ -47,3 +54,29 @@ def warp_frequency(spectrogram: np.ndarray, factor: float) -> np.ndarray:
 def warped_speaker(speaker, factor: float) -> str:
     """The pseudo-speaker a warped copy is normalised as."""
     return f"{speaker}@warp{factor:g}"
+
+
+def warp_matrix(bins: int, factor: float) -> np.ndarray:
+    """``(bins, bins)`` float64 matrix M with ``x @ M == warp_frequency(x, factor)`` (up to
+    rounding): column k holds the interpolation weights of bin k of the warped spectrum."""
+    source = np.minimum(np.arange(bins, dtype=np.float64) / float(factor), bins - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, bins - 1)
+    weight = source - low
+    matrix = np.zeros((bins, bins))
+    columns = np.arange(bins)
+    np.add.at(matrix, (low, columns), 1.0 - weight)
+    np.add.at(matrix, (high, columns), weight)
+    return matrix
+
+
+def warped_views(normalised: np.ndarray, bins: int, matrices) -> list:
+    """The test-time views of one recording's normalised ``(frames, D)`` features: itself, then
+    one per matrix (``warp_matrix``) with its first `bins` columns (the log-power bins) warped;
+    the columns after them (pitch channels) stay as they are."""
+    x = np.asarray(normalised)
+    views = [x]
+    for matrix in matrices:
+        warped = (x[:, :bins].astype(np.float64) @ matrix).astype(x.dtype)
+        views.append(np.concatenate([warped, x[:, bins:]], axis=1))
+    return views

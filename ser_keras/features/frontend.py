@@ -6,7 +6,8 @@ unseen in training is normalised with statistics of all of their speech); ``tran
 normalises each utterance as a served single recording is (no speaker context: the pooled
 training statistics, ``normalize.serving_normalization``); ``transform_warped`` makes the
 frequency-warped training versions (``features.augment``), each (speaker, factor) a speaker of
-its own.
+its own; ``transform_views`` gives the test-time views (``features.test_warp_factors``) a model
+is scored on, plain first.
 
 It owns its saved state: ``save(fold_dir)`` writes the normaliser's arrays (per-speaker
 statistics included) and the arrays the export bakes into its graph (pooled normalisation
@@ -23,7 +24,7 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
 from ser_keras.features.level import maybe_level_normalize
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
@@ -106,10 +107,25 @@ class FittedFrontEnd:
     def transform_serving(self, features: list) -> list:
         """Each utterance on its own, without speaker context, normalised as the export's
         ``serve`` does (the pooled training statistics), then projected."""
-        out = self.normalizer.transform(features, None)
-        if self.pca is not None:
-            out = self.pca.transform(out)
-        return out
+        return self.transform(features, None)
+
+    def transform_views(self, features: list, speakers: typing.Optional[list], feature_config) -> list:
+        """The test-time views of `features` as a model is scored on them: one list per view,
+        the plain one first (``transform``'s), then one per ``feature_config.test_warp_factors``
+        entry with the normalised log-power bins warped (``features.augment.warped_views``)
+        before the PCA. `speakers` as for ``transform`` (None: as served, pooled statistics)."""
+        if len(features) == 0:
+            return [[]]
+        return self.project_views(self.normalizer.transform(features, speakers), feature_config)
+
+    def project_views(self, normalised: list, feature_config) -> list:
+        """``transform_views`` of utterances already normalised (by any statistics)."""
+        bins = int(feature_config.n_bins)
+        matrices = [warp_matrix(bins, factor)
+                    for factor in check_factors(feature_config.test_warp_factors, "test_warp_factors")]
+        per_utterance = [warped_views(x, bins, matrices) for x in normalised]
+        views = [[item[view] for item in per_utterance] for view in range(len(matrices) + 1)]
+        return [self.pca.transform(view) if self.pca is not None else view for view in views]
 
     def transform_warped(self, features: list, speakers: list, feature_config) -> list:
         """The frequency-warped copies of `features`: one block per

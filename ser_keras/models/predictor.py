@@ -1,4 +1,5 @@
-"""Class probabilities of a Keras model over a dataset, traced once for every batch shape."""
+"""Class probabilities of a Keras model over a dataset, traced once for every batch shape, and
+their mean over the test-time views of the same utterances."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def make_predictor(model: keras.Model):
 
     _PREDICTORS[model] = predict
     return predict
+
+
+def predict_views(predict, views) -> np.ndarray:
+    """Class probabilities averaged over test-time views: `views` is one dataset or a list of
+    datasets (the same utterances in the same order, one per view: ``features.test_warp_factors``);
+    `predict` is ``make_predictor(model)``."""
+    if not isinstance(views, (list, tuple)):
+        return predict(views)
+    return np.mean([predict(view) for view in views], axis=0)

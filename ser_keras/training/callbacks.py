@@ -36,7 +36,7 @@ import numpy as np
 
 from ser_keras.errors import SerKerasError
 from ser_keras import metrics as metrics_lib
-from ser_keras.models.predictor import make_predictor
+from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.rundir import FoldDir
 from ser_keras.training.confusion_image import confusion_image
 
@@ -47,7 +47,9 @@ class ValidationMetrics(keras.callbacks.Callback):
     """Per-epoch confusion matrix, WA and UA on the validation data.
 
     Args:
-        dataset: a `tf.data.Dataset` (or array) of validation inputs; labels in it are ignored.
+        dataset: a `tf.data.Dataset` (or array) of validation inputs, or a list of them, one
+            per test-time view of the same utterances (their probabilities are averaged, as the
+            test is scored); labels in it are ignored.
         y_true: int array of the validation labels, in dataset order.
         labels: class names, index-aligned with the model's outputs.
         log_dir: TensorBoard directory for this fold (None: no TensorBoard output).
@@ -79,7 +81,7 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         if self._predict is None:
             self._predict = make_predictor(self.model)
-        probabilities = self._predict(self.dataset)
+        probabilities = predict_views(self._predict, self.dataset)
         y_pred = probabilities.argmax(axis=-1)
         cm = metrics_lib.confusion_matrix(self.y_true, y_pred, len(self.labels))
         picked = probabilities[np.arange(len(self.y_true)), self.y_true]

@@ -109,10 +109,15 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     started = time.time()
     previous = elapsed_seconds(fold_dir)
     frontend = fold_frontend(context, fold_dir, train)
-    x = {name: frontend.transform(*context.part(part)) for name, part in
-         (("train", train), ("validation", validation), ("test", test))}
+    feature_config = context.config.features
+    # What a model is scored on: the test-time views of the utterances (features.
+    # test_warp_factors), plain first; x[name] is the plain view.
+    views = {name: frontend.transform_views(*context.part(part), feature_config) for name, part in
+             (("validation", validation), ("test", test))}
     if reports_serving(context.config) and len(test):
-        x["serving"] = frontend.transform_serving(context.part(test)[0])
+        views["serving"] = frontend.transform_views(context.part(test)[0], None, feature_config)
+    x = {"train": frontend.transform(*context.part(train)), **{name: v[0] for name, v in views.items()},
+         "views": views}
     if uses_pca(context.config):
         # The other versions of the training utterances a training epoch draws from (or, with
         # warp_mode copies, trains on as well): frequency-warped ones and, with

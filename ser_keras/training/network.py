@@ -30,7 +30,7 @@ from ser_keras.data.pipeline import epoch_steps, make_dataset
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
 from ser_keras.models import build_model, compile_model, sequence_channels
-from ser_keras.models.predictor import make_predictor
+from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.rundir import FoldDir, RunDir, atomic_write_text
 from ser_keras.training import callbacks
 from ser_keras.training.distribute import patch_for_multi_worker
@@ -54,8 +54,11 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
         dim = sequence_channels(config, x["train"][0].shape[-1])
         kernels = _sae_kernels(context, fold_dir, [f[:, :dim] for f in x["train"]], seed)
     batch = int(config.train.batch_size)
-    validation_ds = make_dataset(x["validation"], None, batch, training=False, seed=seed) \
-        if len(validation) else None
+
+    def datasets(views: list) -> list:  # one per test-time view (features.test_warp_factors)
+        return [make_dataset(view, None, batch, training=False, seed=seed) for view in views]
+
+    validation_ds = datasets(x["views"]["validation"]) if len(validation) else None
     title = f"{config.data.corpus} {config.model.experiment} {fold.name}"
     tensorboard_dir = RunDir(context.run_dir).tensorboard(config.data.corpus, fold.name)
     model, resumed_at = _fit_network(context, fold_dir, fold_dir, kernels,
@@ -77,13 +80,12 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
             None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
     model.save(fold_dir.keras_model)
     if len(test):
-        probabilities = make_predictor(model)(make_dataset(x["test"], None, batch, training=False, seed=seed))
+        probabilities = predict_views(make_predictor(model), datasets(x["views"]["test"]))
     else:  # protocol "all": nothing to test
         probabilities = np.zeros((0, len(context.labels)), np.float32)
     serving = {}
-    if "serving" in x:  # the same model on single recordings, normalised as the export's serve does
-        serving_ds = make_dataset(x["serving"], None, batch, training=False, seed=seed)
-        serving["serving_probabilities"] = make_predictor(model)(serving_ds)
+    if "serving" in x["views"]:  # the same model on single recordings, normalised as serve does
+        serving["serving_probabilities"] = predict_views(make_predictor(model), datasets(x["views"]["serving"]))
     return {
         "probabilities": probabilities,
         "predicted": probabilities.argmax(axis=1),
