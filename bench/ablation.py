@@ -33,6 +33,8 @@ LEVERS = {
     "refit": ["train.refit=true"],
     "no_ema": ["train.ema_momentum=null"],
     "ema": ["train.ema_momentum=0.95"],
+    "no_test_warps": ["features.test_warp_factors=[]"],
+    "test_warps": ["features.test_warp_factors=[0.9,1.1]"],
 }
 
 

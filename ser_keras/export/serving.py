@@ -182,6 +182,8 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "level_normalization": bool(p.level_normalization),
         # feature_dim counts them: n_bins + 2 (the last two columns of mean/std are theirs).
         "pitch_channels": list(PITCH_CHANNELS) if p.pitch_channels else [],
+        # Every endpoint averages the model's outputs over these views (features.test_warp_factors).
+        "test_warp_factors": list(p.test_warp_factors),
         "speech": {"threshold_dbfs": p.speech_threshold_dbfs, "min_contrast_db": p.speech_min_contrast_db,
                    "min_ms": p.speech_min_ms,
                    "rule": "speech when at least min_ms long, the mean power of the loudest fifth of the "
