@@ -135,8 +135,8 @@ class FeatureConfig:
     # Test-time views (spectrogram models): every recording is also scored with its normalised
     # log-power bins warped by each of these factors (the warp of `warp_factors`, applied after
     # the normalisation and before the PCA), and the probabilities (and attention) of all views
-    # are averaged, in validation, testing, predict and the export alike. [] scores the
-    # recording as it is. experiments/exp5.yaml sets [0.9, 1.1] (README, Results).
+    # are averaged, in validation, testing, predict and the export alike. [] (default) scores the
+    # recording as it is; [0.9, 1.1] (the training warps) measured in README, Results.
     test_warp_factors: typing.List[float] = field(default_factory=list)
     # Speaker-normalised models: also train on every training utterance normalised as a single
     # served recording is (the pooled training statistics, no speaker context), as one more
