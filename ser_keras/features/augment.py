@@ -43,12 +43,18 @@ def warp_frequency(spectrogram: np.ndarray, factor: float) -> np.ndarray:
     x = np.asarray(spectrogram, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"warp_frequency: expected (frames, bins), got shape {x.shape}")
-    bins = x.shape[1]
+    low, high, weight = _interpolation(x.shape[1], factor)
+    weight = weight.astype(np.float32)
+    return x[:, low] * (1.0 - weight) + x[:, high] * weight
+
+
+def _interpolation(bins: int, factor: float) -> tuple:
+    """(low, high, weight) of every output bin: it reads input bins low and high, weighted
+    1 - weight and weight (the source position k / factor, capped at the top bin)."""
     source = np.minimum(np.arange(bins, dtype=np.float64) / float(factor), bins - 1)
     low = np.floor(source).astype(np.int64)
     high = np.minimum(low + 1, bins - 1)
-    weight = (source - low).astype(np.float32)
-    return x[:, low] * (1.0 - weight) + x[:, high] * weight
+    return low, high, source - low
 
 
 def warped_speaker(speaker, factor: float) -> str:
@@ -59,10 +65,7 @@ def warped_speaker(speaker, factor: float) -> str:
 def warp_matrix(bins: int, factor: float) -> np.ndarray:
     """``(bins, bins)`` float64 matrix M with ``x @ M == warp_frequency(x, factor)`` (up to
     rounding): column k holds the interpolation weights of bin k of the warped spectrum."""
-    source = np.minimum(np.arange(bins, dtype=np.float64) / float(factor), bins - 1)
-    low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, bins - 1)
-    weight = source - low
+    low, high, weight = _interpolation(bins, factor)
     matrix = np.zeros((bins, bins))
     columns = np.arange(bins)
     np.add.at(matrix, (low, columns), 1.0 - weight)
