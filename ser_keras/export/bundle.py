@@ -170,8 +170,8 @@ class FoldModel:
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:
         """Model input of a waveform: front end, normalisation, PCA (NumPy): ``(frames, k)``, or
-        with test-time views ``(frames, views * k)``, the views side by side (``score`` takes
-        either).
+        with test-time views ``(frames, views * k)``, the views side by side (as ``score`` takes
+        them).
 
         `stats`: (mean, std) of the speaker to normalise with; None: the pooled statistics, as
         the export's ``serve`` does.
@@ -191,7 +191,7 @@ class FoldModel:
                 lambda x: call_network(self.network(), x),
                 input_signature=[tf.TensorSpec([None, None, self.params.output_dim], tf.float32)])
         batch = np.asarray(batch, np.float32)
-        views = self.params.n_views if batch.shape[-1] != self.params.output_dim else 1
+        views = self.params.n_views
         # Every view in one call, stacked on the batch axis.
         stacked = np.concatenate(fe.split_views(batch, views), axis=0)
         outputs = self._compiled(stacked)

@@ -17,6 +17,8 @@ spread), and the export computes them with one matrix product per view.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ser_keras.errors import SerKerasError
@@ -62,14 +64,17 @@ def warped_speaker(speaker, factor: float) -> str:
     return f"{speaker}@warp{factor:g}"
 
 
+@functools.lru_cache(maxsize=16)
 def warp_matrix(bins: int, factor: float) -> np.ndarray:
     """``(bins, bins)`` float64 matrix M with ``x @ M == warp_frequency(x, factor)`` (up to
-    rounding): column k holds the interpolation weights of bin k of the warped spectrum."""
+    rounding): column k holds the interpolation weights of bin k of the warped spectrum.
+    Read-only and cached: serving a recording window by window asks for it at every window."""
     low, high, weight = _interpolation(bins, factor)
     matrix = np.zeros((bins, bins))
     columns = np.arange(bins)
     np.add.at(matrix, (low, columns), 1.0 - weight)
     np.add.at(matrix, (high, columns), weight)
+    matrix.setflags(write=False)
     return matrix
 
 

@@ -116,8 +116,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
              (("validation", validation), ("test", test))}
     if reports_serving(context.config) and len(test):
         views["serving"] = frontend.transform_views(context.part(test)[0], None, feature_config)
-    x = {"train": frontend.transform(*context.part(train)), **{name: v[0] for name, v in views.items()},
-         "views": views}
+    x = {"train": frontend.transform(*context.part(train)), "validation": views["validation"][0],
+         "test": views["test"][0], "views": views}
     if uses_pca(context.config):
         # The other versions of the training utterances a training epoch draws from (or, with
         # warp_mode copies, trains on as well): frequency-warped ones and, with
