@@ -35,6 +35,9 @@ LEVERS = {
     "ema": ["train.ema_momentum=0.95"],
     "no_test_warps": ["features.test_warp_factors=[]"],
     "test_warps": ["features.test_warp_factors=[0.9,1.1]"],
+    "no_masks": ["train.time_masks=0", "train.channel_masks=0"],
+    "masks": ["train.time_masks=2", "train.time_mask_frames=20", "train.channel_masks=2",
+              "train.channel_mask_width=8"],
 }
 
 

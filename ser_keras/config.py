@@ -288,6 +288,14 @@ class TrainConfig:
     # optimizer EMA, updated every step with this momentum; its horizon is about
     # 1 / (1 - momentum) steps) instead of the last step's weights. None: off.
     ema_momentum: typing.Optional[float] = None
+    # Networks: SpecAugment-style masks on every training utterance, drawn afresh every epoch
+    # (data.pipeline.SpecMasks): `time_masks` spans of 0 to `time_mask_frames` frames and
+    # `channel_masks` spans of 0 to `channel_mask_width` input channels set to the normalised
+    # mean. 0: off.
+    time_masks: int = 0
+    time_mask_frames: int = 0
+    channel_masks: int = 0
+    channel_mask_width: int = 0
 
 
 @dataclass
@@ -446,6 +454,10 @@ _BOUNDS = {
     "model.statistics_units": (lambda v: v >= 0, ">= 0"),
     "model.svm_cv_folds": (lambda v: v >= 2, ">= 2"),
     "train.validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.time_masks": (lambda v: v >= 0, ">= 0"),
+    "train.time_mask_frames": (lambda v: v >= 0, ">= 0"),
+    "train.channel_masks": (lambda v: v >= 0, ">= 0"),
+    "train.channel_mask_width": (lambda v: v >= 0, ">= 0"),
     "runtime.jobs": (lambda v: v >= 1, ">= 1"),
 }
 
@@ -484,6 +496,9 @@ def _validate(config: Config) -> None:
     if features.test_warp_factors and model.input_features != "spectrogram":
         raise SerKerasError("features.test_warp_factors: test-time views warp the spectrogram; "
                             f"{model.experiment} reads {model.input_features} features")
+    if model.classifier == "svm" and (train.time_masks or train.channel_masks):
+        raise SerKerasError(f"train.time_masks / channel_masks: mask a network's input frames; "
+                            f"{model.experiment} is an SVM on functionals")
     if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
         raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:

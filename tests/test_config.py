@@ -131,6 +131,7 @@ def test_resume_compares_everything_but_the_runtime_section():
     ("runtime.strategy=tpu", r"^runtime\.strategy: 'tpu' is not one of default, mirrored, multi-worker$"),
     ("train.validation_split=half", r"^train\.validation_split: 'half' is not one of auto"),
     ("train.ema_momentum=1.0", r"^train\.ema_momentum: must be in \(0, 1\) \(or null\), got 1\.0$"),
+    ("train.time_mask_frames=-1", r"^train\.time_mask_frames: must be >= 0, got -1$"),
 ])
 def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, message):
     with pytest.raises(SerKerasError, match=message) as info:
@@ -142,6 +143,11 @@ def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, 
 def test_test_time_views_need_a_spectrogram(experiment):
     with pytest.raises(SerKerasError, match=r"^features\.test_warp_factors: test-time views warp the spectrogram"):
         load_config(experiment=experiment, overrides=["features.test_warp_factors=[0.9]"])
+
+
+def test_masks_are_for_networks():
+    with pytest.raises(SerKerasError, match=r"^train\.time_masks / channel_masks: mask a network's input frames"):
+        load_config(experiment="exp1", overrides=["train.time_masks=2"])
 
 
 def test_the_cli_offers_the_choices_the_config_allows():

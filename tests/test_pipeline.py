@@ -5,7 +5,8 @@ import pytest
 
 import keras  # a required dependency: a broken install fails, never skips
 
-from ser_keras.data.pipeline import ZERO_FRAME_EPSILON, make_dataset, patch_dataset, sample_patches  # noqa: E402
+from ser_keras.data.pipeline import (ZERO_FRAME_EPSILON, SpecMasks, make_dataset, patch_dataset,  # noqa: E402
+                                     sample_patches)
 from ser_keras.errors import SerKerasError  # noqa: E402
 
 D = 4
@@ -89,6 +90,44 @@ def test_variants_show_each_utterance_once_per_epoch_as_a_drawn_version():
         make_dataset(features[:59], labels, batch_size=4, training=True, seed=3, variants=3)
     with pytest.raises(ValueError, match="variants"):
         make_dataset(features, None, batch_size=4, training=False, seed=3, variants=3)
+
+
+def test_spec_masks_zero_spans_keep_frames_and_repeat_for_seed_and_epoch():
+    """SpecAugment-style masks: within each utterance, masked frames are 0 but for the guard
+    in channel 0 (still frames to the model's mask), masked channels are 0 in every frame, spans
+    stay within the widths; draws change between epochs and utterances, and a run resumed at
+    epoch 1 sees the masks an uninterrupted one sees there."""
+    dim = 12
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(int(t), dim)).astype(np.float32) + 5.0 for t in rng.integers(30, 60, size=8)]
+    labels = np.arange(8)
+    masks = SpecMasks(time=2, time_width=6, channel=1, channel_width=3)
+
+    def epochs(start, stop):
+        dataset = make_dataset(features, labels, batch_size=4, training=True, seed=3, epochs=range(start, stop),
+                               masks=masks)
+        return [(x[i, :len(features[y[i]])], int(y[i])) for x, y in batches(dataset) for i in range(len(y))]
+
+    seen = epochs(0, 2)
+    patterns = []
+    for x, index in seen:
+        original = features[index]
+        zero = x == 0.0
+        frames = zero[:, 1:].all(axis=1)
+        channels = zero[~frames].all(axis=0)  # masked frames hold the guard in channel 0
+        assert 0 < frames.sum() + channels.sum() and frames.sum() <= 2 * 6 and channels.sum() <= 3
+        np.testing.assert_array_equal(x[frames, 0], np.float32(ZERO_FRAME_EPSILON))
+        kept = ~frames[:, None] & ~channels[None, :]
+        np.testing.assert_array_equal(x[kept], original[kept])  # nothing else touched
+        assert keras.layers.Masking(0.0).compute_mask(x[None]).numpy().all()
+        patterns.append((index, frames.tobytes(), channels.tobytes()))
+    first, second = patterns[:8], patterns[8:]
+    assert len({p[1:] for p in first}) > 1  # utterances get different masks
+    assert sorted(first) != sorted(second)  # a fresh draw every epoch
+    resumed = epochs(1, 2)
+    assert all(np.array_equal(a, b) and i == j for (a, i), (b, j) in zip(resumed, seen[8:]))
+    with pytest.raises(ValueError, match="masks"):
+        make_dataset(features, labels, batch_size=4, training=True, seed=3, masks=masks)
 
 
 def test_max_frames_centre_crop():

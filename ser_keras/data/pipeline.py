@@ -20,6 +20,10 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
   (shuffle and version draws) a pure function of (seed, epoch) — so a run resumed at epoch k
   (``range(k, n)``) sees exactly the batches an uninterrupted one sees from epoch k on. Pass
   ``steps_per_epoch=epoch_steps(...)`` to ``fit`` (the dataset is not one epoch long).
+- ``masks``: training only (with ``epochs``): SpecAugment-style masks (``SpecMasks``), a fresh
+  draw for every utterance of every epoch from (seed, epoch, position): spans of frames and of
+  channels set to 0, the normalised mean. A masked frame keeps ``ZERO_FRAME_EPSILON`` in its
+  first channel, so the model's mask still counts it as a frame (masked, not cut out).
 - ``prefetch`` last.
 
 The arrays are concatenated into one tensor and each element is a slice of it, so the dataset
@@ -41,6 +45,53 @@ import tensorflow as tf
 from ser_keras.errors import SerKerasError
 
 ZERO_FRAME_EPSILON = 1e-6
+
+
+class SpecMasks(typing.NamedTuple):
+    """SpecAugment-style masks for a training utterance: `time` spans of 0 to `time_width`
+    frames and `channel` spans of 0 to `channel_width` feature channels, each at a uniform
+    random position (spans may overlap)."""
+
+    time: int = 0
+    time_width: int = 0
+    channel: int = 0
+    channel_width: int = 0
+
+    @property
+    def active(self) -> bool:
+        return (self.time > 0 and self.time_width > 0) or (self.channel > 0 and self.channel_width > 0)
+
+
+def _mask_spans(count: int, width: int, size, seed) -> tf.Tensor:
+    """(size,) bool: True inside any of `count` spans of 0..width positions, seeded statelessly."""
+    size = tf.cast(size, tf.int64)
+    fold_in = tf.random.experimental.stateless_fold_in
+    widths = tf.random.stateless_uniform([count], seed=fold_in(seed, 0), minval=0, maxval=width + 1,
+                                         dtype=tf.int64)
+    widths = tf.minimum(widths, size)
+    uniform = tf.random.stateless_uniform([count], seed=fold_in(seed, 1))
+    starts = tf.cast(tf.floor(uniform * tf.cast(size - widths + 1, tf.float32)), tf.int64)
+    positions = tf.range(size)[None, :]
+    inside = (positions >= starts[:, None]) & (positions < (starts + widths)[:, None])
+    return tf.reduce_any(inside, axis=0)
+
+
+def apply_masks(x: tf.Tensor, masks: SpecMasks, seed) -> tf.Tensor:
+    """`x` (frames, D) with `masks` drawn from the stateless `seed` (shape [2], int64): masked
+    cells 0, and every masked frame's first channel ZERO_FRAME_EPSILON (it stays a frame)."""
+    seed = tf.cast(seed, tf.int64)
+    frames, dim = tf.shape(x, out_type=tf.int64)[0], tf.shape(x, out_type=tf.int64)[1]
+    keep = tf.ones_like(x, dtype=tf.bool)
+    if masks.time > 0 and masks.time_width > 0:
+        keep &= ~_mask_spans(masks.time, masks.time_width, frames,
+                             tf.random.experimental.stateless_fold_in(seed, 0))[:, None]
+    if masks.channel > 0 and masks.channel_width > 0:
+        keep &= ~_mask_spans(masks.channel, masks.channel_width, dim,
+                             tf.random.experimental.stateless_fold_in(seed, 1))[None, :]
+    masked = tf.where(keep, x, tf.zeros_like(x))
+    empty = ~tf.reduce_any(tf.not_equal(masked, 0.0), axis=1)
+    guard = tf.one_hot(tf.zeros([frames], tf.int32), tf.cast(dim, tf.int32), on_value=ZERO_FRAME_EPSILON)
+    return tf.where(empty[:, None], guard, masked)
 
 
 def _prepare(features: typing.Sequence[np.ndarray], max_frames: typing.Optional[int]) -> tuple:
@@ -86,6 +137,7 @@ def make_dataset(
     drop_remainder: bool = False,
     variants: int = 1,
     epochs: typing.Optional[typing.Sequence[int]] = None,
+    masks: typing.Optional[SpecMasks] = None,
 ) -> tf.data.Dataset:
     """Padded batches of utterances.
 
@@ -106,6 +158,8 @@ def make_dataset(
         epochs: training only: the epoch indices (e.g. ``range(start, stop)``) this dataset
             covers, back to back; each epoch's shuffle and draws depend on (seed, epoch) only.
             None: one pass is one epoch, reshuffled (a seeded stream) on every pass.
+        masks: training only, with `epochs`: SpecAugment-style masks drawn afresh for every
+            utterance of every epoch (a function of seed, epoch and position in the epoch).
 
     Returns:
         tf.data.Dataset of ``(x, y)`` (or ``x`` when labels is None) with x
@@ -133,9 +187,16 @@ def make_dataset(
 
     starts, lengths = tf.constant(starts), tf.constant(lengths)
 
-    def take(index, *label):
+    masking = masks is not None and masks.active
+    if masking and (epochs is None or not training):
+        raise ValueError("make_dataset: masks= needs training data with epochs=")
+
+    def take(index, *rest):
         x = table[starts[index]:starts[index] + lengths[index]]
-        return (x, label[0]) if label else x
+        if masking:
+            label, mask_seed = rest
+            return apply_masks(x, masks, mask_seed), label
+        return (x, rest[0]) if rest else x
 
     x_shape = tf.TensorShape([None, dim])
     padded_shapes = (x_shape, tf.TensorShape([])) if labels is not None else x_shape
@@ -171,7 +232,13 @@ def make_dataset(
                 draws = tf.random.stateless_uniform([count], seed=tf.stack([int(seed), -1 - epoch]),
                                                     minval=0, maxval=variants, dtype=tf.int64)
                 chosen = order + count * draws
-            return batch(tf.data.Dataset.from_tensor_slices((chosen, tf.gather(label_table, order))))
+            elements = (chosen, tf.gather(label_table, order))
+            if masking:  # (seed, -1e9 - epoch * count - position) never meets the seeds above
+                positions = tf.range(count, dtype=tf.int64)
+                mask_seeds = tf.stack([tf.fill([count], tf.constant(int(seed), tf.int64)),
+                                       -1_000_000_000 - epoch * count - positions], axis=1)
+                elements += (mask_seeds,)
+            return batch(tf.data.Dataset.from_tensor_slices(elements))
 
         dataset = tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), np.int64)).flat_map(one_epoch)
         return dataset.prefetch(tf.data.AUTOTUNE)

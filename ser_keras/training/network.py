@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ser_keras.config import Config
-from ser_keras.data.pipeline import epoch_steps, make_dataset
+from ser_keras.data.pipeline import SpecMasks, epoch_steps, make_dataset
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
 from ser_keras.models import build_model, compile_model, sequence_channels
@@ -152,7 +152,9 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
     last = start if checkpoint.stopped else max(int(epochs), start)
     steps = epoch_steps(len(labels), int(config.train.batch_size))
     train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
-                            max_frames=config.features.max_frames, variants=variants, epochs=range(start, last))
+                            max_frames=config.features.max_frames, variants=variants, epochs=range(start, last),
+                            masks=SpecMasks(config.train.time_masks, config.train.time_mask_frames,
+                                            config.train.channel_masks, config.train.channel_mask_width))
     fit_kwargs = {}
     weights = _class_weights(config, labels, n_classes)
     if weights is not None:
