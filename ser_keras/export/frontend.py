@@ -21,7 +21,8 @@ raw waveform. The definitions are the same, step by step:
 5b. with ``test_warp_factors``: the test-time views, the normalised log-power bins times each
    factor's warp matrix (``features.augment.warped_views``), the plain frames first;
 6. ``(x - pca_mean) @ pca_components`` of every view, the views side by side on the last axis
-   (``[..., views * k]``; ``split_views`` takes them apart, ``n_views`` of them).
+   (``[..., views * k]``; ``split_views`` takes them apart, ``n_views`` of them). The graph
+   does 5b and 6 in one product (``FrontEndParams.view_projection``: the warps are linear).
 
 ``tf_speech_flags`` is the twin of ``features.level.has_speech`` (the export's ``speech`` output).
 
@@ -114,6 +115,21 @@ class FrontEndParams:
 
     def warp_matrices(self) -> list:
         return [warp_matrix(self.n_bins, factor) for factor in self.test_warp_factors]
+
+    def view_projection(self) -> tuple:
+        """(W ``(input_dim, n_views * k)``, offset ``(n_views * k,)``), float64, with
+        ``x @ W - offset`` equal to every view's ``(view - pca_mean) @ pca_components`` side by
+        side: the warp is linear, so a view's PCA is one product with ``M @ pca_components``
+        (the warp acting on the bins, the pitch columns unchanged)."""
+        if self.pca_components is None:  # views are for spectrogram models, which have a PCA
+            raise SerKerasError("test-time views need the front end's PCA")
+        blocks = [self.pca_components]
+        for matrix in self.warp_matrices():
+            warped = np.array(self.pca_components, dtype=np.float64)
+            warped[:self.n_bins] = matrix @ self.pca_components[:self.n_bins]
+            blocks.append(warped)
+        offset = self.pca_mean @ self.pca_components
+        return np.concatenate(blocks, axis=1), np.tile(offset, len(blocks))
 
     def frame_count(self, n_samples: int) -> int:
         """Frames the front end makes of ``n_samples`` samples (at least one)."""
@@ -284,14 +300,14 @@ def tf_apply_stats(features, params: FrontEndParams, stats=None):
     shape = tf.shape(x)
     # (B, T, D) @ (D, k) as one 2-D matmul: the fastest form on CPU.
     flat = tf.reshape(x, [-1, params.input_dim])
-    views = [flat]
-    for matrix in params.warp_matrices():
-        warped = tf.linalg.matmul(flat[:, : params.n_bins], tf.constant(matrix, tf.float32))
-        views.append(tf.concat([warped, flat[:, params.n_bins:]], axis=1))
-    if params.pca_components is not None:
-        views = [tf.linalg.matmul(view - tf.constant(params.pca_mean, tf.float32),
-                                  tf.constant(params.pca_components, tf.float32)) for view in views]
-    flat = views[0] if len(views) == 1 else tf.concat(views, axis=1)
+    if params.n_views > 1:
+        # Every view's warp and PCA folded into one matrix (`view_projection`): one product,
+        # and a (D, views * k) constant in the graph instead of a (bins, bins) one per view.
+        weights, offset = params.view_projection()
+        flat = tf.linalg.matmul(flat, tf.constant(weights, tf.float32)) - tf.constant(offset, tf.float32)
+    elif params.pca_components is not None:
+        flat = tf.linalg.matmul(flat - tf.constant(params.pca_mean, tf.float32),
+                                tf.constant(params.pca_components, tf.float32))
     return tf.reshape(flat, [shape[0], shape[1], params.n_views * params.output_dim])
 
 

@@ -349,7 +349,10 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         saved.rmdir()
         labels_path.unlink()
         fold_dir = FoldDir(bundle.fold_dir)
-        shutil.copyfile(fold_dir.keras_model, staging / KERAS_MODEL_FILE)
+        # Saved from the model as loaded (compile=False), not copied: the fold's file also holds
+        # the optimizer's slots and moving average, several times the weights, which nothing
+        # that reads an export uses.
+        bundle.model.save(staging / KERAS_MODEL_FILE)
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
