@@ -138,6 +138,11 @@ class FeatureConfig:
     # are averaged, in validation, testing, predict and the export alike. [] (default) scores the
     # recording as it is; [0.9, 1.1] (the training warps) measured in README, Results.
     test_warp_factors: typing.List[float] = field(default_factory=list)
+    # Spectrogram models' training augmentation: one version of every training utterance per
+    # factor played that many times as fast (features.augment.change_tempo: the frames
+    # resampled in time, spectrum and pitch unchanged), normalised as its own speaker, used
+    # beside the warped ones as warp_mode says. [] (default) adds none.
+    tempo_factors: typing.List[float] = field(default_factory=list)
     # Speaker-normalised models: also train on every training utterance normalised as a single
     # served recording is (the pooled training statistics, no speaker context), as one more
     # version beside the warped ones (drawn or copied per warp_mode), so the served model has
@@ -489,7 +494,7 @@ def _validate(config: Config) -> None:
                             f"features.f0_max_hz ({features.f0_max_hz})")
     if features.level_floor_db is not None and features.level_floor_db <= 0:
         raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
-    for name in ("warp_factors", "test_warp_factors"):
+    for name in ("warp_factors", "test_warp_factors", "tempo_factors"):
         for factor in getattr(features, name):
             if not 0.5 <= factor <= 2.0 or factor == 1.0:
                 raise SerKerasError(f"features.{name}: {factor} must be in [0.5, 2] and not 1")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
+from ser_keras.features.augment import (change_tempo, check_factors, warp_frequency, warp_matrix,
+                                        warped_speaker, warped_views)
 
 
 def test_warping_moves_a_spectral_peak_by_the_factor():
@@ -39,6 +40,42 @@ def test_the_warp_is_a_matrix_and_views_warp_the_bins_only():
         assert view.shape == with_pitch.shape and view.dtype == np.float32
         np.testing.assert_allclose(view[:, :256], warp_frequency(frames, factor), atol=1e-5)
         np.testing.assert_array_equal(view[:, 256:], with_pitch[:, 256:])
+
+
+def test_tempo_change_resamples_the_frames_in_time():
+    """Played 1.25 times as fast: 4/5 of the frames, a ramp in time stays a ramp over the same
+    range (every channel alike); slower: more frames; never fewer than one."""
+    ramp = np.tile(np.arange(100, dtype=np.float32)[:, None], (1, 3))
+    fast, slow = change_tempo(ramp, 1.25), change_tempo(ramp, 0.8)
+    assert fast.shape == (80, 3) and slow.shape == (125, 3) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast[:, 0], np.arange(80) * 1.25, atol=1e-5)
+    np.testing.assert_array_equal(fast[:, 0], fast[:, 2])
+    assert slow[-1, 0] == 99.0 and slow[1, 0] == np.float32(0.8)
+    assert change_tempo(ramp[:1], 1.5).shape == (1, 3)
+
+
+def test_tempo_versions_follow_the_warped_ones(tmp_path):
+    """features.tempo_factors adds one block of training versions per factor after the warped
+    ones: each utterance resampled in time, normalised with its own speaker's statistics."""
+    from ser_keras.config import load_config
+    from ser_keras.features.frontend import FittedFrontEnd
+
+    rng = np.random.default_rng(0)
+    features = [rng.normal(-5, 2, size=(int(n), 256)).astype(np.float32) for n in rng.integers(40, 80, 8)]
+    speakers, labels = ["a", "b"] * 4, ["x", "y"] * 4
+    config = load_config(experiment="exp4", overrides=["features.warp_factors=[0.9]", "features.pca_components=8",
+                                                       "features.tempo_factors=[0.8,1.25]"])
+    frontend = FittedFrontEnd.fit(config, features, labels, speakers)
+    versions = frontend.transform_versions(features, speakers, config)
+    assert len(versions) == 3 * len(features)
+    tempo = versions[len(features):]
+    expected = frontend.transform([change_tempo(x, 0.8) for x in features] + [change_tempo(x, 1.25) for x in features],
+                                  speakers * 2)
+    for got, want, x in zip(tempo, expected, features * 2):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert [len(v) for v in tempo] == [round(len(x) / 0.8) for x in features] + [round(len(x) / 1.25) for x in features]
+    with pytest.raises(SerKerasError, match="features.tempo_factors"):
+        load_config(experiment="exp4", overrides=["features.tempo_factors=[1.0]"])
 
 
 def test_fit_scores_every_test_time_view(tmp_path):

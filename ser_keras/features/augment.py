@@ -59,6 +59,22 @@ def _interpolation(bins: int, factor: float) -> tuple:
     return low, high, source - low
 
 
+def change_tempo(features: np.ndarray, factor: float) -> np.ndarray:
+    """`(frames, D)` features played `factor` times as fast: ``round(frames / factor)`` frames
+    (at least one), frame j linearly interpolated at input position ``j * factor`` (capped at
+    the last frame), every channel alike. Tempo perturbation: the speaking rate changes, the
+    spectrum of each frame and the pitch do not."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"change_tempo: expected (frames, D), got shape {x.shape}")
+    n_out = max(1, int(round(x.shape[0] / float(factor))))
+    source = np.minimum(np.arange(n_out, dtype=np.float64) * float(factor), x.shape[0] - 1)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, x.shape[0] - 1)
+    weight = (source - low).astype(np.float32)[:, None]
+    return x[low] * (1.0 - weight) + x[high] * weight
+
+
 def warped_speaker(speaker, factor: float) -> str:
     """The pseudo-speaker a warped copy is normalised as."""
     return f"{speaker}@warp{factor:g}"

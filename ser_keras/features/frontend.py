@@ -24,7 +24,8 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
+from ser_keras.features.augment import (change_tempo, check_factors, warp_frequency, warp_matrix,
+                                        warped_speaker, warped_views)
 from ser_keras.features.level import maybe_level_normalize
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
@@ -143,9 +144,13 @@ class FittedFrontEnd:
 
     def transform_versions(self, features: list, speakers: list, config) -> list:
         """The other training versions of `features`, in blocks in their order: the warped
-        ones and, with ``features.pooled_version`` on a speaker-normalised model, each
-        normalised as a single served recording is, so that the model learns both inputs."""
+        ones, the tempo-changed ones (``features.tempo_factors``) and, with
+        ``features.pooled_version`` on a speaker-normalised model, each normalised as a single
+        served recording is, so that the model learns both inputs."""
         versions = self.transform_warped(features, speakers, config.features)
+        for factor in check_factors(config.features.tempo_factors, "tempo_factors"):
+            # The same speaker at another speaking rate: normalised with that speaker's statistics.
+            versions += self.transform([change_tempo(x, factor) for x in features], speakers)
         if config.features.pooled_version and reports_serving(config):
             versions += self.transform_serving(features)
         return versions
