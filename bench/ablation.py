@@ -38,6 +38,7 @@ LEVERS = {
     "no_masks": ["train.time_masks=0", "train.channel_masks=0"],
     "masks": ["train.time_masks=2", "train.time_mask_frames=20", "train.channel_masks=2",
               "train.channel_mask_width=8"],
+    "tempo": ["features.tempo_factors=[0.9,1.1]"],
 }
 
 
