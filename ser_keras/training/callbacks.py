@@ -283,7 +283,10 @@ class AveragedWeights(keras.callbacks.Callback):
         super().__init__()
         self.checkpoint = checkpoint
         self._swapped = False
-        self._average = None
+        self._has_average = False
+        self._swapper = None
+        self._kept = None
+        self._swap_kept_init = None
 
     def _pairs(self) -> list:
         optimizer = self.model.optimizer
@@ -293,31 +296,49 @@ class AveragedWeights(keras.callbacks.Callback):
                                 "(compile it with train.ema_momentum)")
         return [(v, a) for v, a in zip(self.model.trainable_variables, averages) if a is not None]
 
-    def _swap(self) -> list:
-        """Exchange the model's weights and the optimizer's slot; returns the model's new ones."""
-        pairs = self._pairs()
-        in_model = [np.asarray(v) for v, _ in pairs]
-        in_slot = [np.asarray(a) for _, a in pairs]
-        for (variable, slot), old, new in zip(pairs, in_model, in_slot):
-            variable.assign(new)
-            slot.assign(old)
+    def _swap(self) -> None:
+        """Exchange the model's weights and the optimizer's slot, and keep a copy of the model's
+        new ones (``self._average`` after an epoch end). One graph call: assigning variable by
+        variable from Python took a sizeable share of a short epoch."""
+        if self._swapper is None:
+            import tensorflow as tf
+
+            # The TensorFlow variables behind Keras' (``.value``).
+            pairs = [(variable.value, slot.value) for variable, slot in self._pairs()]
+            kept = [tf.Variable(slot, trainable=False) for _, slot in pairs]
+
+            @tf.function
+            def swap():
+                # Reads and writes of one variable keep program order inside a tf.function.
+                for (variable, slot), copy in zip(pairs, kept):
+                    old = variable.read_value()
+                    variable.assign(slot.read_value())
+                    slot.assign(old)
+                    copy.assign(variable.read_value())
+
+            self._swapper, self._kept = swap, kept
+        self._swapper()
         self._swapped = not self._swapped
-        return in_slot
 
     def on_train_begin(self, logs=None):
         self._swapped = self.checkpoint.initial_epoch > 0
-        self._average = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
+        self._swapper = None
+        self._has_average = self._swapped
+        # Restored swapped (a resumed fold): the model holds the average already.
+        self._swap_kept_init = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._swapped:
             self._swap()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._average = self._swap()
+        self._swap()
+        self._has_average = True
 
     def on_train_end(self, logs=None):
-        if self._average is not None and self._swapped:
-            for (variable, _), averaged in zip(self._pairs(), self._average):
+        if self._has_average and self._swapped:
+            averages = self._swap_kept_init if self._swapper is None else [v.numpy() for v in self._kept]
+            for (variable, _), averaged in zip(self._pairs(), averages):
                 variable.assign(averaged)
 
 
