@@ -196,6 +196,29 @@ def test_export_of_trained_run_metadata(trained):
     assert meta["labels"] == results["labels"]
 
 
+def test_export_keras_model_holds_the_weights_without_optimizer_state(trained):
+    """The export's model.keras is the fold's model with the same weights, saved without the
+    optimizer's slots and moving average that the trained fold's own file keeps."""
+    import io
+    import zipfile
+
+    import h5py
+    import keras
+
+    def groups(path):
+        with zipfile.ZipFile(path) as archive:
+            return set(h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r").keys())
+
+    run_dir, export_dir = trained
+    fold_file = next((run_dir / "folds").glob("*/model.keras"))
+    assert "optimizer" in groups(fold_file) and "optimizer" not in groups(export_dir / "model.keras")
+    assert (export_dir / "model.keras").stat().st_size < fold_file.stat().st_size / 2
+    exported = keras.saving.load_model(export_dir / "model.keras", compile=False)
+    original = keras.saving.load_model(fold_file, compile=False)
+    for a, b in zip(exported.get_weights(), original.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_serve_speaker_parity_with_same_speaker_predict(parity, demo_files):
     """All recordings of one speaker: the export's serve_speaker (one padded batch per demo
     speaker, fresh TF-only process) vs in-process ``predict --same-speaker``."""

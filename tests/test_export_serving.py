@@ -52,35 +52,6 @@ def test_export_directory_layout(exp4_export):
     assert size <= 5 * 1024 * 1024
 
 
-def test_export_keras_model_holds_the_weights_without_optimizer_state(tmp_path, tiny_run):
-    """The export's model.keras is the fold's model with the same weights, saved without the
-    optimizer's slots that a trained fold's own file keeps (nothing that serves needs them)."""
-    import io
-    import zipfile
-
-    import h5py
-    import keras
-
-    def groups(path):
-        with zipfile.ZipFile(path) as archive:
-            return set(h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r").keys())
-
-    run_dir = tmp_path / "trained"
-    shutil.copytree(tiny_run("exp4"), run_dir)
-    fold_file = run_dir / "folds" / "fold_0" / "model.keras"
-    model = keras.saving.load_model(fold_file, compile=False)
-    model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="sparse_categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)  # as a trained fold's model has it
-    model.save(fold_file)
-    assert "optimizer" in groups(fold_file)
-    export_dir = serving.export_run(run_dir, tmp_path / "export")
-    assert "optimizer" not in groups(export_dir / "model.keras")
-    assert (export_dir / "model.keras").stat().st_size < fold_file.stat().st_size / 2
-    exported = keras.saving.load_model(export_dir / "model.keras", compile=False)
-    for a, b in zip(exported.get_weights(), model.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_labels_and_metadata_endpoints(exp4_loaded, exp4_export):
     out = exp4_loaded.labels()
     assert [s.decode() for s in out["labels"].numpy()] == list(LABELS)
