@@ -283,10 +283,9 @@ class AveragedWeights(keras.callbacks.Callback):
         super().__init__()
         self.checkpoint = checkpoint
         self._swapped = False
-        self._has_average = False
         self._swapper = None
         self._kept = None
-        self._swap_kept_init = None
+        self._restored_average = None
 
     def _pairs(self) -> list:
         optimizer = self.model.optimizer
@@ -297,9 +296,9 @@ class AveragedWeights(keras.callbacks.Callback):
         return [(v, a) for v, a in zip(self.model.trainable_variables, averages) if a is not None]
 
     def _swap(self) -> None:
-        """Exchange the model's weights and the optimizer's slot, and keep a copy of the model's
-        new ones (``self._average`` after an epoch end). One graph call: assigning variable by
-        variable from Python took a sizeable share of a short epoch."""
+        """Exchange the model's weights and the optimizer's slot, and copy the model's new ones
+        into ``self._kept`` (after an epoch end: the average). One graph call: assigning
+        variable by variable from Python took a sizeable share of a short epoch."""
         if self._swapper is None:
             import tensorflow as tf
 
@@ -323,9 +322,8 @@ class AveragedWeights(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._swapped = self.checkpoint.initial_epoch > 0
         self._swapper = None
-        self._has_average = self._swapped
         # Restored swapped (a resumed fold): the model holds the average already.
-        self._swap_kept_init = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
+        self._restored_average = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._swapped:
@@ -333,11 +331,11 @@ class AveragedWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._swap()
-        self._has_average = True
 
     def on_train_end(self, logs=None):
-        if self._has_average and self._swapped:
-            averages = self._swap_kept_init if self._swapper is None else [v.numpy() for v in self._kept]
+        # Swapped means the last swap was an epoch end's (or the fold was restored swapped).
+        if self._swapped:
+            averages = self._restored_average if self._swapper is None else [v.numpy() for v in self._kept]
             for (variable, _), averaged in zip(self._pairs(), averages):
                 variable.assign(averaged)
 
