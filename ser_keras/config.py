@@ -140,8 +140,8 @@ class FeatureConfig:
     test_warp_factors: typing.List[float] = field(default_factory=list)
     # Spectrogram models' training augmentation: one version of every training utterance per
     # factor played that many times as fast (features.augment.change_tempo: the frames
-    # resampled in time, spectrum and pitch unchanged), normalised as its own speaker, used
-    # beside the warped ones as warp_mode says. [] (default) adds none.
+    # resampled in time, spectrum and pitch unchanged), normalised with its speaker's statistics,
+    # used beside the warped ones as warp_mode says. [] (default) adds none.
     tempo_factors: typing.List[float] = field(default_factory=list)
     # Speaker-normalised models: also train on every training utterance normalised as a single
     # served recording is (the pooled training statistics, no speaker context), as one more

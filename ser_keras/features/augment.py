@@ -53,9 +53,15 @@ def warp_frequency(spectrogram: np.ndarray, factor: float) -> np.ndarray:
 def _interpolation(bins: int, factor: float) -> tuple:
     """(low, high, weight) of every output bin: it reads input bins low and high, weighted
     1 - weight and weight (the source position k / factor, capped at the top bin)."""
-    source = np.minimum(np.arange(bins, dtype=np.float64) / float(factor), bins - 1)
+    return _between(np.arange(bins, dtype=np.float64) / float(factor), bins)
+
+
+def _between(source: np.ndarray, size: int) -> tuple:
+    """(low, high, weight) reading positions `source` (capped at the last of `size` entries)
+    by linear interpolation between entries low and high."""
+    source = np.minimum(source, size - 1)
     low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, bins - 1)
+    high = np.minimum(low + 1, size - 1)
     return low, high, source - low
 
 
@@ -68,10 +74,8 @@ def change_tempo(features: np.ndarray, factor: float) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"change_tempo: expected (frames, D), got shape {x.shape}")
     n_out = max(1, int(round(x.shape[0] / float(factor))))
-    source = np.minimum(np.arange(n_out, dtype=np.float64) * float(factor), x.shape[0] - 1)
-    low = np.floor(source).astype(np.int64)
-    high = np.minimum(low + 1, x.shape[0] - 1)
-    weight = (source - low).astype(np.float32)[:, None]
+    low, high, weight = _between(np.arange(n_out, dtype=np.float64) * float(factor), x.shape[0])
+    weight = weight.astype(np.float32)[:, None]
     return x[low] * (1.0 - weight) + x[high] * weight
 
 
