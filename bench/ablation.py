@@ -39,6 +39,8 @@ LEVERS = {
     "masks": ["train.time_masks=2", "train.time_mask_frames=20", "train.channel_masks=2",
               "train.channel_mask_width=8"],
     "tempo": ["features.tempo_factors=[0.9,1.1]"],
+    "adversary": ["train.speaker_adversary=0.5"],
+    "mixup": ["train.mixup=0.4"],
 }
 
 

@@ -301,6 +301,15 @@ class TrainConfig:
     time_mask_frames: int = 0
     channel_masks: int = 0
     channel_mask_width: int = 0
+    # Networks: a speaker adversary (models.speaker_adversary_model) - a small classifier of the
+    # training speakers on the vector the emotion classifier reads, behind a gradient reversal
+    # with this weight, so the layers below learn features that tell the training speakers
+    # apart less. 0: off.
+    speaker_adversary: float = 0.0
+    # Networks: mixup (data.pipeline.Mixup): every training batch mixed with a shuffled copy of
+    # itself, frames and one-hot labels alike, with weights lam ~ Beta(mixup, mixup) per
+    # utterance; the loss is then the cross-entropy with the mixed labels. 0: off.
+    mixup: float = 0.0
 
 
 @dataclass
@@ -463,6 +472,8 @@ _BOUNDS = {
     "train.time_mask_frames": (lambda v: v >= 0, ">= 0"),
     "train.channel_masks": (lambda v: v >= 0, ">= 0"),
     "train.channel_mask_width": (lambda v: v >= 0, ">= 0"),
+    "train.speaker_adversary": (lambda v: v >= 0, ">= 0"),
+    "train.mixup": (lambda v: v >= 0, ">= 0"),
     "runtime.jobs": (lambda v: v >= 1, ">= 1"),
 }
 
@@ -504,6 +515,17 @@ def _validate(config: Config) -> None:
     if model.classifier == "svm" and (train.time_masks or train.channel_masks):
         raise SerKerasError(f"train.time_masks / channel_masks: mask a network's input frames; "
                             f"{model.experiment} is an SVM on functionals")
+    if train.speaker_adversary and model.classifier == "svm":
+        raise SerKerasError(f"train.speaker_adversary: trains a network against a speaker classifier; "
+                            f"{model.experiment} is an SVM on functionals")
+    if train.mixup and model.classifier == "svm":
+        raise SerKerasError(f"train.mixup: mixes a network's training batches; {model.experiment} is an SVM "
+                            "on functionals")
+    if train.mixup and train.speaker_adversary:
+        raise SerKerasError("train.mixup: cannot be combined with train.speaker_adversary (one is tried at a time)")
+    if train.speaker_adversary and train.class_weight != "none":
+        raise SerKerasError("train.speaker_adversary: cannot be combined with train.class_weight "
+                            f"{train.class_weight!r} (Keras weights classes of one output only)")
     if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
         raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from ser_keras.layers import AttentionPooling, BlockPooling, ChannelSlice, SparseAEConv, StatisticsPooling  # noqa: E402
+from ser_keras.layers import (AttentionPooling, BlockPooling, ChannelSlice, GradientReversal,  # noqa: E402
+                              SparseAEConv, StatisticsPooling)
 from ser_keras.layers.block_pooling import num_blocks  # noqa: E402
 from tests.layer_harness import run_layer_test  # noqa: E402
 
@@ -253,6 +254,7 @@ def test_theta_initialised_uniform_within_scale():
         lambda: BlockPooling(pool_window=0),
         lambda: BlockPooling(block_windows=2, block_stride=3),
         lambda: BlockPooling(pool_window=1.5),
+        lambda: GradientReversal(-0.5),
     ],
 )
 def test_invalid_arguments_raise_value_error_quoting_the_value(make):
@@ -263,3 +265,18 @@ def test_invalid_arguments_raise_value_error_quoting_the_value(make):
 def test_sparse_ae_conv_needs_known_channels():
     with pytest.raises(ValueError, match="channels"):
         SparseAEConv([3], 2).build((None, None, None))
+
+
+def test_gradient_reversal_passes_values_and_reverses_the_scaled_gradient():
+    import tensorflow as tf
+
+    layer = GradientReversal(0.3)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 5)).astype("float32"))
+    weights = tf.constant(np.arange(10, dtype="float32").reshape(2, 5))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * weights)
+    np.testing.assert_array_equal(y.numpy(), x.numpy())
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), -0.3 * weights.numpy(), rtol=1e-6)
+    assert GradientReversal.from_config(layer.get_config()).weight == 0.3

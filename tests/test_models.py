@@ -18,6 +18,7 @@ from ser_keras.models import (  # noqa: E402
     build_svm,
     compile_model,
     sequence_channels,
+    speaker_adversary_model,
 )
 
 N_CLASSES = 3
@@ -192,6 +193,27 @@ def test_compile_model_and_one_fit_step(optimizer):
     x = padded_batch()
     history = model.fit(x, np.array([0, 1, 2]), batch_size=3, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and "accuracy" in history.history
+
+
+def test_speaker_adversary_model_shares_the_model_and_trains_both_outputs():
+    config = tiny_config("exp4", statistics_units=5)
+    config.train.speaker_adversary = 0.5
+    model = build_model(config, N_CLASSES, D)
+    trainer = compile_model(speaker_adversary_model(model, config, n_speakers=4), config)
+    x = padded_batch()
+    emotion, speaker = predict(trainer, x)
+    np.testing.assert_array_equal(emotion, predict(model, x))
+    assert speaker.shape == (3, 4)
+    shared = {id(v) for v in model.weights}
+    assert shared < {id(v) for v in trainer.weights}  # the model's weights, and the adversary's
+    assert not {layer.name for layer in model.layers} & {"gradient_reversal", "adversary_dense", "speaker"}
+    before = [np.array(v) for v in model.weights]
+    history = trainer.fit(x, {"probabilities": np.array([0, 1, 2]), "speaker": np.array([0, 3, 1])},
+                          batch_size=3, epochs=1, verbose=0)
+    assert {"probabilities_loss", "speaker_loss", "probabilities_accuracy"} <= set(history.history)
+    assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights))  # the model trained
+    with pytest.raises(SerKerasError, match="at least 2 training speakers"):
+        speaker_adversary_model(model, config, n_speakers=1)
 
 
 def test_build_svm_grid_and_fit():

@@ -5,8 +5,8 @@ import pytest
 
 import keras  # a required dependency: a broken install fails, never skips
 
-from ser_keras.data.pipeline import (ZERO_FRAME_EPSILON, SpecMasks, make_dataset, patch_dataset,  # noqa: E402
-                                     sample_patches)
+from ser_keras.data.pipeline import (ZERO_FRAME_EPSILON, Mixup, SpecMasks, make_dataset,  # noqa: E402
+                                     patch_dataset, sample_patches)
 from ser_keras.errors import SerKerasError  # noqa: E402
 
 D = 4
@@ -128,6 +128,58 @@ def test_spec_masks_zero_spans_keep_frames_and_repeat_for_seed_and_epoch():
     assert all(np.array_equal(a, b) and i == j for (a, i), (b, j) in zip(resumed, seen[8:]))
     with pytest.raises(ValueError, match="masks"):
         make_dataset(features, labels, batch_size=4, training=True, seed=3, masks=masks)
+
+
+def test_mixup_mixes_pairs_of_a_batch_keeps_padding_and_repeats_for_seed_and_epoch():
+    """Mixup: every mixed utterance is lam * one + (1 - lam) * another of its batch, frame for
+    frame, with the labels mixed by the same lam; frames where both were padding stay padding;
+    a run resumed at epoch 1 sees the batches an uninterrupted one sees there."""
+    rng = np.random.default_rng(1)
+    features = [rng.normal(size=(int(t), D)).astype(np.float32) + 3.0 for t in rng.integers(5, 30, size=9)]
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    mixup = Mixup(alpha=0.4, n_classes=3)
+
+    def epochs(start, stop):
+        dataset = make_dataset(features, labels, batch_size=4, training=True, seed=5, epochs=range(start, stop),
+                               mixup=mixup)
+        return batches(dataset)
+
+    seen = epochs(0, 2)
+    lams = []
+    for x, y in seen:
+        assert y.shape == (len(x), 3) and np.allclose(y.sum(axis=1), 1.0)
+        for row in range(len(x)):
+            # Find the pair (a, b) and lam that explain the row: lam from the first frame.
+            explained = False
+            for a in range(len(features)):
+                for b in range(len(features)):
+                    if max(len(features[a]), len(features[b])) > x.shape[1]:
+                        continue
+                    pa = np.zeros((x.shape[1], D), np.float32)
+                    pb = np.zeros((x.shape[1], D), np.float32)
+                    pa[:len(features[a])], pb[:len(features[b])] = features[a], features[b]
+                    denominator = pa[0, 0] - pb[0, 0]
+                    lam = (x[row, 0, 0] - pb[0, 0]) / denominator if denominator else 1.0
+                    if 0 <= lam <= 1 and np.allclose(x[row], lam * pa + (1 - lam) * pb, atol=1e-5):
+                        expected = lam * np.eye(3)[labels[a]] + (1 - lam) * np.eye(3)[labels[b]]
+                        if np.allclose(y[row], expected, atol=1e-5):
+                            explained = True
+                            lams.append(lam)
+                            # Padding stays padding, frames stay frames (at lam 0 or 1 the
+                            # pair is ambiguous: the other one may be any utterance).
+                            mask = keras.layers.Masking(0.0).compute_mask(x[row:row + 1]).numpy()[0]
+                            assert mask[:min(len(features[a]), len(features[b]))].all()
+                            assert not mask[max(len(features[a]), len(features[b])):].any()
+                            break
+                if explained:
+                    break
+            assert explained, f"row {row} is no mix of two utterances"
+    assert len({round(float(v), 4) for v in lams}) > 3  # lam differs between utterances
+    resumed = epochs(1, 2)
+    second = seen[-len(resumed):]
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(resumed, second))
+    with pytest.raises(ValueError, match="mixup"):
+        make_dataset(features, labels, batch_size=4, training=True, seed=3, mixup=mixup)
 
 
 def test_max_frames_centre_crop():

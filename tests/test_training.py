@@ -385,3 +385,56 @@ def test_the_network_learns_a_separable_task(tmp_path):
     assert results["pooled"]["n"] == 48 and results["pooled"]["ua"] >= 0.5, results["pooled"]["ua"]
     history = pd.read_csv(tmp_path / "run" / "folds" / "random-1of4" / "history.csv")
     assert history["loss"].iloc[-1] < 0.9 * history["loss"].iloc[0]
+
+
+def test_speaker_adversary_trains_against_the_training_speakers_and_is_not_kept(tmp_path):
+    """train.speaker_adversary: the fold trains the model with a speaker classifier behind a
+    gradient reversal (both losses in the history, in the refit too, whose training part has
+    more speakers); the saved model is the emotion model alone, and it differs from the same
+    run without the adversary."""
+    import keras
+
+    from ser_keras.evaluation.fit import fit
+
+    common = ("train.fold=0", "train.epochs=2", "train.refit=true")
+    results = fit(tiny_config("exp4", *common, "train.speaker_adversary=0.5"), tmp_path / "adv", progress=False)
+    fold = results["folds"][0]
+    fold_dir = tmp_path / "adv" / "folds" / fold["name"]
+    for history in (fold_dir / "history.csv", fold_dir / "refit" / "history.csv"):
+        columns = set(pd.read_csv(history).columns)
+        assert {"speaker_loss", "probabilities_loss"} <= columns, columns
+    model = keras.models.load_model(fold_dir / "model.keras", compile=False)
+    assert len(model.outputs) == 1 and "gradient_reversal" not in {layer.name for layer in model.layers}
+    plain = fit(tiny_config("exp4", *common), tmp_path / "plain", progress=False)
+    assert (fold_dir / "predictions.csv").read_text() != \
+        (tmp_path / "plain" / "folds" / fold["name"] / "predictions.csv").read_text()
+    assert plain["folds"][0]["n_train"] == fold["n_train"]
+
+
+def test_mixup_trains_on_mixed_batches(exp4_cli_run, tmp_path):
+    """train.mixup: the fold trains on mixed batches (the cross-entropy of mixed labels), which
+    changes what it learns against the same run without it (the exp4 CLI run's settings)."""
+    from ser_keras.evaluation.fit import fit
+
+    plain_dir, _ = exp4_cli_run
+    fold = fit(tiny_config("exp4", "train.fold=0", "train.epochs=2", "train.mixup=0.4"), tmp_path / "mixup",
+               progress=False)["folds"][0]
+    fold_dir = tmp_path / "mixup" / "folds" / fold["name"]
+    assert np.isfinite(pd.read_csv(fold_dir / "history.csv")["loss"]).all()
+    plain = pd.read_csv(plain_dir / "folds" / fold["name"] / "predictions.csv")
+    mixed = pd.read_csv(fold_dir / "predictions.csv")
+    assert list(mixed["path"]) == list(plain["path"])
+    assert not np.allclose(mixed.filter(like="p_").to_numpy(), plain.filter(like="p_").to_numpy())
+
+
+def test_speaker_adversary_and_mixup_are_refused_where_they_cannot_apply():
+    with pytest.raises(SerKerasError, match="train.speaker_adversary: trains a network"):
+        tiny_config("exp1", "train.speaker_adversary=0.5")
+    with pytest.raises(SerKerasError, match="train.mixup: mixes a network"):
+        tiny_config("exp1", "train.mixup=0.4")
+    with pytest.raises(SerKerasError, match="train.mixup: cannot be combined"):
+        tiny_config("exp4", "train.mixup=0.4", "train.speaker_adversary=0.5")
+    with pytest.raises(SerKerasError, match="train.class_weight"):
+        tiny_config("exp4", "train.speaker_adversary=0.5", "train.class_weight=balanced")
+    with pytest.raises(SerKerasError, match="train.speaker_adversary"):
+        tiny_config("exp4", "train.speaker_adversary=-1")

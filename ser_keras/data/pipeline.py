@@ -24,6 +24,10 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
   draw for every utterance of every epoch from (seed, epoch, position): spans of frames and of
   channels set to 0, the normalised mean. A masked frame keeps ``ZERO_FRAME_EPSILON`` in its
   first channel, so the model's mask still counts it as a frame (masked, not cut out).
+- ``mixup``: training only (with ``epochs``): every batch mixed with a shuffled copy of itself
+  (``Mixup``): frames ``lam * x + (1 - lam) * x_other`` and one-hot labels likewise, with one
+  ``lam ~ Beta(alpha, alpha)`` per utterance drawn from (seed, epoch, batch); the labels come out
+  as (batch, n_classes) probabilities. Padding mixed with frames becomes frames (scaled).
 - ``prefetch`` last.
 
 The arrays are concatenated into one tensor and each element is a slice of it, so the dataset
@@ -60,6 +64,42 @@ class SpecMasks(typing.NamedTuple):
     @property
     def active(self) -> bool:
         return (self.time > 0 and self.time_width > 0) or (self.channel > 0 and self.channel_width > 0)
+
+
+class Mixup(typing.NamedTuple):
+    """Mixup of training batches: lam ~ Beta(alpha, alpha) per utterance (alpha > 0: on), labels
+    one-hot over `n_classes`."""
+
+    alpha: float = 0.0
+    n_classes: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.alpha > 0
+
+
+def mix_batch(x: tf.Tensor, y: tf.Tensor, mixup: Mixup, seed) -> tuple:
+    """(x, y) of one padded batch mixed with a shuffled copy of itself, from the stateless
+    `seed` (shape [2], int64): x ``lam * x + (1 - lam) * x[partner]`` and y the one-hot labels
+    mixed alike (float32 (batch, n_classes)). A frame where both were padding stays padding;
+    any other frame that comes out all zero gets the zero guard (it stays a frame)."""
+    seed = tf.cast(seed, tf.int64)
+    fold_in = tf.random.experimental.stateless_fold_in
+    size = tf.shape(x)[0]
+    partner = tf.random.experimental.stateless_shuffle(tf.range(size), seed=fold_in(seed, 0))
+    alpha = tf.fill([size], tf.constant(float(mixup.alpha), tf.float32))
+    first = tf.random.stateless_gamma([size], seed=fold_in(seed, 1), alpha=alpha)
+    second = tf.random.stateless_gamma([size], seed=fold_in(seed, 2), alpha=alpha)
+    lam = first / tf.maximum(first + second, 1e-12)
+    other = tf.gather(x, partner)
+    # Where only one of the pair has frames (the other is padded) the mix is that one scaled.
+    mixed = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * other
+    both_padding = ~tf.reduce_any(tf.not_equal(x, 0.0), axis=2) & ~tf.reduce_any(tf.not_equal(other, 0.0), axis=2)
+    guard = tf.one_hot(tf.zeros(tf.shape(mixed)[:2], tf.int32), tf.shape(mixed)[2], on_value=ZERO_FRAME_EPSILON)
+    empty = ~tf.reduce_any(tf.not_equal(mixed, 0.0), axis=2) & ~both_padding
+    mixed = tf.where(empty[:, :, None], guard, mixed)
+    labels = tf.one_hot(y, int(mixup.n_classes))
+    return mixed, lam[:, None] * labels + (1.0 - lam[:, None]) * tf.gather(labels, partner)
 
 
 def _mask_spans(count: int, width: int, size, seed) -> tf.Tensor:
@@ -138,12 +178,14 @@ def make_dataset(
     variants: int = 1,
     epochs: typing.Optional[typing.Sequence[int]] = None,
     masks: typing.Optional[SpecMasks] = None,
+    mixup: typing.Optional[Mixup] = None,
 ) -> tf.data.Dataset:
     """Padded batches of utterances.
 
     Args:
         features: (frames, D) arrays, one per utterance.
-        labels: integer class ids, one per utterance, or None for inputs only.
+        labels: integer class ids, one per utterance, or None for inputs only; (N, k) for k
+            ids per utterance (e.g. emotion and speaker).
         batch_size: utterances per batch (the paper updates every 10 sequences).
         training: shuffle (unless `shuffle` says otherwise) and allow bucketing.
         seed: the shuffle seed (config.train.seed).
@@ -160,10 +202,13 @@ def make_dataset(
             None: one pass is one epoch, reshuffled (a seeded stream) on every pass.
         masks: training only, with `epochs`: SpecAugment-style masks drawn afresh for every
             utterance of every epoch (a function of seed, epoch and position in the epoch).
+        mixup: training only, with `epochs` and one label per utterance: every batch mixed with
+            a shuffled copy of itself (`mix_batch`), a function of (seed, epoch, batch); y is
+            then (batch, n_classes) float32 label probabilities.
 
     Returns:
         tf.data.Dataset of ``(x, y)`` (or ``x`` when labels is None) with x
-        ``(batch, frames, D)`` float32 zero-padded and y ``(batch,)`` int32.
+        ``(batch, frames, D)`` float32 zero-padded and y ``(batch,)`` (or ``(batch, k)``) int32.
     """
     if int(batch_size) < 1:
         raise SerKerasError(f"batch_size: must be >= 1, got {batch_size}")
@@ -177,7 +222,7 @@ def make_dataset(
     count = len(starts) // variants
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape != (count,):
+        if labels.ndim not in (1, 2) or labels.shape[0] != count:
             raise ValueError(f"make_dataset: {count} utterances but labels of shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError("make_dataset: labels must be integer class ids (see corpora.label_order)")
@@ -190,6 +235,9 @@ def make_dataset(
     masking = masks is not None and masks.active
     if masking and (epochs is None or not training):
         raise ValueError("make_dataset: masks= needs training data with epochs=")
+    mixing = mixup is not None and mixup.active
+    if mixing and (epochs is None or not training or labels is None or labels.ndim != 1):
+        raise ValueError("make_dataset: mixup= needs training data with one label per utterance and epochs=")
 
     def take(index, *rest):
         x = table[starts[index]:starts[index] + lengths[index]]
@@ -199,7 +247,7 @@ def make_dataset(
         return (x, rest[0]) if rest else x
 
     x_shape = tf.TensorShape([None, dim])
-    padded_shapes = (x_shape, tf.TensorShape([])) if labels is not None else x_shape
+    padded_shapes = (x_shape, tf.TensorShape(labels.shape[1:])) if labels is not None else x_shape
     padding_values = (tf.constant(0.0), tf.constant(0, tf.int32)) if labels is not None else tf.constant(0.0)
 
     def batch(dataset):
@@ -238,7 +286,12 @@ def make_dataset(
                 mask_seeds = tf.stack([tf.fill([count], tf.constant(int(seed), tf.int64)),
                                        -1_000_000_000 - epoch * count - positions], axis=1)
                 elements += (mask_seeds,)
-            return batch(tf.data.Dataset.from_tensor_slices(elements))
+            batches = batch(tf.data.Dataset.from_tensor_slices(elements))
+            if mixing:  # fold_in(shuffle seed, 1e6 + batch) is no seed used above
+                batches = batches.enumerate().map(
+                    lambda index, pair: mix_batch(*pair, mixup, tf.random.experimental.stateless_fold_in(
+                        tf.stack([int(seed), epoch]), 1_000_000 + index)))
+            return batches
 
         dataset = tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), np.int64)).flat_map(one_epoch)
         return dataset.prefetch(tf.data.AUTOTUNE)

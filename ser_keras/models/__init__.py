@@ -4,12 +4,14 @@ from ser_keras.models.deep import (
     ATTENTION_LAYER,
     INPUT_NAME,
     OUTPUT_NAME,
+    SPEAKER_OUTPUT,
     attention_model,
     attention_span_frames,
     attention_step_frames,
     build_model,
     compile_model,
     sequence_channels,
+    speaker_adversary_model,
 )
 from ser_keras.models.svm import build_svm
 
@@ -17,6 +19,7 @@ __all__ = [
     "ATTENTION_LAYER",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "SPEAKER_OUTPUT",
     "attention_model",
     "attention_span_frames",
     "attention_step_frames",
@@ -24,4 +27,5 @@ __all__ = [
     "build_svm",
     "compile_model",
     "sequence_channels",
+    "speaker_adversary_model",
 ]

@@ -27,11 +27,14 @@ import keras
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
 from ser_keras.features.pitch import pitch_channel_count
-from ser_keras.layers import AttentionPooling, BlockPooling, ChannelSlice, SparseAEConv, StatisticsPooling
+from ser_keras.layers import (AttentionPooling, BlockPooling, ChannelSlice, GradientReversal, SparseAEConv,
+                              StatisticsPooling)
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 ATTENTION_LAYER = "attention_pooling"
+SPEAKER_OUTPUT = "speaker"
+ADVERSARY_UNITS = 64
 
 
 class _Seeds:
@@ -242,8 +245,32 @@ def attention_span_frames(config: Config) -> int:
     return config.model.pool_window * config.model.block_windows
 
 
+def speaker_adversary_model(model: keras.Model, config: Config, n_speakers: int) -> keras.Model:
+    """`Model(inputs, [probabilities, speaker])` for training with a speaker adversary.
+
+    It shares every layer and weight of `model` and adds, on the vector `model`'s classifier
+    reads, a gradient reversal (weight `config.train.speaker_adversary`), one ReLU layer and a
+    softmax over the `n_speakers` training speakers. Only this model is trained; `model` (the
+    one saved, tested and exported) never sees the adversary.
+    """
+    if int(n_speakers) < 2:
+        raise SerKerasError(f"train.speaker_adversary: needs at least 2 training speakers, got {n_speakers}")
+    seeds = _Seeds(config.train.seed + 1)  # not the seeds of model's own layers
+    shared = model.get_layer(OUTPUT_NAME).input
+    x = GradientReversal(config.train.speaker_adversary, name="gradient_reversal")(shared)
+    x = keras.layers.Dense(ADVERSARY_UNITS, activation="relu",
+                           kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+                           name="adversary_dense")(x)
+    speaker = keras.layers.Dense(int(n_speakers), activation="softmax",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+                                 name=SPEAKER_OUTPUT)(x)
+    return keras.Model(model.input, [model.output, speaker], name=f"{model.name}_speaker_adversary")
+
+
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
-    """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy.
+    """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy
+    (for a `speaker_adversary_model`: cross-entropy on both outputs, accuracy on the emotion;
+    with `train.mixup` the cross-entropy of mixed label probabilities).
 
     `train.optimizer`: "adam" (learning_rate) or "sgd" (learning_rate, momentum; the paper's
     optimiser, whose learning rate 1e-6 was meant for losses summed over frames);
@@ -261,9 +288,16 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
         optimizer = keras.optimizers.SGD(learning_rate=train.learning_rate, momentum=train.momentum, **average)
     else:
         raise SerKerasError(f"train.optimizer: '{train.optimizer}' is not adam or sgd")
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+    if train.mixup:  # the labels are mixed: class probabilities, not ids
+        model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+        return model
+    accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if len(model.outputs) > 1:
+        model.compile(optimizer=optimizer,
+                      loss={OUTPUT_NAME: keras.losses.SparseCategoricalCrossentropy(),
+                            SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()},
+                      metrics={OUTPUT_NAME: [accuracy]})
+        return model
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(), metrics=[accuracy])
     return model

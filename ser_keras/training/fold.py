@@ -55,7 +55,7 @@ class RunContext:
     # A fold worker of `training.parallel` shares the terminal with other workers: one line per
     # epoch, naming the fold, instead of Keras' progress bar.
     epoch_lines: bool = False
-    # Compiled models kept for the next fold, by (n_classes, input_dim): see `network.fold_model`.
+    # Compiled models kept for the next fold, by (n_classes, input_dim, n_speakers): see `network.fold_model`.
     models: dict = dataclasses.field(default_factory=dict)
 
     def part(self, indices: np.ndarray) -> tuple:
