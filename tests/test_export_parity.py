@@ -75,7 +75,7 @@ def trained(exported, trained_demo_run):
 def _parity_files(demo_files) -> dict:
     """tag -> audio files: the demo corpus, and the real corpora that are present."""
     sets = {"demo": demo_files}
-    for corpus, step in (("casia", 12), ("emodb", 5)):
+    for corpus, step in (("casia", 24), ("emodb", 10)):
         path = SHARED_CORPORA / corpus
         if path.is_dir():
             sets[corpus] = sorted(path.rglob("*.wav"))[::step]

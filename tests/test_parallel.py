@@ -1,6 +1,5 @@
 """`fit --jobs N`: folds trained in worker processes (training/parallel.py)."""
 
-import json
 import os
 import re
 
@@ -28,17 +27,7 @@ def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
         assert list(pd.read_csv(tmp_path / "a" / "folds" / name / "history.csv")["epoch"]) == [0, 1]
     assert (tmp_path / "a" / "predictions.csv").is_file() and (tmp_path / "a" / "confusion_matrix.png").is_file()
 
-    # The same config and jobs again: the same numbers, bit for bit.
-    second = fit(config, tmp_path / "b", progress=False)
-    assert first["pooled"]["confusion"] == second["pooled"]["confusion"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "predictions.csv"),
-                                  pd.read_csv(tmp_path / "b" / "predictions.csv"))
-    for name in names:
-        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "folds" / name / "history.csv"),
-                                      pd.read_csv(tmp_path / "b" / "folds" / name / "history.csv"))
     # jobs only changes how the work is spread: a run directory resumes under another --jobs.
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["config_hash"] == \
-        json.loads((tmp_path / "b" / "results.json").read_text())["config_hash"]
     one_at_a_time = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2")
     rerun = fit(one_at_a_time, tmp_path / "a", progress=False)
     assert rerun["pooled"]["confusion"] == first["pooled"]["confusion"]
@@ -47,7 +36,8 @@ def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
     # floating-point summation order only, so the same labels and probabilities equal to
     # rounding accumulated over the epochs. 1e-4 is the README's claim for EMO-DB LOSO (40
     # epochs of a bigger model); here they measured 1e-6, the CSV's last digit.
-    fit(one_at_a_time, tmp_path / "c", progress=False)
+    alone = fit(one_at_a_time, tmp_path / "c", progress=False)
+    assert alone["config_hash"] == first["config_hash"]
     jobs2, jobs1 = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("a", "c"))
     assert list(jobs1["path"]) == list(jobs2["path"]) and list(jobs1["predicted"]) == list(jobs2["predicted"])
     columns = [c for c in jobs1.columns if c.startswith("p_")]

@@ -1,5 +1,6 @@
-"""`reproduce` on the demo corpus (tiny models, first fold) writes report.md with all four
-experiments, the figures, the LSTM/BLSTM comparison and the context sweep; the openSMILE
+"""`reproduce` writes report.md with all four experiments, the figures, the LSTM/BLSTM
+comparison and the context sweep (``check_report``: run on the demo corpus, tiny models, first
+fold, by notebook 02's test in tests/test_notebooks.py, so the suite runs it once); the openSMILE
 baseline runs when the package is importable and is reported as skipped otherwise."""
 
 import sys
@@ -12,39 +13,37 @@ import pytest
 from tests.test_training import TINY
 
 
-def test_reproduce_on_demo_writes_the_report(tmp_path, monkeypatch):
-    from ser_keras.evaluation import baseline
-    from ser_keras.evaluation.reproduce import reproduce
-
-    monkeypatch.setattr(baseline, "opensmile_available", lambda: False)
-    report = reproduce("demo", None, "loso", tmp_path / "out",
-                       overrides=[*TINY, "train.fold=0", "train.sweep_block_windows=[10]"], progress=False)
-    text = report.read_text()
-    for experiment in ("exp1", "exp2", "exp3", "exp4"):
-        assert f"| {experiment} |" in text
-    assert "leave-one-speaker-out" in text and "UA %" in text and "WA %" in text
-    assert "Fig. 4" in text and "without numbers" in text
-    assert "(`model.bidirectional=false`)" in text
-    assert "UAR vs context frames" in text
-    assert "openSMILE baseline skipped" in text
-    for figure in ("fig4_experiments.png", "fig3_confusion_exp4.png", "context_sweep.png"):
-        assert (tmp_path / "out" / figure).read_bytes()[:4] == b"\x89PNG"
-        assert f"({figure})" in text
-    for run in ("exp1", "exp2", "exp3", "exp4", "exp4-lstm"):
-        assert (tmp_path / "out" / run / "results.json").is_file()
-    # The model column describes the model each run trained (TINY: one layer of 4 cells), not
-    # the shipped YAML's nor the paper's.
+def check_report(out, protocol_name: str = "leave-one-speaker-out") -> str:
+    """What every `reproduce` report must hold (out: its output directory); returns its text.
+    tests/test_notebooks.py runs `reproduce` on the demo corpus (tiny models, first fold) through
+    notebook 02 and checks its report with this."""
     from ser_keras.config import load_run_config
     from ser_keras.evaluation.reproduce import describe_model
 
+    text = (out / "report.md").read_text()
+    for experiment in ("exp1", "exp2", "exp3", "exp4"):
+        assert f"| {experiment} |" in text
+    assert protocol_name in text and "UA %" in text and "WA %" in text
+    assert "Fig. 4" in text and "without numbers" in text
+    assert "(`model.bidirectional=false`)" in text
+    assert "UAR vs context frames" in text
+    assert "openSMILE baseline" in text  # run, or reported as skipped without the package
+    for figure in ("fig4_experiments.png", "fig3_confusion_exp4.png", "context_sweep.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+        assert f"({figure})" in text
+    for run in ("exp1", "exp2", "exp3", "exp4", "exp4-lstm"):
+        assert (out / run / "results.json").is_file()
+    # The model column describes the model each run trained, not the shipped YAML's (exp4.yaml:
+    # 2 layers of 64) nor the paper's (2 x 30).
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
             if line.startswith("| exp")}
-    assert rows["exp4"] == "PCA spectrogram -> SAE-CNN -> BLSTM 1x4 -> attention pooling"
-    assert rows["exp3"] == "PCA spectrogram -> SAE-CNN -> BLSTM 1x4" and rows["exp2"] == "LLD -> Dense 8 -> BLSTM 1x4"
     for experiment in ("exp1", "exp2", "exp3", "exp4"):
-        assert rows[experiment] == describe_model(load_run_config(tmp_path / "out" / experiment)[0])
-    assert "2x30" not in text
-    assert "| PCA spectrogram -> SAE-CNN -> LSTM 1x4 -> attention pooling (`model.bidirectional=false`) |" in text
+        assert rows[experiment] == describe_model(load_run_config(out / experiment)[0])
+    assert "2x30" not in text and "2x64" not in text
+    lstm = describe_model(load_run_config(out / "exp4-lstm")[0])
+    assert lstm == rows["exp4"].replace("BLSTM", "LSTM")
+    assert f"| {lstm} (`model.bidirectional=false`) |" in text
+    return text
 
 
 def test_model_descriptions_follow_the_shipped_configs():
