@@ -41,6 +41,7 @@ LEVERS = {
     "tempo": ["features.tempo_factors=[0.9,1.1]"],
     "adversary": ["train.speaker_adversary=0.5"],
     "mixup": ["train.mixup=0.4"],
+    "noise": ["features.noise_snr_db=[30,15]"],
 }
 
 

@@ -143,6 +143,13 @@ class FeatureConfig:
     # resampled in time, spectrum and pitch unchanged), normalised with its speaker's statistics,
     # used beside the warped ones as warp_mode says. [] (default) adds none.
     tempo_factors: typing.List[float] = field(default_factory=list)
+    # Spectrogram models' training augmentation: one version of every training utterance per
+    # signal-to-noise ratio here (dB of the utterance's level reference over the noise),
+    # stationary white noise added in the power domain (features.augment.add_noise, seeded by
+    # train.seed and the utterance), normalised as a speaker of its own (as a noisy recording
+    # of a new speaker would be); the pitch channels stay those of the clean recording. [] (default)
+    # adds none.
+    noise_snr_db: typing.List[float] = field(default_factory=list)
     # Speaker-normalised models: also train on every training utterance normalised as a single
     # served recording is (the pooled training statistics, no speaker context), as one more
     # version beside the warped ones (drawn or copied per warp_mode), so the served model has
@@ -505,6 +512,12 @@ def _validate(config: Config) -> None:
                             f"features.f0_max_hz ({features.f0_max_hz})")
     if features.level_floor_db is not None and features.level_floor_db <= 0:
         raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
+    for snr in features.noise_snr_db:
+        if not -10 <= snr <= 60:
+            raise SerKerasError(f"features.noise_snr_db: {snr} must be in [-10, 60] dB")
+    if features.noise_snr_db and model.input_features != "spectrogram":
+        raise SerKerasError("features.noise_snr_db: adds noise to the spectrogram; "
+                            f"{model.experiment} reads {model.input_features} features")
     for name in ("warp_factors", "test_warp_factors", "tempo_factors"):
         for factor in getattr(features, name):
             if not 0.5 <= factor <= 2.0 or factor == 1.0:

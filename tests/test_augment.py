@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import (change_tempo, check_factors, warp_frequency, warp_matrix,
-                                        warped_speaker, warped_views)
+from ser_keras.features.augment import (add_noise, change_tempo, check_factors, noisy_speaker, warp_frequency,
+                                        warp_matrix, warped_speaker, warped_views)
 
 
 def test_warping_moves_a_spectral_peak_by_the_factor():
@@ -52,6 +52,54 @@ def test_tempo_change_resamples_the_frames_in_time():
     np.testing.assert_array_equal(fast[:, 0], fast[:, 2])
     assert slow[-1, 0] == 99.0 and slow[1, 0] == np.float32(0.8)
     assert change_tempo(ramp[:1], 1.5).shape == (1, 3)
+
+
+def test_noise_fills_the_quiet_cells_at_the_snr_and_leaves_the_loud_ones():
+    """White noise at 20 dB below the level reference: loud cells (0 = the reference) barely
+    move, silent cells come up to a noise floor whose mean power is the reference minus 20 dB;
+    the same seed gives the same noise, another seed other noise."""
+    from ser_keras.features.level import level_reference
+
+    x = np.full((400, 64), -60.0, np.float32)  # near silence...
+    x[:, 10] = 0.0  # ...and one loud harmonic in every frame
+    reference = level_reference(x)
+    noisy = add_noise(x, 20.0, seed=[0, 1])
+    assert noisy.shape == x.shape and noisy.dtype == np.float32
+    assert np.all(noisy >= x - 1e-5)  # power only adds
+    assert np.abs(noisy[:, 10] - x[:, 10]).max() < 0.2
+    quiet = np.exp(noisy[:, 20:].astype(np.float64))
+    np.testing.assert_allclose(10 * np.log10(quiet.mean()), 10 * np.log10(np.exp(reference)) - 20.0, atol=0.2)
+    np.testing.assert_array_equal(noisy, add_noise(x, 20.0, seed=[0, 1]))
+    assert not np.array_equal(noisy, add_noise(x, 20.0, seed=[0, 2]))
+    assert noisy_speaker("03", 20.0) == "03@snr20"
+
+
+def test_noisy_versions_are_normalised_as_speakers_of_their_own():
+    """features.noise_snr_db adds one block of training versions per SNR after the warped and
+    tempo ones: each utterance with noise at that SNR, normalised with the statistics of its
+    (speaker, snr) pseudo-speaker; the pitch channels are the clean recording's."""
+    from ser_keras.config import load_config
+    from ser_keras.features.frontend import FittedFrontEnd
+
+    rng = np.random.default_rng(0)
+    features = [rng.normal(-5, 2, size=(int(n), 256)).astype(np.float32) for n in rng.integers(40, 80, 8)]
+    speakers, labels = ["a", "b"] * 4, ["x", "y"] * 4
+    config = load_config(experiment="exp4", overrides=["features.warp_factors=[]", "features.pca_components=8",
+                                                       "features.noise_snr_db=[10,30]", "train.seed=3"])
+    frontend = FittedFrontEnd.fit(config, features, labels, speakers)
+    versions = frontend.transform_versions(features, speakers, config)
+    assert len(versions) == 2 * len(features)
+    for block, snr in enumerate((10, 30)):
+        noisy = [add_noise(x, snr, [3, snr * 100 + 10_000, i]) for i, x in enumerate(features)]
+        expected = frontend.transform(noisy, [noisy_speaker(s, snr) for s in speakers])
+        for got, want in zip(versions[block * len(features):(block + 1) * len(features)], expected):
+            np.testing.assert_allclose(got, want, atol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(versions, frontend.transform_versions(features, speakers, config)))
+    for bad in ("features.noise_snr_db=[80]", "features.noise_snr_db=[-20]"):
+        with pytest.raises(SerKerasError, match="features.noise_snr_db"):
+            load_config(experiment="exp4", overrides=[bad])
+    with pytest.raises(SerKerasError, match="features.noise_snr_db"):
+        load_config(experiment="exp2", overrides=["features.noise_snr_db=[20]"])
 
 
 def test_tempo_versions_follow_the_warped_ones(tmp_path):

@@ -22,6 +22,7 @@ import functools
 import numpy as np
 
 from ser_keras.errors import SerKerasError
+from ser_keras.features.level import level_reference
 
 
 def check_factors(factors, name: str = "warp_factors") -> list:
@@ -77,6 +78,27 @@ def change_tempo(features: np.ndarray, factor: float) -> np.ndarray:
     low, high, weight = _between(np.arange(n_out, dtype=np.float64) * float(factor), x.shape[0])
     weight = weight.astype(np.float32)[:, None]
     return x[low] * (1.0 - weight) + x[high] * weight
+
+
+def add_noise(log_spectrogram: np.ndarray, snr_db: float, seed) -> np.ndarray:
+    """`(frames, bins)` natural-log power spectrogram with stationary white noise added at
+    `snr_db` below its level reference (``features.level.level_reference``: the loudest fifth
+    of its frames), in the power domain: every cell becomes ``log(exp(x) + n)`` with ``n`` the
+    noise's periodogram, exponentially distributed around its mean power, drawn from `seed`
+    (anything ``numpy.random.default_rng`` takes). Additive noise: a new recording condition,
+    which fills the quiet cells and the gaps between harmonics."""
+    x = np.asarray(log_spectrogram, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"add_noise: expected (frames, bins), got shape {x.shape}")
+    mean = level_reference(x) - float(snr_db) * np.log(10.0) / 10.0
+    periodogram = np.random.default_rng(seed).exponential(size=x.shape)
+    noise = mean + np.log(np.maximum(periodogram, 1e-12))
+    return np.logaddexp(x, noise).astype(np.float32)
+
+
+def noisy_speaker(speaker, snr_db: float) -> str:
+    """The pseudo-speaker a noisy copy is normalised as."""
+    return f"{speaker}@snr{snr_db:g}"
 
 
 def warped_speaker(speaker, factor: float) -> str:

@@ -24,8 +24,8 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import (change_tempo, check_factors, warp_frequency, warp_matrix,
-                                        warped_speaker, warped_views)
+from ser_keras.features.augment import (add_noise, change_tempo, check_factors, noisy_speaker, warp_frequency,
+                                        warp_matrix, warped_speaker, warped_views)
 from ser_keras.features.level import maybe_level_normalize
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
@@ -144,13 +144,23 @@ class FittedFrontEnd:
 
     def transform_versions(self, features: list, speakers: list, config) -> list:
         """The other training versions of `features`, in blocks in their order: the warped
-        ones, the tempo-changed ones (``features.tempo_factors``) and, with
+        ones, the tempo-changed ones (``features.tempo_factors``), the noisy ones
+        (``features.noise_snr_db``) and, with
         ``features.pooled_version`` on a speaker-normalised model, each normalised as a single
         served recording is, so that the model learns both inputs."""
         versions = self.transform_warped(features, speakers, config.features)
         for factor in check_factors(config.features.tempo_factors, "tempo_factors"):
             # The same speaker at another speaking rate: normalised with that speaker's statistics.
             versions += self.transform([change_tempo(x, factor) for x in features], speakers)
+        for snr in config.features.noise_snr_db:
+            # A noisy recording condition: level-normalised again and normalised as a speaker
+            # of its own, as noisy recordings of a new speaker would be; the noise of every
+            # utterance a function of (train.seed, snr, its position).
+            noisy = [map_spectral(lambda bins: maybe_level_normalize(
+                         [add_noise(bins, snr, [int(config.train.seed), int(round(snr * 100)) + 10_000, i])],
+                         config.features)[0], x, config.features)
+                     for i, x in enumerate(features)]
+            versions += self.transform(noisy, [noisy_speaker(s, snr) for s in speakers])
         if config.features.pooled_version and reports_serving(config):
             versions += self.transform_serving(features)
         return versions
