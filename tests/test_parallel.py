@@ -76,3 +76,49 @@ def test_a_failing_fold_stops_the_run_with_its_error(tmp_path):
         fit(config, tmp_path / "run", progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def _exited(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc (Linux)")
+def test_workers_stop_when_fit_is_killed(tmp_path):
+    """`fit --jobs 2` killed outright (SIGKILL: no chance to stop its workers) leaves no worker
+    training on: each notices that its parent is gone and exits within seconds."""
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "ser_keras.cli", "fit", "--corpus", "demo", "--experiment", "exp4",
+            "--protocol", "random", "--jobs", "2", "--run-dir", str(tmp_path / "run"),
+            "--set", "train.folds=2", "--set", "train.epochs=200", "--set", "train.patience=200",
+            "--set", "sae.epochs=1", "--set", "sae.patches_per_size=256", "--set", "model.lstm_units=4"]
+    fit = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers, seen = set(), []
+    try:
+        deadline = time.time() + 300
+        while len(workers) < 2 and time.time() < deadline:
+            line = fit.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            workers.update(int(pid) for pid in re.findall(r"process (\d+)\)", line))
+        assert len(workers) == 2, "".join(seen[-20:])
+        fit.kill()
+        fit.wait()
+        deadline = time.time() + 30
+        while not all(_exited(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.5)
+        assert all(_exited(pid) for pid in workers), "a fold worker outlived fit"
+    finally:
+        if fit.poll() is None:
+            fit.kill()
+        for pid in workers:
+            if not _exited(pid):
+                os.kill(pid, 9)

@@ -12,7 +12,10 @@ a one-process run does; ``fit`` then pools them as usual.
 Failures: a fold that fails stops the run as it would in one process, but the folds already
 running finish first (their work is kept, never half-written); a worker that dies (killed,
 out of memory) ends the run with a one-line error. Ctrl-C is the parent's: it stops every
-worker at once; re-running the same command resumes from the folds' checkpoints.
+worker at once; re-running the same command resumes from the folds' checkpoints. A parent that
+dies without stopping them (``kill``, a scheduler's time limit, SIGKILL) takes its workers with
+it within about a second: each watches its parent, so no orphan keeps training (and writing
+into the run directory) beside the re-run that resumes it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import pathlib
 import queue
 import signal
 import sys
+import threading
+import time
 import traceback
 import typing
 
@@ -109,6 +114,7 @@ def _worker(config: Config, run_dir: str, progress: bool, threads: int, todo, do
     # Exiting through SystemExit lets multiprocessing release the queues' semaphores.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         context = _worker_context(config, pathlib.Path(run_dir), progress, threads)
     except Exception as exc:  # e.g. the corpus moved: the run cannot go on
@@ -123,6 +129,14 @@ def _worker(config: Config, run_dir: str, progress: bool, threads: int, todo, do
             done.put(None)
         except Exception as exc:
             done.put(_portable(exc, f"fold {fold.name}"))
+
+
+def _exit_when_orphaned(parent: int, interval_s: float = 1.0) -> None:
+    """A worker's watchdog thread: once `fit`'s process is gone (the worker is handed to
+    another parent), stop the worker as the parent's SIGTERM would have."""
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker_context(config: Config, run_dir: pathlib.Path, progress: bool, threads: int):
