@@ -182,7 +182,7 @@ def test_export_parity_on_real_speech(parity, corpus):
     """Real utterances (CASIA 16 kHz; the EMO-DB copy is 22.05 kHz, resampled by load_audio
     before the endpoint, which takes the configured rate)."""
     corpus_dir(corpus)  # skips with the reason when the corpus is absent
-    assert len(parity[corpus]["report"]["results"]) >= 100
+    assert len(parity[corpus]["report"]["results"]) >= 50  # every 24th CASIA, every 10th EMO-DB file
     _check_parity(parity[corpus], corpus)
 
 
