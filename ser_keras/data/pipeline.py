@@ -94,12 +94,22 @@ def mix_batch(x: tf.Tensor, y: tf.Tensor, mixup: Mixup, seed) -> tuple:
     other = tf.gather(x, partner)
     # Where only one of the pair has frames (the other is padded) the mix is that one scaled.
     mixed = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * other
-    both_padding = ~tf.reduce_any(tf.not_equal(x, 0.0), axis=2) & ~tf.reduce_any(tf.not_equal(other, 0.0), axis=2)
-    guard = tf.one_hot(tf.zeros(tf.shape(mixed)[:2], tf.int32), tf.shape(mixed)[2], on_value=ZERO_FRAME_EPSILON)
-    empty = ~tf.reduce_any(tf.not_equal(mixed, 0.0), axis=2) & ~both_padding
-    mixed = tf.where(empty[:, :, None], guard, mixed)
+    mixed = _keep_frames(mixed, _nonzero_frames(x) | _nonzero_frames(other))
     labels = tf.one_hot(y, int(mixup.n_classes))
     return mixed, lam[:, None] * labels + (1.0 - lam[:, None]) * tf.gather(labels, partner)
+
+
+def _nonzero_frames(x: tf.Tensor) -> tf.Tensor:
+    """(..., T) bool: which frames of `x` (..., T, D) are not all zero (not padding)."""
+    return tf.reduce_any(tf.not_equal(x, 0.0), axis=-1)
+
+
+def _keep_frames(x: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
+    """`x` (..., T, D) with ZERO_FRAME_EPSILON in the first channel of every all-zero frame
+    where `frames` (..., T) is True, so the model's Masking(0.0) still counts it as a frame."""
+    empty = frames & ~_nonzero_frames(x)
+    guard = tf.one_hot(0, tf.shape(x)[-1], on_value=ZERO_FRAME_EPSILON, dtype=x.dtype)
+    return tf.where(empty[..., None], guard, x)
 
 
 def _mask_spans(count: int, width: int, size, seed) -> tf.Tensor:
@@ -129,9 +139,7 @@ def apply_masks(x: tf.Tensor, masks: SpecMasks, seed) -> tf.Tensor:
         keep &= ~_mask_spans(masks.channel, masks.channel_width, dim,
                              tf.random.experimental.stateless_fold_in(seed, 1))[None, :]
     masked = tf.where(keep, x, tf.zeros_like(x))
-    empty = ~tf.reduce_any(tf.not_equal(masked, 0.0), axis=1)
-    guard = tf.one_hot(tf.zeros([frames], tf.int32), tf.cast(dim, tf.int32), on_value=ZERO_FRAME_EPSILON)
-    return tf.where(empty[:, None], guard, masked)
+    return _keep_frames(masked, tf.ones([frames], tf.bool))
 
 
 def _prepare(features: typing.Sequence[np.ndarray], max_frames: typing.Optional[int]) -> tuple:

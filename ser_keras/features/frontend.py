@@ -156,9 +156,9 @@ class FittedFrontEnd:
             # A noisy recording condition: level-normalised again and normalised as a speaker
             # of its own, as noisy recordings of a new speaker would be; the noise of every
             # utterance a function of (train.seed, snr, its position).
-            noisy = [map_spectral(lambda bins: maybe_level_normalize(
-                         [add_noise(bins, snr, [int(config.train.seed), int(round(snr * 100)) + 10_000, i])],
-                         config.features)[0], x, config.features)
+            noisy = [map_spectral(lambda bins: _noisy_bins(bins, snr, [int(config.train.seed),
+                                                                       int(round(snr * 100)) + 10_000, i],
+                                                           config.features), x, config.features)
                      for i, x in enumerate(features)]
             versions += self.transform(noisy, [noisy_speaker(s, snr) for s in speakers])
         if config.features.pooled_version and reports_serving(config):
@@ -209,3 +209,9 @@ def _warped_bins(bins: np.ndarray, factor: float, feature_config) -> np.ndarray:
     a warped copy stay as they are: normalised per (speaker, factor), a scaled F0 contour is
     the same contour)."""
     return maybe_level_normalize([warp_frequency(bins, factor)], feature_config)[0]
+
+
+def _noisy_bins(bins: np.ndarray, snr_db: float, seed, feature_config) -> np.ndarray:
+    """The log-power bins with white noise at `snr_db` (``features.augment.add_noise``, drawn
+    from `seed`), level-normalised again (the noise raises the quiet cells)."""
+    return maybe_level_normalize([add_noise(bins, snr_db, seed)], feature_config)[0]

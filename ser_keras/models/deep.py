@@ -289,15 +289,13 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
     else:
         raise SerKerasError(f"train.optimizer: '{train.optimizer}' is not adam or sgd")
     if train.mixup:  # the labels are mixed: class probabilities, not ids
-        model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(),
-                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-        return model
-    accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    if len(model.outputs) > 1:
-        model.compile(optimizer=optimizer,
-                      loss={OUTPUT_NAME: keras.losses.SparseCategoricalCrossentropy(),
-                            SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()},
-                      metrics={OUTPUT_NAME: [accuracy]})
-        return model
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(), metrics=[accuracy])
+        loss, accuracy = keras.losses.CategoricalCrossentropy(), keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    metrics = [accuracy]
+    if len(model.outputs) > 1:  # the speaker adversary's output: the speakers' cross-entropy
+        loss = {OUTPUT_NAME: loss, SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()}
+        metrics = {OUTPUT_NAME: metrics}
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
