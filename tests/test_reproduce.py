@@ -3,13 +3,17 @@ comparison and the context sweep (``check_report``: run on the demo corpus, tiny
 fold, by notebook 02's test in tests/test_notebooks.py, so the suite runs it once); the openSMILE
 baseline runs when the package is importable and is reported as skipped otherwise."""
 
+import importlib.util
+import subprocess
 import sys
+import textwrap
 import types
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import tone, write_wav
 from tests.test_training import TINY
 
 
@@ -82,9 +86,13 @@ def test_opensmile_baseline_runs_on_the_same_folds(tmp_path, monkeypatch):
     from ser_keras.config import load_config
     from ser_keras.corpora import label_order, load_manifest
     from ser_keras.data.splits import make_folds
+    from ser_keras.evaluation import baseline
     from ser_keras.evaluation.baseline import opensmile_available, run_baseline
 
     monkeypatch.setitem(sys.modules, "opensmile", _fake_opensmile())
+    # The fake lives in this process only, so no fresh process may extract (that choice is
+    # test_opensmile_extracts_after_tensorflow's).
+    monkeypatch.setattr(baseline, "_extract_rows", baseline._functionals)
     assert opensmile_available()
     config = load_config("exp1", corpus="demo", overrides=["model.svm_c_grid=[1.0]"])
     manifest = load_manifest("demo", None, config.data)
@@ -95,6 +103,30 @@ def test_opensmile_baseline_runs_on_the_same_folds(tmp_path, monkeypatch):
         ("openSMILE ComParE + SVM", "raw"), ("openSMILE ComParE + SVM", "speaker")]
     assert all(r["n"] == len(manifest) and 0 <= r["ua"] <= 1 for r in rows)
     assert (tmp_path / "opensmile_eGeMAPS.npz").is_file()
+
+
+def test_baseline_module_does_not_load_tensorflow():
+    """The fresh process that extracts openSMILE functionals imports this module: it must not
+    load TensorFlow's library before openSMILE's (which crashes in malloc)."""
+    code = "import sys, ser_keras.evaluation.baseline; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_opensmile_extracts_after_tensorflow(tmp_path):
+    """`reproduce` loads TensorFlow before its baseline; real openSMILE must still extract."""
+    if importlib.util.find_spec("opensmile") is None:
+        pytest.skip("the optional opensmile package is not installed")
+    paths = [str(write_wav(tmp_path / f"{i}.wav", tone(1.0, seed=i))) for i in range(2)]
+    code = textwrap.dedent(f"""
+        import tensorflow, pandas as pd
+        from ser_keras.evaluation.baseline import extract_opensmile
+        features = extract_opensmile(pd.DataFrame({{"path": {paths!r}}}), "eGeMAPS", {str(tmp_path / "f.npz")!r})
+        print(features.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(2, 88)"
 
 
 @pytest.mark.slow

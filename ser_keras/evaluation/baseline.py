@@ -11,11 +11,20 @@ folds as the deep models:
 
 The classifier is the exp1 SVM (``models.build_svm``: StandardScaler + RBF SVC, C and gamma
 grid-searched on the training part). Features are cached in the output directory.
+
+openSMILE's native library crashes (``malloc(): invalid size``) when it is loaded into a process
+that has already loaded TensorFlow's, as ``reproduce`` has by the time it gets here; the
+extraction then runs in a fresh process that imports this module (TensorFlow-free at import)
+and openSMILE only.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib.util
+import multiprocessing
 import pathlib
+import sys
 import time
 import typing
 import warnings
@@ -23,46 +32,58 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ser_keras.errors import SerKerasError
 from ser_keras.metrics import summarize
-from ser_keras.models import build_svm
 
 FEATURE_SETS = {"eGeMAPS": "eGeMAPSv02", "ComParE": "ComParE_2016"}
 
 
 def opensmile_available() -> bool:
-    # opensmile is an optional dependency: imported where it is used, never at module level.
-    try:
-        import opensmile  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: importing it is harmless, loading its library after TensorFlow's is not.
+    return "opensmile" in sys.modules or importlib.util.find_spec("opensmile") is not None
 
 
 def extract_opensmile(manifest: pd.DataFrame, feature_set: str, cache_path: pathlib.Path,
                       progress: bool = False) -> np.ndarray:
     """(utterances, features) functionals of `feature_set` ("eGeMAPS" or "ComParE"), cached."""
-    import opensmile
-
     cache_path = pathlib.Path(cache_path)
     paths = [str(p) for p in manifest["path"]]
     if cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as data:
             if list(data["paths"]) == paths:
                 return data["features"]
-    smile = opensmile.Smile(
-        feature_set=getattr(opensmile.FeatureSet, FEATURE_SETS[feature_set]),
-        feature_level=opensmile.FeatureLevel.Functionals,
-    )
-    from tqdm.auto import tqdm
-
-    rows = []
-    for path in tqdm(paths, desc=f"openSMILE {feature_set}", disable=not progress, leave=False):
-        frame = smile.process_file(path)
-        rows.append(np.asarray(frame.to_numpy(), dtype=np.float64).reshape(-1))
+    rows = _extract_rows(paths, feature_set, progress)
     features = np.nan_to_num(np.stack(rows), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache_path, paths=np.array(paths), features=features)
     return features
+
+
+def _extract_rows(paths: list, feature_set: str, progress: bool) -> list:
+    """`_functionals` here, or in a fresh process once TensorFlow is loaded (module docstring)."""
+    if "tensorflow" not in sys.modules:
+        return _functionals(paths, feature_set, progress)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_functionals, paths, feature_set, progress).result()
+
+
+def _functionals(paths: list, feature_set: str, progress: bool) -> list:
+    """One row of `feature_set` functionals per file, in this process."""
+    import opensmile
+    from tqdm.auto import tqdm
+
+    smile = opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, FEATURE_SETS[feature_set]),
+        feature_level=opensmile.FeatureLevel.Functionals,
+    )
+    rows = []
+    for path in tqdm(paths, desc=f"openSMILE {feature_set}", disable=not progress, leave=False):
+        try:
+            frame = smile.process_file(path)
+        except Exception as exc:  # openSMILE raises plain RuntimeErrors on unreadable audio
+            raise SerKerasError(f"{path}: openSMILE could not extract {feature_set} from it ({exc})") from exc
+        rows.append(np.asarray(frame.to_numpy(), dtype=np.float64).reshape(-1))
+    return rows
 
 
 def speaker_normalise(features: np.ndarray, speakers: typing.Sequence[str]) -> np.ndarray:
@@ -80,6 +101,8 @@ def speaker_normalise(features: np.ndarray, speakers: typing.Sequence[str]) -> n
 def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[str], out_dir: pathlib.Path,
                  progress: bool = False) -> list:
     """Score eGeMAPS/ComParE x raw/speaker-normalised on `folds`; one dict per variant."""
+    from ser_keras.models import build_svm  # imports TensorFlow (see the module docstring)
+
     out_dir = pathlib.Path(out_dir)
     index = {label: i for i, label in enumerate(labels)}
     y = manifest["label"].map(index).to_numpy()
