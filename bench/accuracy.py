@@ -11,8 +11,11 @@ training speakers or utterances: what settings are chosen on), the served single
 where the run reports one, and the time. By default the shipped default experiment runs beside
 the paper's exp1 (the SVM baseline) and exp4 (its headline model). ``random`` is the seeded
 stratified 10-fold split (``train.folds``). Extra ``--set key=value`` overrides apply to every
-run. Folds train ``--jobs`` at a time (default: one per CPU core; ``runtime.jobs``). This prints
-figures; it is not a test.
+run. Folds train ``--jobs`` at a time (default: one per CPU core; ``runtime.jobs``). With
+``--baseline`` the field's reference runs too, on the same folds: openSMILE eGeMAPS and ComParE
+functionals + the exp1 SVM, each with the training fold's standardisation only ("raw") and with
+every speaker's features z-normalised by that speaker's own utterances ("spk"); it needs the
+optional ``opensmile`` package. This prints figures; it is not a test.
 """
 
 from __future__ import annotations
@@ -59,6 +62,28 @@ def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, ru
     return row
 
 
+def baseline_rows(corpus: str, data_dir, protocol: str, overrides, out_dir: pathlib.Path) -> list:
+    """The openSMILE + SVM rows (evaluation.baseline) on the folds exp1's run of `protocol` uses."""
+    from ser_keras.config import load_config
+    from ser_keras.data.splits import describe_protocol
+    from ser_keras.evaluation.baseline import run_config_baseline
+
+    settings = [f"train.protocol={protocol}", *overrides] + ([f"runtime.data_dir={data_dir}"] if data_dir else [])
+    config = load_config(experiment="exp1", corpus=corpus, overrides=settings)
+    rows = []
+    for result in run_config_baseline(config, out_dir):
+        feature_set = result["name"].split()[1]  # "openSMILE eGeMAPS + SVM"
+        name = f"{feature_set} {'spk' if result['normalisation'] == 'speaker' else 'raw'}"
+        rows.append({"name": name, "experiment": result["name"],
+                     "protocol": describe_protocol(protocol, config.train.folds), "wa": result["wa"],
+                     "ua": result["ua"], "val_ua": None, "serving_ua": None,
+                     "folds": f"{result['n_folds']}/{result['n_folds']}", "fold_s": result["wall_time_s"],
+                     "wall_s": result["wall_time_s"]})
+        print(f"{name:12s} {rows[-1]['protocol']:40s} WA {100 * result['wa']:6.2f}  UA {100 * result['ua']:6.2f}",
+              flush=True)
+    return rows
+
+
 def _percent(value) -> str:
     return "     -" if value is None else f"{100 * value:6.2f}"
 
@@ -95,10 +120,16 @@ def main(argv=None) -> int:
                         help="folds trained at once, one process each (default: one per CPU core)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     parser.add_argument("--json", help="also write the table as JSON to this file")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also openSMILE eGeMAPS / ComParE + SVM on the same folds (needs the opensmile package)")
     args = parser.parse_args(argv)
 
     from ser_keras.errors import SerKerasError
+    from ser_keras.evaluation.baseline import opensmile_available
     from ser_keras.training.parallel import cpu_count
+
+    if args.baseline and not opensmile_available():
+        parser.error("--baseline needs the optional opensmile package: pip install 'ser_keras[opensmile]'")
 
     out = pathlib.Path(args.out or f"runs/bench_{args.corpus}")
     jobs = args.jobs or cpu_count()
@@ -110,6 +141,9 @@ def main(argv=None) -> int:
             for experiment in experiments:
                 rows.append(run_row(args.corpus, args.data_dir, experiment, protocol, args.overrides,
                                     out / f"{experiment}_{protocol}", jobs, args.quiet))
+            if args.baseline:
+                rows += baseline_rows(args.corpus, args.data_dir, protocol, args.overrides,
+                                      out / f"baseline_{protocol}")
     except SerKerasError as exc:
         print(f"bench/accuracy.py: error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ser_keras.corpora import label_order, run_manifest
+from ser_keras.data.splits import make_folds, select_folds
 from ser_keras.errors import SerKerasError
 from ser_keras.metrics import summarize
 
@@ -98,6 +100,16 @@ def speaker_normalise(features: np.ndarray, speakers: typing.Sequence[str]) -> n
     return out.astype(np.float32)
 
 
+def run_config_baseline(config, out_dir: pathlib.Path, progress: bool = False) -> list:
+    """`run_baseline` on the corpus, protocol and folds that `fit` makes of `config` (its
+    data, train.protocol/folds/seed/validation settings and runtime.fold)."""
+    manifest = run_manifest(config)
+    folds = select_folds(make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
+                                    config.train.validation_fraction, config.train.validation_split),
+                         config.runtime.fold)
+    return run_baseline(config, manifest, folds, label_order(manifest, config.data), out_dir, progress)
+
+
 def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[str], out_dir: pathlib.Path,
                  progress: bool = False) -> list:
     """Score eGeMAPS/ComParE x raw/speaker-normalised on `folds`; one dict per variant."""
@@ -126,7 +138,8 @@ def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[
             tested = predicted >= 0
             summary = summarize(y[tested], predicted[tested], labels)
             rows.append({"name": f"openSMILE {name} + SVM", "normalisation": variant, "wa": summary["wa"],
-                         "ua": summary["ua"], "n": summary["n"], "n_features": int(features.shape[1]),
+                         "ua": summary["ua"], "n": summary["n"], "n_folds": len(folds),
+                         "n_features": int(features.shape[1]),
                          "wall_time_s": round(time.time() - started + extraction_s, 1)})
             if progress:
                 print(f"baseline {name} ({variant}): WA {100 * summary['wa']:.2f} %  UA {100 * summary['ua']:.2f} %")

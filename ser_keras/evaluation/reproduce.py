@@ -27,8 +27,7 @@ import time
 import typing
 
 from ser_keras.config import load_config
-from ser_keras.corpora import label_order, run_manifest
-from ser_keras.data.splits import describe_protocol, make_folds, select_folds
+from ser_keras.data.splits import describe_protocol
 from ser_keras.evaluation import baseline
 from ser_keras.evaluation.fit import fit
 from ser_keras.evaluation.plots import experiment_bars, save_confusion_png, sweep_plot
@@ -98,12 +97,7 @@ def _baseline(config, out_dir: pathlib.Path, progress: bool) -> tuple:
     if not baseline.opensmile_available():
         return [], ("openSMILE baseline skipped: the optional `opensmile` package is not installed "
                     "(`pip install 'ser_keras[opensmile]'` to add it).")
-    manifest = run_manifest(config)
-    labels = label_order(manifest, config.data)
-    folds = select_folds(make_folds(manifest, config.train.protocol, config.train.folds, config.train.seed,
-                                    config.train.validation_fraction, config.train.validation_split),
-                         config.runtime.fold)
-    rows = baseline.run_baseline(config, manifest, folds, labels, out_dir / "baseline", progress)
+    rows = baseline.run_config_baseline(config, out_dir / "baseline", progress)
     return rows, ""
 
 
