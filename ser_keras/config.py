@@ -246,6 +246,11 @@ class ModelConfig:
     # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
     # sequence before the classifier; 0 (the paper's models) has no such branch.
     statistics_units: int = 0
+    # With a statistics branch: a second classifier (softmax) on the statistics branch alone,
+    # trained with its own cross-entropy beside the fused classifier's; the model's
+    # probabilities are the mean of the two. An ensemble in one network of the sequence model
+    # and a functionals model (models.statistics_head_trainer). False: one classifier.
+    statistics_head: bool = False
     # With features.pitch_channels: which branches read them. "all": every path (the SAE
     # convolution and the recurrent layers, and the statistics branch); "statistics": only the
     # utterance statistics (needs statistics_units), the convolution reads the PCA channels.
@@ -538,6 +543,15 @@ def _validate(config: Config) -> None:
         raise SerKerasError("train.mixup: cannot be combined with train.speaker_adversary (one is tried at a time)")
     if train.speaker_adversary and train.class_weight != "none":
         raise SerKerasError("train.speaker_adversary: cannot be combined with train.class_weight "
+                            f"{train.class_weight!r} (Keras weights classes of one output only)")
+    if model.statistics_head and not model.statistics_units:
+        raise SerKerasError("model.statistics_head: classifies the statistics branch; it needs one "
+                            "(model.statistics_units > 0)")
+    if model.statistics_head and train.speaker_adversary:
+        raise SerKerasError("model.statistics_head: cannot be combined with train.speaker_adversary "
+                            "(one is tried at a time)")
+    if model.statistics_head and train.class_weight != "none":
+        raise SerKerasError("model.statistics_head: cannot be combined with train.class_weight "
                             f"{train.class_weight!r} (Keras weights classes of one output only)")
     if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
         raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")

@@ -7,7 +7,7 @@ import pytest
 
 import keras  # noqa: E402 - a required dependency: a broken install fails, never skips
 
-from ser_keras.config import Config, config_from_dict  # noqa: E402
+from ser_keras.config import Config, config_from_dict, load_config  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
 from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv  # noqa: E402
 from ser_keras.models import (  # noqa: E402
@@ -19,6 +19,7 @@ from ser_keras.models import (  # noqa: E402
     compile_model,
     sequence_channels,
     speaker_adversary_model,
+    statistics_head_trainer,
 )
 
 N_CLASSES = 3
@@ -214,6 +215,36 @@ def test_speaker_adversary_model_shares_the_model_and_trains_both_outputs():
     assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights))  # the model trained
     with pytest.raises(SerKerasError, match="at least 2 training speakers"):
         speaker_adversary_model(model, config, n_speakers=1)
+
+
+def test_statistics_head_model_outputs_the_mean_of_its_two_classifiers():
+    config = tiny_config("exp4", statistics_units=5, statistics_head=True)
+    model = build_model(config, N_CLASSES, D)
+    trainer = compile_model(statistics_head_trainer(model), config)
+    x = padded_batch()
+    mean, fusion, statistics = predict(trainer, x)
+    np.testing.assert_array_equal(mean, predict(model, x))
+    np.testing.assert_allclose(mean, (fusion + statistics) / 2, rtol=1e-6)
+    assert not np.allclose(fusion, statistics)
+    # The statistics classifier reads the statistics branch only: the sequence path cannot move it.
+    head = keras.Model(model.input, model.get_layer("statistics_probabilities").output)
+    assert {layer.name for layer in head.layers}.isdisjoint({"blstm_1", "attention_pooling", "sae_conv"})
+    assert {id(v) for v in model.weights} == {id(v) for v in trainer.weights}
+    before = [np.array(v) for v in model.weights]
+    y = np.array([0, 1, 2])
+    history = trainer.fit(x, {"probabilities": y, "fusion_probabilities": y, "statistics_probabilities": y},
+                          batch_size=3, epochs=1, verbose=0)
+    losses = history.history
+    # Each classifier's own cross-entropy trains; the mean's is reported, with no weight.
+    assert losses["loss"][0] == pytest.approx(losses["fusion_probabilities_loss"][0]
+                                              + losses["statistics_probabilities_loss"][0], rel=1e-4)
+    assert all(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights)
+               if v.name.endswith("kernel"))
+
+
+def test_statistics_head_needs_a_statistics_branch():
+    with pytest.raises(SerKerasError, match="model.statistics_head: classifies the statistics branch"):
+        load_config(experiment="exp4", overrides=["model.statistics_head=true"])
 
 
 def test_build_svm_grid_and_fit():

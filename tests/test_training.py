@@ -426,6 +426,24 @@ def test_mixup_trains_on_mixed_batches(exp4_cli_run, tmp_path):
     assert not np.allclose(mixed.filter(like="p_").to_numpy(), plain.filter(like="p_").to_numpy())
 
 
+def test_statistics_head_trains_both_classifiers_and_keeps_their_mean(tmp_path):
+    """model.statistics_head: the fold trains both classifiers (their losses in the history),
+    and the saved model's output is the mean of the two."""
+    import keras
+
+    from ser_keras.evaluation.fit import fit
+
+    config = tiny_config("exp4", "train.fold=0", "train.epochs=2", "model.statistics_units=4",
+                         "model.statistics_head=true")
+    fold = fit(config, tmp_path / "heads", progress=False)["folds"][0]
+    fold_dir = tmp_path / "heads" / "folds" / fold["name"]
+    history = pd.read_csv(fold_dir / "history.csv")
+    assert {"fusion_probabilities_loss", "statistics_probabilities_loss"} <= set(history.columns)
+    assert np.isfinite(history["statistics_probabilities_loss"]).all()
+    model = keras.models.load_model(fold_dir / "model.keras", compile=False)
+    assert len(model.outputs) == 1 and model.get_layer("probabilities").__class__.__name__ == "Average"
+
+
 def test_speaker_adversary_and_mixup_are_refused_where_they_cannot_apply():
     with pytest.raises(SerKerasError, match="train.speaker_adversary: trains a network"):
         tiny_config("exp1", "train.speaker_adversary=0.5")
@@ -437,3 +455,7 @@ def test_speaker_adversary_and_mixup_are_refused_where_they_cannot_apply():
         tiny_config("exp4", "train.speaker_adversary=0.5", "train.class_weight=balanced")
     with pytest.raises(SerKerasError, match="train.speaker_adversary"):
         tiny_config("exp4", "train.speaker_adversary=-1")
+    with pytest.raises(SerKerasError, match="model.statistics_head: cannot be combined with train.speaker_adversary"):
+        tiny_config("exp5", "model.statistics_head=true", "train.speaker_adversary=0.5")
+    with pytest.raises(SerKerasError, match="model.statistics_head: cannot be combined with train.class_weight"):
+        tiny_config("exp5", "model.statistics_head=true", "train.class_weight=balanced")

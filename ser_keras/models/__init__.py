@@ -2,9 +2,11 @@
 
 from ser_keras.models.deep import (
     ATTENTION_LAYER,
+    FUSION_HEAD,
     INPUT_NAME,
     OUTPUT_NAME,
     SPEAKER_OUTPUT,
+    STATISTICS_HEAD,
     attention_model,
     attention_span_frames,
     attention_step_frames,
@@ -12,14 +14,17 @@ from ser_keras.models.deep import (
     compile_model,
     sequence_channels,
     speaker_adversary_model,
+    statistics_head_trainer,
 )
 from ser_keras.models.svm import build_svm
 
 __all__ = [
     "ATTENTION_LAYER",
+    "FUSION_HEAD",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "SPEAKER_OUTPUT",
+    "STATISTICS_HEAD",
     "attention_model",
     "attention_span_frames",
     "attention_step_frames",
@@ -28,4 +33,5 @@ __all__ = [
     "compile_model",
     "sequence_channels",
     "speaker_adversary_model",
+    "statistics_head_trainer",
 ]

@@ -34,6 +34,9 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 ATTENTION_LAYER = "attention_pooling"
 SPEAKER_OUTPUT = "speaker"
+# model.statistics_head: the two classifiers whose mean is the model's output.
+FUSION_HEAD = "fusion_probabilities"
+STATISTICS_HEAD = "statistics_probabilities"
 ADVERSARY_UNITS = 64
 
 
@@ -173,8 +176,16 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
         n_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-        name=OUTPUT_NAME,
+        name=FUSION_HEAD if m.statistics_head else OUTPUT_NAME,
     )
+    statistics_classifier = None
+    if m.statistics_head:
+        statistics_classifier = keras.layers.Dense(
+            n_classes,
+            activation="softmax",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
+            name=STATISTICS_HEAD,
+        )
 
     # Functional graph.
     inputs = keras.Input(shape=(None, input_dim), dtype="float32", name=INPUT_NAME)
@@ -196,6 +207,8 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
             summary = layer(summary)
         x = keras.layers.Concatenate(name="fusion")([x, summary])
     outputs = classifier(x)
+    if statistics_classifier is not None:
+        outputs = keras.layers.Average(name=OUTPUT_NAME)([outputs, statistics_classifier(summary)])
     return keras.Model(inputs, outputs, name=f"ser_{m.experiment}")
 
 
@@ -267,6 +280,15 @@ def speaker_adversary_model(model: keras.Model, config: Config, n_speakers: int)
     return keras.Model(model.input, [model.output, speaker], name=f"{model.name}_speaker_adversary")
 
 
+def statistics_head_trainer(model: keras.Model) -> keras.Model:
+    """`Model(inputs, [probabilities, fusion, statistics])` for training a model built with
+    `model.statistics_head`: it shares every layer and weight of `model` and also outputs its two
+    classifiers, so that each is trained with its own cross-entropy (`compile_model`) while
+    validation scores their mean, the model's output."""
+    heads = [model.get_layer(FUSION_HEAD).output, model.get_layer(STATISTICS_HEAD).output]
+    return keras.Model(model.input, [model.output, *heads], name=f"{model.name}_heads")
+
+
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
     """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy
     (for a `speaker_adversary_model`: cross-entropy on both outputs, accuracy on the emotion;
@@ -293,9 +315,15 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    metrics = [accuracy]
-    if len(model.outputs) > 1:  # the speaker adversary's output: the speakers' cross-entropy
-        loss = {OUTPUT_NAME: loss, SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()}
+    metrics, weights = [accuracy], None
+    names = set(model.output_names)
+    if len(model.outputs) > 1:
+        # The speaker adversary's output: the speakers' cross-entropy. The statistics head's
+        # trainer: each classifier's cross-entropy, none on their mean (it is what is scored).
+        heads = {FUSION_HEAD, STATISTICS_HEAD} & names
+        loss = {OUTPUT_NAME: loss, **{head: loss for head in heads},
+                **({SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()} if SPEAKER_OUTPUT in names else {})}
+        weights = {name: 0.0 if name == OUTPUT_NAME and heads else 1.0 for name in loss}
         metrics = {OUTPUT_NAME: metrics}
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics=metrics)
     return model

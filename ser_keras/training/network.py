@@ -29,8 +29,8 @@ from ser_keras.config import Config
 from ser_keras.data.pipeline import Mixup, SpecMasks, epoch_steps, make_dataset
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
-from ser_keras.models import (OUTPUT_NAME, SPEAKER_OUTPUT, build_model, compile_model, sequence_channels,
-                              speaker_adversary_model)
+from ser_keras.models import (FUSION_HEAD, OUTPUT_NAME, SPEAKER_OUTPUT, STATISTICS_HEAD, build_model, compile_model,
+                              sequence_channels, speaker_adversary_model, statistics_head_trainer)
 from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.rundir import FoldDir, RunDir, atomic_write_text
 from ser_keras.training import callbacks
@@ -173,6 +173,8 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
                             mixup=Mixup(config.train.mixup, n_classes))
     if n_speakers:
         train_ds = train_ds.map(lambda x, y: (x, {OUTPUT_NAME: y[:, 0], SPEAKER_OUTPUT: y[:, 1]}))
+    elif config.model.statistics_head:  # every output learns the utterance's class
+        train_ds = train_ds.map(lambda x, y: (x, {OUTPUT_NAME: y, FUSION_HEAD: y, STATISTICS_HEAD: y}))
     fit_kwargs = {}
     weights = _class_weights(config, labels, n_classes)
     if weights is not None:
@@ -184,8 +186,9 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
 
 def fold_model(context, n_classes: int, input_dim: int, n_speakers: int = 0) -> tuple:
     """(model, trainer) in the state freshly built ones have, for the next fold: `trainer` is
-    the compiled model that trains, `model` itself or, with `n_speakers` (train.speaker_adversary),
-    its ``speaker_adversary_model`` over that many training speakers, sharing its weights.
+    the compiled model that trains, `model` itself or, sharing its weights, with `n_speakers`
+    (train.speaker_adversary) its ``speaker_adversary_model`` over that many training speakers,
+    with model.statistics_head its ``statistics_head_trainer``.
 
     The first fold builds and compiles it. Later folds of the same run reuse that model object,
     so Keras' traced training step and the validation predictor are reused too (tracing the
@@ -195,7 +198,12 @@ def fold_model(context, n_classes: int, input_dim: int, n_speakers: int = 0) -> 
     would alone (tests/test_training.py checks it bit for bit).
     """
     fresh = build_model(context.config, n_classes, input_dim)
-    fresh_trainer = speaker_adversary_model(fresh, context.config, n_speakers) if n_speakers else fresh
+    if n_speakers:
+        fresh_trainer = speaker_adversary_model(fresh, context.config, n_speakers)
+    elif context.config.model.statistics_head:
+        fresh_trainer = statistics_head_trainer(fresh)
+    else:
+        fresh_trainer = fresh
     key = (int(n_classes), int(input_dim), int(n_speakers))
     if key not in context.models:
         compile_model(fresh_trainer, context.config)
