@@ -42,6 +42,7 @@ LEVERS = {
     "adversary": ["train.speaker_adversary=0.5"],
     "mixup": ["train.mixup=0.4"],
     "noise": ["features.noise_snr_db=[30,15]"],
+    "statistics_head": ["model.statistics_head=true"],
 }
 
 
