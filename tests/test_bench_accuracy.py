@@ -1,19 +1,9 @@
 """bench/accuracy.py --baseline: the openSMILE + SVM rows on the folds exp1's run uses."""
 
-import importlib.util
-import pathlib
 import sys
 
+from tests.bench_module import load_bench
 from tests.test_reproduce import _fake_opensmile
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "accuracy.py"
-
-
-def _accuracy():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_baseline_rows_name_each_feature_set_and_normalisation(tmp_path, monkeypatch):
@@ -21,7 +11,7 @@ def test_baseline_rows_name_each_feature_set_and_normalisation(tmp_path, monkeyp
 
     monkeypatch.setitem(sys.modules, "opensmile", _fake_opensmile())
     monkeypatch.setattr(baseline, "_extract_rows", baseline._functionals)  # the fake lives in this process
-    rows = _accuracy().baseline_rows("demo", None, "loso", ["model.svm_c_grid=[1.0]"], tmp_path)
+    rows = load_bench("accuracy").baseline_rows("demo", None, "loso", ["model.svm_c_grid=[1.0]"], tmp_path)
     assert [row["name"] for row in rows] == ["eGeMAPS raw", "eGeMAPS spk", "ComParE raw", "ComParE spk"]
     assert all(row["protocol"] == "leave-one-speaker-out" and row["folds"] == "4/4" for row in rows)
     assert all(0 <= row["ua"] <= 1 and row["val_ua"] is None for row in rows)

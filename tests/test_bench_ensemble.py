@@ -1,20 +1,16 @@
 """bench/ensemble.py: the average of several runs' test probabilities, matched by file."""
 
-import importlib.util
 import json
 import pathlib
 
 import pandas as pd
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ensemble.py"
+from tests.bench_module import load_bench
 
 
 def _ensemble():
-    spec = importlib.util.spec_from_file_location("bench_ensemble", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ensemble")
 
 
 def _run(directory: pathlib.Path, rows, corpus="demo", labels=("angry", "sad")):
