@@ -24,6 +24,7 @@ from ser_keras.training.sae_pretrain import (  # noqa: E402
     pretrain_kernels,
     train_sparse_autoencoder,
 )
+from tests.conftest import corpus_dir  # noqa: E402
 
 D = 8
 
@@ -265,12 +266,14 @@ def test_bad_inputs_raise_one_line_errors():
 
 
 def casia_dir() -> pathlib.Path:
+    """$SER_KERAS_CASIA, else CASIA under the shared corpora ($SER_KERAS_CORPORA, as every
+    real-corpus test), else skip."""
     env = os.environ.get("SER_KERAS_CASIA")
-    path = (pathlib.Path(env) if env
-            else pathlib.Path(__file__).resolve().parent / ".." / ".." / "shared" / "corpora" / "casia")
-    if not path.is_dir():
-        pytest.skip(f"CASIA corpus not found at {path} (set SER_KERAS_CASIA to run this test)")
-    return path
+    if not env:
+        return corpus_dir("casia")
+    if not pathlib.Path(env).is_dir():
+        pytest.skip(f"CASIA corpus not found at {env} (SER_KERAS_CASIA)")
+    return pathlib.Path(env)
 
 
 def casia_pca_spectrograms(n_files=60, seed=0):
