@@ -72,8 +72,7 @@ def baseline_rows(corpus: str, data_dir, protocol: str, overrides, out_dir: path
     config = load_config(experiment="exp1", corpus=corpus, overrides=settings)
     rows = []
     for result in run_config_baseline(config, out_dir):
-        feature_set = result["name"].split()[1]  # "openSMILE eGeMAPS + SVM"
-        name = f"{feature_set} {'spk' if result['normalisation'] == 'speaker' else 'raw'}"
+        name = f"{result['feature_set']} {'spk' if result['normalisation'] == 'speaker' else 'raw'}"
         rows.append({"name": name, "experiment": result["name"],
                      "protocol": describe_protocol(protocol, config.train.folds), "wa": result["wa"],
                      "ua": result["ua"], "val_ua": None, "serving_ua": None,

@@ -137,8 +137,8 @@ def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[
                 predicted[fold.test] = model.predict(x[fold.test])
             tested = predicted >= 0
             summary = summarize(y[tested], predicted[tested], labels)
-            rows.append({"name": f"openSMILE {name} + SVM", "normalisation": variant, "wa": summary["wa"],
-                         "ua": summary["ua"], "n": summary["n"], "n_folds": len(folds),
+            rows.append({"name": f"openSMILE {name} + SVM", "feature_set": name, "normalisation": variant,
+                         "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"], "n_folds": len(folds),
                          "n_features": int(features.shape[1]),
                          "wall_time_s": round(time.time() - started + extraction_s, 1)})
             if progress:

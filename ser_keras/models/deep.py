@@ -291,7 +291,8 @@ def statistics_head_trainer(model: keras.Model) -> keras.Model:
 
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
     """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy
-    (for a `speaker_adversary_model`: cross-entropy on both outputs, accuracy on the emotion;
+    (for a `speaker_adversary_model`: cross-entropy on both outputs, accuracy on the emotion; for
+    a `statistics_head_trainer`: cross-entropy on each classifier, none on their mean;
     with `train.mixup` the cross-entropy of mixed label probabilities).
 
     `train.optimizer`: "adam" (learning_rate) or "sgd" (learning_rate, momentum; the paper's
@@ -317,13 +318,12 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     metrics, weights = [accuracy], None
     names = set(model.output_names)
-    if len(model.outputs) > 1:
-        # The speaker adversary's output: the speakers' cross-entropy. The statistics head's
-        # trainer: each classifier's cross-entropy, none on their mean (it is what is scored).
-        heads = {FUSION_HEAD, STATISTICS_HEAD} & names
-        loss = {OUTPUT_NAME: loss, **{head: loss for head in heads},
-                **({SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()} if SPEAKER_OUTPUT in names else {})}
-        weights = {name: 0.0 if name == OUTPUT_NAME and heads else 1.0 for name in loss}
+    if SPEAKER_OUTPUT in names:  # the speaker adversary's output: the speakers' cross-entropy
+        loss = {OUTPUT_NAME: loss, SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()}
+        metrics = {OUTPUT_NAME: metrics}
+    elif STATISTICS_HEAD in names:  # each classifier's own cross-entropy, none on their mean (what is scored)
+        loss = {OUTPUT_NAME: loss, FUSION_HEAD: loss, STATISTICS_HEAD: loss}
+        weights = {OUTPUT_NAME: 0.0, FUSION_HEAD: 1.0, STATISTICS_HEAD: 1.0}
         metrics = {OUTPUT_NAME: metrics}
     model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics=metrics)
     return model
