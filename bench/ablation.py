@@ -43,6 +43,8 @@ LEVERS = {
     "mixup": ["train.mixup=0.4"],
     "noise": ["features.noise_snr_db=[30,15]"],
     "statistics_head": ["model.statistics_head=true"],
+    "percentiles": ["model.statistics_percentiles=[20,50,80]"],
+    "voiced": ["model.statistics_voiced=true"],
 }
 
 

@@ -246,6 +246,14 @@ class ModelConfig:
     # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
     # sequence before the classifier; 0 (the paper's models) has no such branch.
     statistics_units: int = 0
+    # With a statistics branch: also pool these percentiles (in (0, 100)) of every channel over
+    # the utterance's frames - robust level and range, unmoved by a few outlying frames (such as
+    # a pitch tracker's octave jumps). [] (default): none.
+    statistics_percentiles: typing.List[float] = field(default_factory=list)
+    # With a statistics branch and features.pitch_channels: also pool the mean and standard
+    # deviation of every channel over the voiced frames only (the spectral envelope of the vowels,
+    # the pitch of the voiced segments), as eGeMAPS computes most of its descriptors.
+    statistics_voiced: bool = False
     # With a statistics branch: a second classifier (softmax) on the statistics branch alone,
     # trained with its own cross-entropy beside the fused classifier's; the model's
     # probabilities are the mean of the two. An ensemble in one network of the sequence model
@@ -553,6 +561,15 @@ def _validate(config: Config) -> None:
     if model.statistics_head and train.class_weight != "none":
         raise SerKerasError("model.statistics_head: cannot be combined with train.class_weight "
                             f"{train.class_weight!r} (Keras weights classes of one output only)")
+    for q in model.statistics_percentiles:
+        if not 0 < q < 100:
+            raise SerKerasError(f"model.statistics_percentiles: {q} must be in (0, 100)")
+    if (model.statistics_percentiles or model.statistics_voiced) and not model.statistics_units:
+        raise SerKerasError("model.statistics_percentiles / statistics_voiced: pooled by the statistics branch; "
+                            "it needs one (model.statistics_units > 0)")
+    if model.statistics_voiced and not features.pitch_channels:
+        raise SerKerasError("model.statistics_voiced: finds the voiced frames by the voicing channel; it needs "
+                            "features.pitch_channels")
     if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
         raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
     if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:

@@ -83,16 +83,17 @@ def test_attention_pooling_harness(return_attention):
     )
 
 
-@pytest.mark.parametrize("deltas", [False, True])
-def test_statistics_pooling_harness(deltas):
+@pytest.mark.parametrize("deltas, percentiles, voiced_channel, statistics",
+                         [(False, (), None, 2), (True, (), None, 4), (True, (20, 50, 80), -1, 9)])
+def test_statistics_pooling_harness(deltas, percentiles, voiced_channel, statistics):
     x, mask = padded_batch()
     run_layer_test(
         StatisticsPooling,
-        {"deltas": deltas},
+        {"deltas": deltas, "percentiles": percentiles, "voiced_channel": voiced_channel},
         x,
         mask=mask,
         expected_mask=lambda m: None,
-        expected_output_shape=(3, D * (4 if deltas else 2)),
+        expected_output_shape=(3, D * statistics),
         expected_num_trainable_weights=0,
         expected_num_non_trainable_weights=0,
     )
@@ -130,6 +131,51 @@ def test_statistics_pooling_matches_numpy():
     # No valid frame: zeros, not NaN.
     empty = np.asarray(StatisticsPooling()(x[:1], mask=np.zeros_like(mask[:1])))
     assert np.all(empty == 0.0)
+
+
+def voicing_batch(seed=1):
+    """`padded_batch` whose last channel is a 0/1 voicing flag after an affine normalisation
+    (negative offset, as a speaker's z-norm gives), on utterances that hold both kinds."""
+    x, mask = padded_batch(seed=seed)
+    rng = np.random.default_rng(seed)
+    for i, n in enumerate(LENGTHS):
+        flag = np.arange(n) % 2 == 0 if n < 4 else rng.random(n) < 0.6
+        x[i, :n, -1] = (flag - 0.45) / 0.5
+    return x, mask
+
+
+def test_statistics_pooling_percentiles_and_voiced_moments_match_numpy():
+    x, mask = voicing_batch()
+    layer = StatisticsPooling(deltas=False, percentiles=(20, 50, 80), voiced_channel=-1)
+    out = np.asarray(layer(x, mask=mask)).reshape(len(LENGTHS), 7, D)
+    for i, n in enumerate(LENGTHS):
+        valid = x[i, :n].astype(np.float64)
+        np.testing.assert_allclose(out[i, 2:5], np.percentile(valid, [20, 50, 80], axis=0), rtol=1e-5, atol=1e-5)
+        voiced = valid[valid[:, -1] > 0]
+        np.testing.assert_allclose(out[i, 5], voiced.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[i, 6], np.sqrt(voiced.var(0) + 1e-6), rtol=2e-4, atol=2e-4)
+    # Padding never counts: the same utterance alone, without padding, pools the same.
+    alone = np.asarray(layer(x[1:2, :LENGTHS[1]])).reshape(7, D)
+    np.testing.assert_allclose(out[1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_pooling_without_voiced_or_valid_frames_pools_zeros_with_finite_gradients():
+    import tensorflow as tf
+
+    x, mask = voicing_batch()
+    x[0, :, -1] = -0.9  # every frame unvoiced
+    mask[2] = False  # no valid frame at all
+    layer = StatisticsPooling(percentiles=(50,), voiced_channel=-1)
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        out = layer(inputs, mask=mask)
+    gradient = tape.gradient(out, inputs).numpy()
+    out = out.numpy().reshape(len(LENGTHS), 7, D)
+    assert np.all(out[0, 5:] == 0.0)
+    assert np.all(out[2] == 0.0)
+    assert np.all(np.isfinite(gradient))
+    assert np.all(gradient[1, LENGTHS[1]:] == 0.0)  # padding gets no gradient
 
 
 def sigmoid(z):
@@ -255,11 +301,18 @@ def test_theta_initialised_uniform_within_scale():
         lambda: BlockPooling(block_windows=2, block_stride=3),
         lambda: BlockPooling(pool_window=1.5),
         lambda: GradientReversal(-0.5),
+        lambda: StatisticsPooling(percentiles=(0, 50)),
+        lambda: StatisticsPooling(percentiles=(100,)),
     ],
 )
 def test_invalid_arguments_raise_value_error_quoting_the_value(make):
     with pytest.raises(ValueError, match="received"):
         make()
+
+
+def test_statistics_pooling_voiced_channel_must_be_an_input_channel():
+    with pytest.raises(ValueError, match="voiced_channel 5"):
+        StatisticsPooling(voiced_channel=5).build((None, None, D))
 
 
 def test_sparse_ae_conv_needs_known_channels():

@@ -247,6 +247,36 @@ def test_statistics_head_needs_a_statistics_branch():
         load_config(experiment="exp4", overrides=["model.statistics_head=true"])
 
 
+def test_statistics_percentiles_and_voiced_moments_widen_the_pooled_statistics(tmp_path):
+    """model.statistics_percentiles / statistics_voiced: more statistics per channel, pooled on the
+    voicing flag (the last pitch channel), padding-free, and the .keras file keeps them."""
+    config = tiny_config("exp5", statistics_units=6, statistics_percentiles=[20, 50, 80], statistics_voiced=True)
+    config.features.pitch_channels = True
+    model = build_model(config, N_CLASSES, D)
+    pooling = model.get_layer("statistics_pooling")
+    assert pooling.percentiles == (20.0, 50.0, 80.0) and pooling.voiced_channel == -1
+    assert pooling.output.shape[-1] == D * (4 + 3 + 2)
+    x = padded_batch()
+    for i, n in enumerate(LENGTHS):
+        x[i, :n, -1] = np.arange(n) % 3 == 0  # a voicing flag with both values
+    batch = predict(model, x)
+    np.testing.assert_allclose(predict(model, np.pad(x, ((0, 0), (0, 9), (0, 0)))), batch, atol=1e-6)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert reloaded.get_layer("statistics_pooling").get_config()["percentiles"] == [20.0, 50.0, 80.0]
+    np.testing.assert_allclose(predict(reloaded, x), batch, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.statistics_percentiles=[50]"], "needs one"),
+    (["model.statistics_units=8", "model.statistics_percentiles=[0,50]"], "must be in"),
+    (["model.statistics_units=8", "model.statistics_voiced=true"], "needs features.pitch_channels"),
+])
+def test_statistics_options_are_refused_without_what_they_need(overrides, message):
+    with pytest.raises(SerKerasError, match=message):
+        load_config(experiment="exp4", overrides=overrides)
+
+
 def test_build_svm_grid_and_fit():
     config = config_from_dict({"model": {"experiment": "exp1", "svm_c_grid": [0.1, 10],
                                          "svm_gamma_grid": ["scale", "1e-2"], "svm_cv_folds": 3}})

@@ -26,7 +26,7 @@ import keras
 
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.features.pitch import pitch_channel_count
+from ser_keras.features.pitch import PITCH_CHANNELS, pitch_channel_count
 from ser_keras.layers import (AttentionPooling, BlockPooling, ChannelSlice, GradientReversal, SparseAEConv,
                               StatisticsPooling)
 
@@ -162,7 +162,14 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
     if m.statistics_units:
         # Utterance statistics of the (noise-free) input frames beside the pooled sequence.
         statistics = [
-            StatisticsPooling(deltas=True, name="statistics_pooling"),
+            StatisticsPooling(
+                deltas=True,
+                percentiles=m.statistics_percentiles,
+                # The pitch channels come last in every frame.
+                voiced_channel=(PITCH_CHANNELS.index("voicing") - len(PITCH_CHANNELS)
+                                if m.statistics_voiced else None),
+                name="statistics_pooling",
+            ),
             keras.layers.Dense(
                 m.statistics_units,
                 activation="relu",
