@@ -249,7 +249,7 @@ def test_statistics_head_needs_a_statistics_branch():
 
 def test_statistics_percentiles_and_voiced_moments_widen_the_pooled_statistics(tmp_path):
     """model.statistics_percentiles / statistics_voiced: more statistics per channel, pooled on the
-    voicing flag (the last pitch channel), padding-free, and the .keras file keeps them."""
+    voicing flag (the last pitch channel), padding-free, kept by the .keras file and by a SavedModel."""
     config = tiny_config("exp5", statistics_units=6, statistics_percentiles=[20, 50, 80], statistics_voiced=True)
     config.features.pitch_channels = True
     model = build_model(config, N_CLASSES, D)
@@ -265,6 +265,11 @@ def test_statistics_percentiles_and_voiced_moments_widen_the_pooled_statistics(t
     reloaded = keras.models.load_model(tmp_path / "model.keras")
     assert reloaded.get_layer("statistics_pooling").get_config()["percentiles"] == [20.0, 50.0, 80.0]
     np.testing.assert_allclose(predict(reloaded, x), batch, atol=1e-6)
+    # They are graph ops: a TF SavedModel (the serving path) computes the same.
+    import tensorflow as tf
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), batch, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides, message", [
