@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-STATISTICS = ("mean", "std", "delta_mean", "delta_std")
-# Stands in for padding while sorting, so that padded frames sort after every valid one.
-_PADDING_SORT_VALUE = 1e9
+# Stands in for padding: sorts after every valid frame, and (negated or not) never wins a
+# maximum or minimum over the valid frames.
+_PADDING_VALUE = 1e9
 # A voicing flag whose values over an utterance differ by less holds one value only (a
 # normalised 0/1 flag's two values differ by 1 / std, at least 2).
 _FLAG_SPREAD = 1e-3
@@ -127,8 +127,8 @@ class StatisticsPooling(keras.layers.Layer):
         """`(batch, frames)` 0/1: valid frames whose voicing flag is the utterance's higher value."""
         flag = inputs[:, :, self.voiced_channel]
         is_valid = valid > 0
-        highest = ops.max(ops.where(is_valid, flag, -_PADDING_SORT_VALUE), axis=1, keepdims=True)
-        lowest = ops.min(ops.where(is_valid, flag, _PADDING_SORT_VALUE), axis=1, keepdims=True)
+        highest = ops.max(ops.where(is_valid, flag, -_PADDING_VALUE), axis=1, keepdims=True)
+        lowest = ops.min(ops.where(is_valid, flag, _PADDING_VALUE), axis=1, keepdims=True)
         both_values = ops.cast(highest - lowest > _FLAG_SPREAD, inputs.dtype)
         return valid * ops.cast(flag > 0.5 * (highest + lowest), inputs.dtype) * both_values
 
@@ -136,7 +136,7 @@ class StatisticsPooling(keras.layers.Layer):
         """One `(batch, channels)` tensor per percentile, over the valid frames."""
         if not self.percentiles:
             return []
-        filled = ops.where(ops.expand_dims(valid > 0, -1), inputs, _PADDING_SORT_VALUE)
+        filled = ops.where(ops.expand_dims(valid > 0, -1), inputs, _PADDING_VALUE)
         ordered = ops.sort(filled, axis=1)
         count = ops.sum(valid, axis=1)
         has_frames = ops.expand_dims(ops.cast(count > 0, inputs.dtype), -1)
