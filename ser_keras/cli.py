@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tf.distribute strategy (multi-worker reads TF_CONFIG)")
     fit.add_argument("--jobs", type=int,
                      help="folds trained at once, each in its own process (default 1; "
-                          "e.g. the number of CPU cores: see README, Time)")
+                          "e.g. the number of CPU cores: see docs/results.md, Wall time)")
     fit.add_argument("--run-dir", help="where to write the run (default runs/<corpus>_<experiment>_<protocol>)")
     _add_config_args(fit)
     fit.set_defaults(handler=cmd_fit)

@@ -97,8 +97,7 @@ class FeatureConfig:
     pca_components: int = 60
     # speaker | neutral_speaker | neutral_global | none (see features/normalize.py). "speaker"
     # normalises every speaker, training and test alike, by all of their own speech; the
-    # paper's neutral-speech statistics need a test speaker's labels under LOSO (README, "Where
-    # this differs from the paper").
+    # paper's neutral-speech statistics need a test speaker's labels under LOSO (docs/paper.md).
     normalization: str = "speaker"
     # For a speaker with no neutral speech in the training fold (every test speaker under
     # LOSO): "speaker_all" uses all of that speaker's utterances (no labels), "global"
@@ -136,7 +135,7 @@ class FeatureConfig:
     # log-power bins warped by each of these factors (the warp of `warp_factors`, applied after
     # the normalisation and before the PCA), and the probabilities (and attention) of all views
     # are averaged, in validation, testing, predict and the export alike. [] (default) scores the
-    # recording as it is; [0.9, 1.1] (the training warps) measured in README, Results.
+    # recording as it is; [0.9, 1.1] (the training warps) measured in docs/levers.md.
     test_warp_factors: typing.List[float] = field(default_factory=list)
     # Spectrogram models' training augmentation: one version of every training utterance per
     # factor played that many times as fast (features.augment.change_tempo: the frames

@@ -34,7 +34,7 @@ def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
 
     # --jobs 1 against --jobs 2: the workers run TensorFlow with fewer threads, which changes
     # floating-point summation order only, so the same labels and probabilities equal to
-    # rounding accumulated over the epochs. 1e-4 is the README's claim for EMO-DB LOSO (40
+    # rounding accumulated over the epochs. 1e-4 is docs/configuration.md's claim for EMO-DB LOSO (40
     # epochs of a bigger model); here they measured 1e-6, the CSV's last digit.
     alone = fit(one_at_a_time, tmp_path / "c", progress=False)
     assert alone["config_hash"] == first["config_hash"]

@@ -19,7 +19,7 @@ never from its test part, in one of two ways (``validation_split``):
   ``session``. A stratified sample of the training speakers' utterances was the first choice
   here, but it rewards models that learn the training speakers: on EMO-DB it scored exp4 far
   above what the left-out speakers got, and so it stopped training at the wrong epochs and
-  picked the wrong settings (README, *The shipped experiment settings, measured*).
+  picked the wrong settings (docs/paper.md, *The shipped experiment settings, measured*).
 - ``utterances``: per label, ``validation_fraction`` of the training utterances, spread evenly
   over the training speakers (speaker-dependent, like the test condition of ``random``).
 
@@ -27,7 +27,7 @@ never from its test part, in one of two ways (``validation_split``):
 takes ``speakers`` when at least ``MIN_TRAINING_SPEAKERS`` (3) speakers would remain to train on,
 ``utterances`` otherwise: a corpus of four speakers (CASIA, the demo) leaves three training
 speakers per LOSO fold, and holding one of them out trains on two voices, which scored far
-worse on CASIA (README, *The shipped experiment settings, measured*). ``speakers`` falls back
+worse on CASIA (docs/paper.md, *The shipped experiment settings, measured*). ``speakers`` falls back
 to ``utterances`` when a fold has a single training speaker.
 
 Everything is deterministic: the same manifest, protocol, seed and fraction give the same

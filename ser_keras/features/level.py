@@ -28,8 +28,8 @@ the gain, and a lower gain pushes more cells down to it, so they alone would sti
 features. With a floor of F dB every level-normalised cell below ``-F`` dB is raised to it:
 then a cell either moves with the gain (and the reference takes the move away) or sits at
 ``-F`` at every gain, as long as ``-F`` dB below the reference stays well above the absolute
-floor at the lowest gain served. The value shipped was chosen on validation speakers (README,
-*Serving*).
+floor at the lowest gain served. The value shipped was chosen on validation speakers (docs/serving.md,
+*Gain invariance*).
 
 Speech detection (the ``speech`` output of the export, ``"speech"`` in ``predict``'s JSON). On
 the spectrogram's frame grid (un-windowed samples), with P_top the mean power of the loudest
