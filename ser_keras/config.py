@@ -85,11 +85,11 @@ class FeatureConfig:
     # normalises every speaker, training and test alike, by all of their own speech; the
     # paper's neutral-speech statistics need a test speaker's labels under LOSO (README, "Where
     # this differs from the paper").
-    normalization: str = "speaker"
+    normalization: str = NORM_SPEAKER
     # For a speaker with no neutral speech in the training fold (every test speaker under
     # LOSO): "speaker_all" uses all of that speaker's utterances (no labels), "global"
     # uses the training fold's pooled neutral statistics.
-    speaker_fallback: str = "speaker_all"
+    speaker_fallback: str = FALLBACK_SPEAKER_ALL
     n_mfcc: int = 13
     lld_deltas: bool = False
     # LPC order for the formants (features/llds.py). 12 at 16 kHz spreads too few poles over
@@ -164,11 +164,11 @@ class SAEConfig:
     sparsity: float = 0.05  # rho
     sparsity_weight: float = 3.0  # mu
     weight_decay: float = 1e-4
-    epochs: int = 15
+    epochs: int = 8  # and patches_per_size: exp3.yaml says why
     batch_size: int = 256
     # Adam; 3e-3 reaches the plateau within 15 epochs on 20k CASIA patches (1e-3 does not).
     learning_rate: float = 3e-3
-    patches_per_size: int = 20000
+    patches_per_size: int = 8000
     # The paper trains the kernels on patches from a random third of the training set.
     subset_fraction: float = 0.3333
     # A sigmoid decoder needs targets in (0, 1): per feature dimension, mean +-`clip_std`
@@ -181,22 +181,24 @@ class SAEConfig:
 @dataclass
 class ModelConfig:
     """What the model is. The experiment YAMLs set these fields; the code branches on them,
-    never on the experiment's name (which only names the run)."""
+    never on the experiment's name (which only names the run). The defaults are the model of
+    DEFAULT_EXPERIMENT, the YAML `fit` loads when none is named (tests/test_config.py checks
+    they agree); the paper's values are in the experiment YAMLs that keep them."""
 
-    # The run's name (and the experiment YAML that set it). The defaults below are the paper's
-    # exp4 shape; DEFAULT_EXPERIMENT is which YAML `fit` loads when none is named.
-    experiment: str = "exp4"
+    # The run's name (and the experiment YAML that set it).
+    experiment: str = DEFAULT_EXPERIMENT
     # "network" (a Keras model, exp2-exp5) or "svm" (the exp1 baseline, scikit-learn).
-    classifier: str = "network"
+    classifier: str = NETWORK
     # What the model reads: "spectrogram" (log spectrogram -> normalisation -> PCA),
     # "lld" (frame LLDs: F0, formants, energy, ZCR, MFCC) or "functionals" (their
     # utterance statistics, for the SVM).
-    input_features: str = "spectrogram"
+    input_features: str = SPECTROGRAM
     # The network's first stage: "sae_conv" (SAE-learned kernels + block pooling, exp3-5) or
     # "dense" (a ReLU layer on every frame, exp2).
-    frontend: str = "sae_conv"
+    frontend: str = SAE_CONV
     dense_units: int = 512  # exp2
-    lstm_units: int = 30
+    # The paper's exp4: 30 (exp4.yaml says why 64).
+    lstm_units: int = 64
     lstm_layers: int = 2
     bidirectional: bool = True
     attention: bool = True
@@ -206,13 +208,16 @@ class ModelConfig:
     pool_window: int = 3
     block_windows: int = 10
     block_stride: int = 5
-    fine_tune_kernels: bool = False
+    # Fine-tune the SAE kernels by back-propagation after their pre-training (the paper keeps
+    # them frozen; exp3.yaml says why).
+    fine_tune_kernels: bool = True
     # Units of a dense layer on utterance statistics of the input frames (mean, std and
     # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
-    # sequence before the classifier; 0 (the paper's models) has no such branch.
-    statistics_units: int = 0
+    # sequence before the classifier (exp5); 0 (the paper's models) has no such branch.
+    statistics_units: int = 64
     dropout: float = 0.5
-    input_noise: float = 0.1
+    # Gaussian input noise: the paper's 0.1 (exp2.yaml); 0.5 for the unwhitened PCA channels (exp3.yaml).
+    input_noise: float = 0.5
     init_scale: float = 0.1
     # exp1: StandardScaler + RBF SVM, C (and gamma) searched by GridSearchCV. The paper's grid
     # is C on a log grid 1e-6..1 (`--set model.svm_c_grid=[1e-6,1e-5,1e-4,1e-3,1e-2,1e-1,1]`);
@@ -234,33 +239,34 @@ class TrainConfig:
     seed: int = 0
     # loso | session | random; "all": one fold training on every utterance (the model to
     # deploy; refit on everything after early stopping, no test part, no WA/UA)
-    protocol: str = "loso"
+    protocol: str = PROTOCOL_LOSO
     folds: int = 10  # for protocol=random
     # Validation for early stopping, from a fold's training part only (data/splits.py):
     # "auto" holds out whole training speakers under loso/session (speaker-independent, like
     # the test) when at least 3 remain to train on, else (and under random) a stratified
     # sample of training utterances (data/splits.py).
-    validation_split: str = "auto"  # auto | speakers | utterances
+    validation_split: str = SPLIT_AUTO  # auto | speakers | utterances
     # Share of the training speakers (or utterances) held out: 2 of 9 EMO-DB speakers per fold.
     validation_fraction: float = 0.2
-    # exp2-4: after early stopping, train a fresh model on the WHOLE training part (the
+    # Networks: after early stopping, train a fresh model on the WHOLE training part (the
     # validation speakers too) for the number of epochs validation picked, and test that one
     # (folds/<fold>/refit/). More training speakers, about twice the training time. exp1's
     # SVM always refits on training + validation.
     refit: bool = False
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = ADAM  # adam | sgd
     learning_rate: float = 1e-3
     momentum: float = 0.9
-    batch_size: int = 10  # the paper updates every 10 sequences
+    batch_size: int = 32  # the paper updates every 10 sequences (exp2.yaml says why 32)
     epochs: int = 40
     patience: int = 8
     # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
     # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
-    class_weight: str = "none"  # none | balanced
+    class_weight: str = CLASS_WEIGHT_NONE  # none | balanced
     # Networks (exp2-exp5): validate, keep and test an exponential moving average of the weights (Keras'
     # optimizer EMA, updated every step with this momentum; its horizon is about
-    # 1 / (1 - momentum) steps) instead of the last step's weights. None: off.
-    ema_momentum: typing.Optional[float] = None
+    # 1 / (1 - momentum) steps) instead of the last step's weights (exp5.yaml says why 0.95).
+    # None: off (the paper's models).
+    ema_momentum: typing.Optional[float] = 0.95
 
 
 @dataclass
@@ -275,7 +281,7 @@ class RuntimeConfig:
     # Where features (and the generated demo corpus) are cached; None -> $SER_KERAS_CACHE,
     # else ~/.cache/ser_keras.
     cache_dir: typing.Optional[str] = None
-    strategy: str = "default"  # default | mirrored | multi-worker
+    strategy: str = STRATEGY_DEFAULT  # default | mirrored | multi-worker
     # Folds trained at once, each in its own process (training/parallel.py); with more than
     # one, each process gets cpu_count // jobs TensorFlow threads. A fold's numbers depend on
     # its thread count (floating-point summation order), so they differ in the last digits

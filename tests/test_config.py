@@ -92,6 +92,25 @@ def test_shipped_experiment_configs_load(experiment):
     assert config.model.experiment == experiment
 
 
+def test_the_defaults_are_what_fit_runs_with_no_flags():
+    """Config() is the default experiment's config (what `ser-keras fit` runs without
+    --experiment or --set), but for the front end: FeatureConfig keeps the paper's (no warps,
+    level normalisation, pitch channels or test-time views), which the feature code and its
+    tests take as the plain front end; DEFAULT_EXPERIMENT's YAML turns those on."""
+    import dataclasses
+
+    from ser_keras.config import DEFAULT_EXPERIMENT
+
+    default, config = load_config(corpus="demo"), Config()
+    assert config.model.experiment == default.model.experiment == DEFAULT_EXPERIMENT
+    for section in ("data", "sae", "model", "train", "runtime"):
+        assert getattr(config, section) == getattr(default, section), section
+    differing = {f.name for f in dataclasses.fields(config.features)
+                 if getattr(config.features, f.name) != getattr(default.features, f.name)}
+    assert differing == {"warp_factors", "level_normalization", "level_floor_db", "pitch_channels",
+                         "test_warp_factors"}
+
+
 def test_runtime_settings_live_in_the_runtime_section_only(tmp_path):
     path = write(tmp_path, "runtime:\n  jobs: 2\n  cache_dir: /c\n")
     config = load_config(config_file=path, overrides=["runtime.fold=1", "runtime.extract_jobs=2"])

@@ -28,6 +28,10 @@ def tiny_config(experiment, **model):
     """The shipped experiment shapes, shrunk."""
     config = Config()
     config.model.experiment = experiment
+    # The paper's shapes (the defaults are exp5's): no statistics branch, frozen kernels.
+    config.model.statistics_units = 0
+    config.model.fine_tune_kernels = False
+    config.model.input_noise = 0.1
     config.model.frontend = "dense" if experiment == "exp2" else "sae_conv"
     config.model.dense_units = 8
     config.model.lstm_units = 4
