@@ -190,8 +190,9 @@ class RunDir(_Directory):
     def fold(self, name: str) -> FoldDir:
         return FoldDir(self.folds_dir / name)
 
-    def tensorboard(self, corpus: str, fold: str) -> pathlib.Path:
-        return self.path / "tensorboard" / corpus / fold
+    def tensorboard(self, corpus: str, fold: str, refit: bool = False) -> pathlib.Path:
+        """TensorBoard logs of a fold (``refit``: of its refit phase, a subfolder)."""
+        return self.path / "tensorboard" / corpus / fold / ("refit" if refit else "")
 
     def cross_corpus(self, corpus: str) -> pathlib.Path:
         return self.path / "cross_corpus" / corpus

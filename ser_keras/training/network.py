@@ -76,7 +76,8 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
         model, refit_resumed_at = _fit_network(
             context, fold_dir, FoldDir(fold_dir.refit), kernels,
             _training_set(list(x["train"]) + list(x["validation"]), y["all"], x.get("all_versions", [])),
-            None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
+            None, [], refit_epochs, RunDir(context.run_dir).tensorboard(config.data.corpus, fold.name, refit=True),
+            f"{title} refit")
     model.save(fold_dir.keras_model)
     if len(test):
         probabilities = predict_views(make_predictor(model), datasets(x["views"]["test"]))
