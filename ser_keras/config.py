@@ -78,7 +78,6 @@ class FeatureConfig:
     # uses the training fold's pooled neutral statistics.
     speaker_fallback: str = FALLBACK_SPEAKER_ALL
     n_mfcc: int = 13
-    lld_deltas: bool = False
     # LPC order for the formants (features/llds.py). 12 at 16 kHz spreads too few poles over
     # 0..8 kHz and misses F1/F2 in real speech; the usual rule 2 + sr/1000 gives 18.
     lpc_order: int = 18

@@ -57,7 +57,7 @@ NOT_SHAPING = frozenset({
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({
-    "n_mfcc", "n_mels", "lld_deltas", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
+    "n_mfcc", "n_mels", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
     "pre_emphasis",
 })
 SPECTROGRAM_ONLY = frozenset({"n_bins"})
