@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the table as JSON to this file")
     args = parser.parse_args(argv)
 
-    from ser_keras.config import load_run_config
+    from ser_keras.rundir import load_run_config
     from ser_keras.corpora import run_manifest
     from ser_keras.data.splits import make_folds
     from ser_keras.errors import SerKerasError

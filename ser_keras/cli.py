@@ -17,7 +17,8 @@ import sys
 import typing
 
 from ser_keras import __version__
-from ser_keras.config import DEFAULT_EXPERIMENT, PROTOCOLS, STRATEGIES, DataConfig, experiment_names, load_config
+from ser_keras.config import (DEFAULT_EXPERIMENT, PROTOCOL_ALL, PROTOCOL_LOSO, PROTOCOLS, STRATEGIES, DataConfig,
+                              experiment_names, load_config)
 from ser_keras.corpora import CORPORA, corpus_root, describe, load_manifest, unmatched_line
 from ser_keras.errors import SerKerasError
 
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "comparison and the context-frames sweep, and write report.md "
                                            "with figures next to the paper's numbers.")
     _add_corpus_args(reproduce)
-    reproduce.add_argument("--protocol", choices=[p for p in PROTOCOLS if p != "all"], default="loso")
+    reproduce.add_argument("--protocol", choices=[p for p in PROTOCOLS if p != PROTOCOL_ALL],
+                           default=PROTOCOL_LOSO)
     reproduce.add_argument("--out", help="output directory (default runs/reproduce_<corpus>_<protocol>)")
     reproduce.add_argument("--jobs", type=int, help="folds trained at once in every run, one process each (default 1)")
     _add_config_args(reproduce)
@@ -194,7 +196,7 @@ def cmd_fit(args) -> int:
     if args.estimate_from:
         from ser_keras.evaluation.estimate import estimate_from
 
-        if config.train.protocol != "all":
+        if config.train.protocol != PROTOCOL_ALL:
             raise SerKerasError("--estimate-from is for --protocol all (a loso, session or random run "
                                 "measures its own figure)")
         estimate_from(config, args.estimate_from)  # refuse a run of another config before training
@@ -212,7 +214,7 @@ def cmd_fit(args) -> int:
 
 def _print_results(results: dict, run_dir: pathlib.Path) -> None:
     deploy = results.get("deploy")
-    if results.get("protocol") == "all":
+    if results.get("protocol") == PROTOCOL_ALL:
         if deploy:
             print(f"{results.get('experiment', '')} on {results.get('corpus', '')}, protocol all: trained on "
                   f"{deploy['n_training_utterances']} utterances of {len(deploy['training_speakers'])} speakers "

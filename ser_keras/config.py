@@ -3,13 +3,16 @@
 Resolution order (later wins):
 
 1. the dataclass defaults below;
-2. the experiment YAML (``experiments/exp4.yaml``, or any ``--config FILE``), top level;
+2. the experiment YAML (``experiments/<experiment>.yaml``, ``DEFAULT_EXPERIMENT`` when none is
+   named, or any ``--config FILE``), top level;
 3. that file's ``corpora: {<corpus>: {...}}`` block for the corpus being run;
 4. ``--set section.key=value`` from the command line.
 
 Unknown keys are errors that name the key and the file, so a typo never silently
-falls back to a default (``config_yaml`` reads the files onto these dataclasses). Every
-check of the values is in ``Config.validate()``, which ``load_config`` and ``fit`` call.
+falls back to a default (``config_yaml`` reads the files onto these dataclasses). The allowed
+values of the choice fields are named in ``config_checks`` (and imported from here), and every
+check of the values is in ``Config.validate()`` (``config_checks.validate_config``), which
+``load_config`` and ``fit`` call.
 """
 
 from __future__ import annotations
@@ -20,49 +23,19 @@ import pathlib
 import typing
 from dataclasses import dataclass, field
 
-import yaml
-
-from ser_keras import __version__
+from ser_keras.config_checks import (  # noqa: F401 - the choice values: read from ser_keras.config
+    ADAM, CLASSIFIERS, CLASS_WEIGHTS, CLASS_WEIGHT_BALANCED, CLASS_WEIGHT_NONE, DENSE, FALLBACK_GLOBAL,
+    FALLBACK_SPEAKER_ALL, FRONTENDS, FUNCTIONALS, INPUT_FEATURES, LLD, NETWORK, NORMALIZATIONS, NORM_NEUTRAL_GLOBAL,
+    NORM_NEUTRAL_SPEAKER, NORM_NONE, NORM_SPEAKER, OPTIMIZERS, PROTOCOLS, PROTOCOL_ALL, PROTOCOL_LOSO,
+    PROTOCOL_RANDOM, PROTOCOL_SESSION, SAE_CONV, SGD, SPEAKER_FALLBACKS, SPECTROGRAM, SPLIT_AUTO, SPLIT_SPEAKERS,
+    SPLIT_UTTERANCES, STRATEGIES, STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER, SVM, VALIDATION_SPLITS,
+    validate_config,
+)
 from ser_keras.config_yaml import apply_values, load_experiment_yaml, load_yaml, nest, parse_override
 from ser_keras.errors import SerKerasError
-from ser_keras.rundir import RunDir
 
 # The experiment `fit` runs when none is named.
 DEFAULT_EXPERIMENT = "exp5"
-# The allowed values of every choice field, one tuple each: `Config.validate()`, the modules that
-# implement the choices and the CLI's `choices=` all read them from here.
-CLASSIFIERS = ("network", "svm")
-INPUT_FEATURES = ("spectrogram", "lld", "functionals")
-FRONTENDS = ("sae_conv", "dense")
-PITCH_INTO = ("all", "statistics")
-NORMALIZATIONS = ("neutral_speaker", "neutral_global", "none", "speaker")
-SPEAKER_FALLBACKS = ("speaker_all", "global")
-WARP_MODES = ("draw", "copies")
-PROTOCOLS = ("loso", "session", "random", "all")
-VALIDATION_SPLITS = ("auto", "speakers", "utterances")
-OPTIMIZERS = ("adam", "sgd")
-CLASS_WEIGHTS = ("none", "balanced")
-STRATEGIES = ("default", "mirrored", "multi-worker")
-# What the model fields were before they existed: a run directory written by an older version
-# names only its experiment, and these fill in what that name meant then.
-_LEGACY_MODEL_FIELDS = {
-    "exp1": {"classifier": "svm", "input_features": "functionals"},
-    "exp2": {"classifier": "network", "input_features": "lld", "frontend": "dense"},
-    "exp3": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
-    "exp4": {"classifier": "network", "input_features": "spectrogram", "frontend": "sae_conv"},
-}
-# Where the runtime settings were before the `runtime` section existed: run directories written
-# by an older version (and YAML files or --set overrides written for it) keep them there.
-_LEGACY_RUNTIME_KEYS = {
-    ("data", "data_dir"): "data_dir",
-    ("data", "cache_dir"): "cache_dir",
-    ("features", "n_jobs"): "extract_jobs",
-    ("model", "svm_n_jobs"): "svm_jobs",
-    ("train", "fold"): "fold",
-    ("train", "strategy"): "strategy",
-    ("train", "jobs"): "jobs",
-    ("train", "sweep_block_windows"): "sweep_block_windows",
-}
 
 
 @dataclass
@@ -98,13 +71,12 @@ class FeatureConfig:
     # speaker | neutral_speaker | neutral_global | none (see features/normalize.py). "speaker"
     # normalises every speaker, training and test alike, by all of their own speech; the
     # paper's neutral-speech statistics need a test speaker's labels under LOSO (docs/paper.md).
-    normalization: str = "speaker"
+    normalization: str = NORM_SPEAKER
     # For a speaker with no neutral speech in the training fold (every test speaker under
     # LOSO): "speaker_all" uses all of that speaker's utterances (no labels), "global"
     # uses the training fold's pooled neutral statistics.
-    speaker_fallback: str = "speaker_all"
+    speaker_fallback: str = FALLBACK_SPEAKER_ALL
     n_mfcc: int = 13
-    lld_deltas: bool = False
     # LPC order for the formants (features/llds.py). 12 at 16 kHz spreads too few poles over
     # 0..8 kHz and misses F1/F2 in real speech; the usual rule 2 + sr/1000 gives 18.
     lpc_order: int = 18
@@ -127,33 +99,12 @@ class FeatureConfig:
     # (VTLP-style), each normalised as a speaker of its own. [] (default) adds none; exp1/exp2
     # (LLD features) ignore it. experiments/exp4.yaml sets [0.9, 1.1].
     warp_factors: typing.List[float] = field(default_factory=list)
-    # How the versions are used: "draw" shows each utterance once per epoch, as itself or one
-    # of its warped versions drawn at random (no extra steps per epoch); "copies" trains on
-    # every version every epoch (each factor adds a training set's worth of steps).
-    warp_mode: str = "draw"
     # Test-time views (spectrogram models): every recording is also scored with its normalised
     # log-power bins warped by each of these factors (the warp of `warp_factors`, applied after
     # the normalisation and before the PCA), and the probabilities (and attention) of all views
     # are averaged, in validation, testing, predict and the export alike. [] (default) scores the
     # recording as it is; [0.9, 1.1] (the training warps) measured in docs/levers.md.
     test_warp_factors: typing.List[float] = field(default_factory=list)
-    # Spectrogram models' training augmentation: one version of every training utterance per
-    # factor played that many times as fast (features.augment.change_tempo: the frames
-    # resampled in time, spectrum and pitch unchanged), normalised with its speaker's statistics,
-    # used beside the warped ones as warp_mode says. [] (default) adds none.
-    tempo_factors: typing.List[float] = field(default_factory=list)
-    # Spectrogram models' training augmentation: one version of every training utterance per
-    # signal-to-noise ratio here (dB of the utterance's level reference over the noise),
-    # stationary white noise added in the power domain (features.augment.add_noise, seeded by
-    # train.seed and the utterance), normalised as a speaker of its own (as a noisy recording
-    # of a new speaker would be); the pitch channels stay those of the clean recording. [] (default)
-    # adds none.
-    noise_snr_db: typing.List[float] = field(default_factory=list)
-    # Speaker-normalised models: also train on every training utterance normalised as a single
-    # served recording is (the pooled training statistics, no speaker context), as one more
-    # version beside the warped ones (drawn or copied per warp_mode), so the served model has
-    # seen its input in training.
-    pooled_version: bool = False
     # Level (gain) normalisation (features/level.py): subtract from every log-spectrogram bin a
     # per-utterance reference (the mean log power of the loudest fifth of the frames) before
     # any other normalisation and the PCA, in training and serving, so a recording's gain does
@@ -198,11 +149,11 @@ class SAEConfig:
     sparsity: float = 0.05  # rho
     sparsity_weight: float = 3.0  # mu
     weight_decay: float = 1e-4
-    epochs: int = 15
+    epochs: int = 8  # and patches_per_size: exp3.yaml says why
     batch_size: int = 256
     # Adam; 3e-3 reaches the plateau within 15 epochs on 20k CASIA patches (1e-3 does not).
     learning_rate: float = 3e-3
-    patches_per_size: int = 20000
+    patches_per_size: int = 8000
     # The paper trains the kernels on patches from a random third of the training set.
     subset_fraction: float = 0.3333
     # A sigmoid decoder needs targets in (0, 1): per feature dimension, mean +-`clip_std`
@@ -215,22 +166,24 @@ class SAEConfig:
 @dataclass
 class ModelConfig:
     """What the model is. The experiment YAMLs set these fields; the code branches on them,
-    never on the experiment's name (which only names the run)."""
+    never on the experiment's name (which only names the run). The defaults are the model of
+    DEFAULT_EXPERIMENT, the YAML `fit` loads when none is named (tests/test_config.py checks
+    they agree); the paper's values are in the experiment YAMLs that keep them."""
 
-    # The run's name (and the experiment YAML that set it). The defaults below are the paper's
-    # exp4 shape; DEFAULT_EXPERIMENT is which YAML `fit` loads when none is named.
-    experiment: str = "exp4"
+    # The run's name (and the experiment YAML that set it).
+    experiment: str = DEFAULT_EXPERIMENT
     # "network" (a Keras model, exp2-exp5) or "svm" (the exp1 baseline, scikit-learn).
-    classifier: str = "network"
+    classifier: str = NETWORK
     # What the model reads: "spectrogram" (log spectrogram -> normalisation -> PCA),
     # "lld" (frame LLDs: F0, formants, energy, ZCR, MFCC) or "functionals" (their
     # utterance statistics, for the SVM).
-    input_features: str = "spectrogram"
+    input_features: str = SPECTROGRAM
     # The network's first stage: "sae_conv" (SAE-learned kernels + block pooling, exp3-5) or
     # "dense" (a ReLU layer on every frame, exp2).
-    frontend: str = "sae_conv"
+    frontend: str = SAE_CONV
     dense_units: int = 512  # exp2
-    lstm_units: int = 30
+    # The paper's exp4: 30 (exp4.yaml says why 64).
+    lstm_units: int = 64
     lstm_layers: int = 2
     bidirectional: bool = True
     attention: bool = True
@@ -240,30 +193,16 @@ class ModelConfig:
     pool_window: int = 3
     block_windows: int = 10
     block_stride: int = 5
-    fine_tune_kernels: bool = False
+    # Fine-tune the SAE kernels by back-propagation after their pre-training (the paper keeps
+    # them frozen; exp3.yaml says why).
+    fine_tune_kernels: bool = True
     # Units of a dense layer on utterance statistics of the input frames (mean, std and
     # frame-to-frame dynamics per channel, layers/statistics_pooling.py), fused with the pooled
-    # sequence before the classifier; 0 (the paper's models) has no such branch.
-    statistics_units: int = 0
-    # With a statistics branch: also pool these percentiles (in (0, 100)) of every channel over
-    # the utterance's frames - robust level and range, unmoved by a few outlying frames (such as
-    # a pitch tracker's octave jumps). [] (default): none.
-    statistics_percentiles: typing.List[float] = field(default_factory=list)
-    # With a statistics branch and features.pitch_channels: also pool the mean and standard
-    # deviation of every channel over the voiced frames only (the spectral envelope of the vowels,
-    # the pitch of the voiced segments), as eGeMAPS computes most of its descriptors.
-    statistics_voiced: bool = False
-    # With a statistics branch: a second classifier (softmax) on the statistics branch alone,
-    # trained with its own cross-entropy beside the fused classifier's; the model's
-    # probabilities are the mean of the two. An ensemble in one network of the sequence model
-    # and a functionals model (models.statistics_head_trainer). False: one classifier.
-    statistics_head: bool = False
-    # With features.pitch_channels: which branches read them. "all": every path (the SAE
-    # convolution and the recurrent layers, and the statistics branch); "statistics": only the
-    # utterance statistics (needs statistics_units), the convolution reads the PCA channels.
-    pitch_into: str = "all"
+    # sequence before the classifier (exp5); 0 (the paper's models) has no such branch.
+    statistics_units: int = 64
     dropout: float = 0.5
-    input_noise: float = 0.1
+    # Gaussian input noise: the paper's 0.1 (exp2.yaml); 0.5 for the unwhitened PCA channels (exp3.yaml).
+    input_noise: float = 0.5
     init_scale: float = 0.1
     # exp1: StandardScaler + RBF SVM, C (and gamma) searched by GridSearchCV. The paper's grid
     # is C on a log grid 1e-6..1 (`--set model.svm_c_grid=[1e-6,1e-5,1e-4,1e-3,1e-2,1e-1,1]`);
@@ -285,50 +224,34 @@ class TrainConfig:
     seed: int = 0
     # loso | session | random; "all": one fold training on every utterance (the model to
     # deploy; refit on everything after early stopping, no test part, no WA/UA)
-    protocol: str = "loso"
+    protocol: str = PROTOCOL_LOSO
     folds: int = 10  # for protocol=random
     # Validation for early stopping, from a fold's training part only (data/splits.py):
     # "auto" holds out whole training speakers under loso/session (speaker-independent, like
     # the test) when at least 3 remain to train on, else (and under random) a stratified
     # sample of training utterances (data/splits.py).
-    validation_split: str = "auto"  # auto | speakers | utterances
+    validation_split: str = SPLIT_AUTO  # auto | speakers | utterances
     # Share of the training speakers (or utterances) held out: 2 of 9 EMO-DB speakers per fold.
     validation_fraction: float = 0.2
-    # exp2-4: after early stopping, train a fresh model on the WHOLE training part (the
+    # Networks: after early stopping, train a fresh model on the WHOLE training part (the
     # validation speakers too) for the number of epochs validation picked, and test that one
     # (folds/<fold>/refit/). More training speakers, about twice the training time. exp1's
     # SVM always refits on training + validation.
     refit: bool = False
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = ADAM  # adam | sgd
     learning_rate: float = 1e-3
     momentum: float = 0.9
-    batch_size: int = 10  # the paper updates every 10 sequences
+    batch_size: int = 32  # the paper updates every 10 sequences (exp2.yaml says why 32)
     epochs: int = 40
     patience: int = 8
     # "balanced" weights each class by n / (n_classes * n_class) in the loss, which lifts UA on
     # imbalanced corpora (EMO-DB); "none" is the paper's plain cross-entropy.
-    class_weight: str = "none"  # none | balanced
+    class_weight: str = CLASS_WEIGHT_NONE  # none | balanced
     # Networks (exp2-exp5): validate, keep and test an exponential moving average of the weights (Keras'
     # optimizer EMA, updated every step with this momentum; its horizon is about
-    # 1 / (1 - momentum) steps) instead of the last step's weights. None: off.
-    ema_momentum: typing.Optional[float] = None
-    # Networks: SpecAugment-style masks on every training utterance, drawn afresh every epoch
-    # (data.pipeline.SpecMasks): `time_masks` spans of 0 to `time_mask_frames` frames and
-    # `channel_masks` spans of 0 to `channel_mask_width` input channels set to the normalised
-    # mean. 0: off.
-    time_masks: int = 0
-    time_mask_frames: int = 0
-    channel_masks: int = 0
-    channel_mask_width: int = 0
-    # Networks: a speaker adversary (models.speaker_adversary_model) - a small classifier of the
-    # training speakers on the vector the emotion classifier reads, behind a gradient reversal
-    # with this weight, so the layers below learn features that tell the training speakers
-    # apart less. 0: off.
-    speaker_adversary: float = 0.0
-    # Networks: mixup (data.pipeline.Mixup): every training batch mixed with a shuffled copy of
-    # itself, frames and one-hot labels alike, with weights lam ~ Beta(mixup, mixup) per
-    # utterance; the loss is then the cross-entropy with the mixed labels. 0: off.
-    mixup: float = 0.0
+    # 1 / (1 - momentum) steps) instead of the last step's weights (exp5.yaml says why 0.95).
+    # None: off (the paper's models).
+    ema_momentum: typing.Optional[float] = 0.95
 
 
 @dataclass
@@ -343,7 +266,7 @@ class RuntimeConfig:
     # Where features (and the generated demo corpus) are cached; None -> $SER_KERAS_CACHE,
     # else ~/.cache/ser_keras.
     cache_dir: typing.Optional[str] = None
-    strategy: str = "default"  # default | mirrored | multi-worker
+    strategy: str = STRATEGY_DEFAULT  # default | mirrored | multi-worker
     # Folds trained at once, each in its own process (training/parallel.py); with more than
     # one, each process gets cpu_count // jobs TensorFlow threads. A fold's numbers depend on
     # its thread count (floating-point summation order), so they differ in the last digits
@@ -375,7 +298,7 @@ class Config:
     def validate(self) -> None:
         """Every check of the config's values, before anything runs (one line naming the key
         and the value on the first failure)."""
-        _validate(self)
+        validate_config(self)
 
 
 def cache_root(cache_dir: typing.Optional[str] = None) -> pathlib.Path:
@@ -416,24 +339,6 @@ def resolve_config_path(experiment: typing.Optional[str], config_file: typing.Op
     return experiments_dir() / f"{experiment}.yaml"
 
 
-def _relocate(data: dict) -> dict:
-    """`data` (a config mapping) with keys of the older layout moved to where they live now:
-    the runtime settings that used to sit in data/features/model/train (`_LEGACY_RUNTIME_KEYS`).
-    A key given in both places keeps its value from the new one."""
-    moved = {}
-    out = dict(data)
-    for (section, key), new_key in _LEGACY_RUNTIME_KEYS.items():
-        block = out.get(section)
-        if isinstance(block, dict) and key in block:
-            block = dict(block)
-            moved[new_key] = block.pop(key)
-            out[section] = block
-    if moved:
-        runtime = out.get("runtime") if isinstance(out.get("runtime"), dict) else {}
-        out["runtime"] = {**moved, **runtime}
-    return out
-
-
 def load_config(
     experiment: typing.Optional[str] = None,
     config_file: typing.Optional[str] = None,
@@ -445,186 +350,23 @@ def load_config(
     data = load_experiment_yaml(path)
     per_corpus = data.pop("corpora", {}) or {}
     config = Config()
-    apply_values(config, _relocate(data), str(path))
+    apply_values(config, data, str(path))
     if corpus is not None:
         config.data.corpus = corpus
     corpus_block = per_corpus.get(config.data.corpus, {}) or {}
-    apply_values(config, _relocate(corpus_block), f"{path} (corpora.{config.data.corpus})")
+    apply_values(config, corpus_block, f"{path} (corpora.{config.data.corpus})")
     if corpus is not None:
         config.data.corpus = corpus
     for text in overrides:
         keys, value = parse_override(text)
-        apply_values(config, _relocate(nest(keys, value)), f"--set {text}")
+        apply_values(config, nest(keys, value), f"--set {text}")
     config.validate()
     return config
 
 
-# The choice fields, each with its tuple of allowed values.
-_CHOICES = {
-    "model.classifier": CLASSIFIERS, "model.input_features": INPUT_FEATURES, "model.frontend": FRONTENDS,
-    "model.pitch_into": PITCH_INTO,
-    "features.normalization": NORMALIZATIONS, "features.speaker_fallback": SPEAKER_FALLBACKS,
-    "features.warp_mode": WARP_MODES, "train.protocol": PROTOCOLS, "train.validation_split": VALIDATION_SPLITS,
-    "train.optimizer": OPTIMIZERS, "train.class_weight": CLASS_WEIGHTS, "runtime.strategy": STRATEGIES,
-}
-# The numeric fields, each with the test its value must pass and how to say it.
-_BOUNDS = {
-    "features.pca_components": (lambda v: v >= 1, ">= 1"),
-    "features.pca_max_frames": (lambda v: v >= 2, ">= 2"),
-    "features.norm_std_floor": (lambda v: v > 0, "positive"),
-    "features.speech_min_contrast_db": (lambda v: v >= 0, ">= 0"),
-    "features.speech_min_ms": (lambda v: v >= 0, ">= 0"),
-    "sae.sparsity": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "sae.clip_std": (lambda v: v > 0, "positive"),
-    "sae.batch_size": (lambda v: v >= 1, ">= 1"),
-    "sae.hidden_units": (lambda v: v >= 1, ">= 1"),
-    "sae.patches_per_size": (lambda v: v >= 1, ">= 1"),
-    "sae.epochs": (lambda v: v >= 0, ">= 0"),
-    "model.lstm_layers": (lambda v: v >= 1, ">= 1"),
-    "model.lstm_units": (lambda v: v >= 1, ">= 1"),
-    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "model.input_noise": (lambda v: v >= 0, ">= 0"),
-    "model.statistics_units": (lambda v: v >= 0, ">= 0"),
-    "model.svm_cv_folds": (lambda v: v >= 2, ">= 2"),
-    "train.validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "train.time_masks": (lambda v: v >= 0, ">= 0"),
-    "train.time_mask_frames": (lambda v: v >= 0, ">= 0"),
-    "train.channel_masks": (lambda v: v >= 0, ">= 0"),
-    "train.channel_mask_width": (lambda v: v >= 0, ">= 0"),
-    "train.speaker_adversary": (lambda v: v >= 0, ">= 0"),
-    "train.mixup": (lambda v: v >= 0, ">= 0"),
-    "runtime.jobs": (lambda v: v >= 1, ">= 1"),
-}
-
-
-def _validate(config: Config) -> None:
-    def get(dotted: str):
-        section, key = dotted.split(".")
-        return getattr(getattr(config, section), key)
-
-    for key, allowed in _CHOICES.items():
-        if get(key) not in allowed:
-            raise SerKerasError(f"{key}: '{get(key)}' is not one of {', '.join(allowed)}")
-    for key, (ok, text) in _BOUNDS.items():
-        if not ok(get(key)):
-            raise SerKerasError(f"{key}: must be {text}, got {get(key)}")
-    features, model, train, runtime, rate = (config.features, config.model, config.train, config.runtime,
-                                             config.data.sample_rate)
-    if (model.classifier == "svm") != (model.input_features == "functionals"):
-        raise SerKerasError(f"model.input_features: '{model.input_features}' does not suit "
-                            f"model.classifier '{model.classifier}' (the SVM reads functionals, "
-                            "a network frame sequences)")
-    if features.frame_ms * rate / 1000 < 2 or features.hop_ms * rate / 1000 < 1:
-        raise SerKerasError(f"features.frame_ms / hop_ms: {features.frame_ms} / {features.hop_ms} ms give less than "
-                            f"two samples a frame or one a hop at {rate} Hz")
-    if features.n_bins > features.n_fft // 2 + 1:
-        raise SerKerasError(f"features.n_bins: {features.n_bins} exceeds n_fft // 2 + 1 = {features.n_fft // 2 + 1}")
-    if not 0 < features.f0_min_hz < features.f0_max_hz:
-        raise SerKerasError(f"features.f0_min_hz: {features.f0_min_hz} must be positive and below "
-                            f"features.f0_max_hz ({features.f0_max_hz})")
-    if features.level_floor_db is not None and features.level_floor_db <= 0:
-        raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
-    for snr in features.noise_snr_db:
-        if not -10 <= snr <= 60:
-            raise SerKerasError(f"features.noise_snr_db: {snr} must be in [-10, 60] dB")
-    if features.noise_snr_db and model.input_features != "spectrogram":
-        raise SerKerasError("features.noise_snr_db: adds noise to the spectrogram; "
-                            f"{model.experiment} reads {model.input_features} features")
-    for name in ("warp_factors", "test_warp_factors", "tempo_factors"):
-        for factor in getattr(features, name):
-            if not 0.5 <= factor <= 2.0 or factor == 1.0:
-                raise SerKerasError(f"features.{name}: {factor} must be in [0.5, 2] and not 1")
-    if features.test_warp_factors and model.input_features != "spectrogram":
-        raise SerKerasError("features.test_warp_factors: test-time views warp the spectrogram; "
-                            f"{model.experiment} reads {model.input_features} features")
-    if model.classifier == "svm" and (train.time_masks or train.channel_masks):
-        raise SerKerasError(f"train.time_masks / channel_masks: mask a network's input frames; "
-                            f"{model.experiment} is an SVM on functionals")
-    if train.speaker_adversary and model.classifier == "svm":
-        raise SerKerasError(f"train.speaker_adversary: trains a network against a speaker classifier; "
-                            f"{model.experiment} is an SVM on functionals")
-    if train.mixup and model.classifier == "svm":
-        raise SerKerasError(f"train.mixup: mixes a network's training batches; {model.experiment} is an SVM "
-                            "on functionals")
-    if train.mixup and train.speaker_adversary:
-        raise SerKerasError("train.mixup: cannot be combined with train.speaker_adversary (one is tried at a time)")
-    if train.speaker_adversary and train.class_weight != "none":
-        raise SerKerasError("train.speaker_adversary: cannot be combined with train.class_weight "
-                            f"{train.class_weight!r} (Keras weights classes of one output only)")
-    if model.statistics_head and not model.statistics_units:
-        raise SerKerasError("model.statistics_head: classifies the statistics branch; it needs one "
-                            "(model.statistics_units > 0)")
-    if model.statistics_head and train.speaker_adversary:
-        raise SerKerasError("model.statistics_head: cannot be combined with train.speaker_adversary "
-                            "(one is tried at a time)")
-    if model.statistics_head and train.class_weight != "none":
-        raise SerKerasError("model.statistics_head: cannot be combined with train.class_weight "
-                            f"{train.class_weight!r} (Keras weights classes of one output only)")
-    for q in model.statistics_percentiles:
-        if not 0 < q < 100:
-            raise SerKerasError(f"model.statistics_percentiles: {q} must be in (0, 100)")
-    if (model.statistics_percentiles or model.statistics_voiced) and not model.statistics_units:
-        raise SerKerasError("model.statistics_percentiles / statistics_voiced: pooled by the statistics branch; "
-                            "it needs one (model.statistics_units > 0)")
-    if model.statistics_voiced and not features.pitch_channels:
-        raise SerKerasError("model.statistics_voiced: finds the voiced frames by the voicing channel; it needs "
-                            "features.pitch_channels")
-    if features.pitch_channels and model.pitch_into == "statistics" and not model.statistics_units:
-        raise SerKerasError("model.pitch_into: 'statistics' needs a statistics branch (model.statistics_units > 0)")
-    if model.frontend == "sae_conv" and not 1 <= model.block_stride <= model.block_windows:
-        raise SerKerasError(f"model.block_stride: must be between 1 and model.block_windows, got "
-                            f"{model.block_stride} (block_windows={model.block_windows})")
-    if not model.svm_c_grid or any(c <= 0 for c in model.svm_c_grid):
-        raise SerKerasError(f"model.svm_c_grid: needs positive values, got {model.svm_c_grid}")
-    if not model.svm_gamma_grid:
-        raise SerKerasError("model.svm_gamma_grid: is empty")
-    for gamma in model.svm_gamma_grid:
-        if gamma not in ("scale", "auto") and not (_is_number(gamma) and float(gamma) > 0):
-            raise SerKerasError(f"model.svm_gamma_grid: {gamma!r} is not 'scale', 'auto' or a positive number")
-    if train.ema_momentum is not None and not 0 < train.ema_momentum < 1:
-        raise SerKerasError(f"train.ema_momentum: must be in (0, 1) (or null), got {train.ema_momentum}")
-    for setting, on in (("train.protocol all", train.protocol == "all"), ("train.refit", train.refit)):
-        if on and train.validation_fraction == 0:
-            raise SerKerasError(f"{setting}: needs validation data to pick the epoch count "
-                                "(train.validation_fraction is 0)")
-    if runtime.jobs > 1 and runtime.strategy != "default":
-        raise SerKerasError(f"runtime.jobs: {runtime.jobs} folds at once needs runtime.strategy default, "
-                            f"not {runtime.strategy} (which spreads ONE fold over devices)")
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def config_from_dict(data: dict, source: str = "config") -> Config:
-    """A Config from a saved mapping (a run directory's config.yaml), older layouts included:
-    runtime keys in their former sections, and model fields an older version did not write."""
+    """A Config from a saved mapping (a run directory's config.yaml, `Config.to_dict()`): every key
+    must be one of today's fields (`source` names the file in the error)."""
     config = Config()
-    data = _relocate(data)
-    model = data.get("model") or {}
-    if "classifier" not in model and model.get("experiment") in _LEGACY_MODEL_FIELDS:
-        data = {**data, "model": {**_LEGACY_MODEL_FIELDS[model["experiment"]], **model}}
     apply_values(config, data, source)
     return config
-
-
-def save_run_config(config: Config, run_dir: pathlib.Path, labels: typing.Sequence[str]) -> pathlib.Path:
-    """Write the resolved config, the label order and the package version into the run."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = RunDir(run_dir).config
-    payload = {"ser_keras_version": __version__, "labels": list(labels), "config": config.to_dict()}
-    path.write_text(yaml.safe_dump(payload, sort_keys=False))
-    return path
-
-
-def load_run_config(run_dir: pathlib.Path) -> tuple:
-    """(Config, labels) saved by `save_run_config`."""
-    path = RunDir(run_dir).config
-    data = load_yaml(path)
-    if "config" not in data or "labels" not in data:
-        raise SerKerasError(f"{path}: not a ser_keras run config (missing 'config' or 'labels')")
-    return config_from_dict(data["config"], str(path)), list(data["labels"])

@@ -3,6 +3,7 @@
 A run directory holds::
 
     config.yaml              the resolved config, the label order, the package version
+                             (``save_run_config`` / ``load_run_config``)
     folds.json               the protocol and, per fold, its test utterances (corpus-relative)
     results.json             per-fold and pooled WA/UA (evaluation.results)
     predictions.csv          the folds' test predictions, pooled
@@ -10,7 +11,7 @@ A run directory holds::
     confusion_matrix.png     the pooled confusion matrix
     estimate.json            protocol "all": the figure of a run that estimates the model
     tensorboard/<corpus>/<fold>/
-    folds/<fold>/            a ``FoldDir``
+    folds/<fold>/            a ``FoldDir`` (its checkpoint/: a ``CheckpointDir``)
 
 and an export directory a copy of one fold's ``model.keras`` and fitted front end, plus
 ``export.json``. ``RunDir`` and ``FoldDir`` name these paths; nobody else spells them. The
@@ -25,6 +26,11 @@ import os
 import pathlib
 import typing
 
+import yaml
+
+from ser_keras import __version__
+from ser_keras.config import SVM, Config, config_from_dict
+from ser_keras.config_yaml import load_yaml
 from ser_keras.errors import SerKerasError
 
 CONFIG_FILE = "config.yaml"
@@ -43,6 +49,12 @@ FRONTEND_FILE = "frontend.npz"
 NORMALIZER_FILE = "normalizer.npz"
 EXPORT_FILE = "export.json"
 SAVED_MODEL_FILE = "saved_model.pb"
+# A fold's checkpoint/ (training.callbacks): the early-stopping state and best weights, and in
+# backup/ the epoch checkpoints.
+EARLY_STOPPING_FILE = "early_stopping.json"
+BEST_WEIGHTS_FILE = "best.weights.npz"
+LATEST_CHECKPOINT_FILE = "latest.npz"
+PREVIOUS_CHECKPOINT_FILE = "previous.npz"
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -64,6 +76,31 @@ def read_json(path) -> typing.Optional[dict]:
         return json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def save_run_config(config: Config, run_dir, labels: typing.Sequence[str]) -> pathlib.Path:
+    """Write the resolved config, the label order and the package version into the run's
+    config.yaml (the run directory is made if needed)."""
+    path = RunDir(run_dir).config
+    payload = {"ser_keras_version": __version__, "labels": list(labels), "config": config.to_dict()}
+    atomic_write_text(path, yaml.safe_dump(payload, sort_keys=False))
+    return path
+
+
+def load_run_config(run_dir) -> tuple:
+    """(Config, labels) saved by `save_run_config`. A key the current Config does not have (a
+    run written by a version with a setting since removed) is an error naming the file and key:
+    such a run cannot be repeated, or its model rebuilt, by this code."""
+    path = RunDir(run_dir).config
+    data = load_yaml(path)
+    if "config" not in data or "labels" not in data:
+        raise SerKerasError(f"{path}: not a ser_keras run config (missing 'config' or 'labels')")
+    try:
+        config = config_from_dict(data["config"], str(path))
+    except SerKerasError as exc:
+        raise SerKerasError(f"{exc} (the run was written by ser_keras {data.get('ser_keras_version', '?')}; "
+                            f"this is {__version__})") from None
+    return config, list(data["labels"])
 
 
 def common_root(paths) -> str:
@@ -92,6 +129,15 @@ class _Directory:
         return self.path / other
 
 
+class CheckpointDir(_Directory):
+    """``checkpoint/`` of a fold (or of its ``refit/``): what resuming its training reads."""
+
+    early_stopping = property(lambda self: self.path / EARLY_STOPPING_FILE)
+    best_weights = property(lambda self: self.path / BEST_WEIGHTS_FILE)
+    # The epoch checkpoints (latest and previous), training.callbacks.EpochCheckpoint.
+    backup = property(lambda self: self.path / "backup")
+
+
 class FoldDir(_Directory):
     """``folds/<fold>/`` of a run: what one fold writes."""
 
@@ -118,7 +164,7 @@ class FoldDir(_Directory):
 
     def model(self, classifier: str) -> pathlib.Path:
         """The saved model of a ``model.classifier`` ("svm" or "network")."""
-        return self.svm_model if classifier == "svm" else self.keras_model
+        return self.svm_model if classifier == SVM else self.keras_model
 
     def done(self) -> bool:
         """A fold is done once its result.json (written last, atomically) exists."""
@@ -144,8 +190,9 @@ class RunDir(_Directory):
     def fold(self, name: str) -> FoldDir:
         return FoldDir(self.folds_dir / name)
 
-    def tensorboard(self, corpus: str, fold: str) -> pathlib.Path:
-        return self.path / "tensorboard" / corpus / fold
+    def tensorboard(self, corpus: str, fold: str, refit: bool = False) -> pathlib.Path:
+        """TensorBoard logs of a fold (``refit``: of its refit phase, a subfolder)."""
+        return self.path / "tensorboard" / corpus / fold / ("refit" if refit else "")
 
     def cross_corpus(self, corpus: str) -> pathlib.Path:
         return self.path / "cross_corpus" / corpus

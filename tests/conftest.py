@@ -106,7 +106,7 @@ def tiny_run(export_root):
 
 
 def _write_tiny_run(root: pathlib.Path, experiment: str, seed: int, level: bool) -> pathlib.Path:
-    from ser_keras.config import save_run_config
+    from ser_keras.rundir import save_run_config
     from ser_keras.models import build_model
 
     config = tiny_export_config(experiment, level)

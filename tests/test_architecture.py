@@ -7,7 +7,8 @@ import one on a higher floor of
     foundation -> corpora -> features -> data -> layers -> models -> training -> evaluation
     -> export -> cli
 
-(foundation: the package root and its plain modules: errors, config, config_yaml, audio, metrics, rundir).
+(foundation: the package root and its plain modules: errors, config, config_checks, config_yaml, audio,
+metrics, rundir).
 """
 
 import ast
@@ -22,7 +23,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ser_keras"
 FLOORS = ["foundation", "corpora", "features", "data", "layers", "models", "training", "evaluation",
           "export", "cli"]
 FOUNDATION = {"ser_keras", "ser_keras.errors", "ser_keras.config", "ser_keras.audio", "ser_keras.metrics",
-              "ser_keras.rundir", "ser_keras.config_yaml"}
+              "ser_keras.rundir", "ser_keras.config_yaml", "ser_keras.config_checks"}
 
 
 def _modules() -> dict:

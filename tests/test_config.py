@@ -2,7 +2,8 @@
 
 import pytest
 
-from ser_keras.config import Config, RuntimeConfig, load_config, load_run_config, save_run_config
+from ser_keras.config import Config, RuntimeConfig, load_config
+from ser_keras.rundir import load_run_config, save_run_config
 from ser_keras.errors import SerKerasError
 
 
@@ -64,15 +65,25 @@ def test_extends_merges_the_base_file(tmp_path):
         load_config(config_file=str(child))
 
 
-def test_model_fields_are_checked_and_old_runs_keep_their_meaning(tmp_path):
+def test_model_fields_are_checked(tmp_path):
     with pytest.raises(SerKerasError, match="model.frontend"):
         load_config(experiment="exp4", overrides=["model.frontend=resnet"])
     with pytest.raises(SerKerasError, match="does not suit"):
         load_config(experiment="exp4", overrides=["model.classifier=svm"])
-    # A run directory written before the model fields existed names only its experiment.
-    (tmp_path / "config.yaml").write_text("labels: [a, b]\nconfig:\n  model:\n    experiment: exp2\n")
-    old, _ = load_run_config(tmp_path)
-    assert (old.model.classifier, old.model.input_features, old.model.frontend) == ("network", "lld", "dense")
+
+
+def test_a_run_config_with_a_key_this_version_lacks_is_refused_naming_file_key_and_versions(tmp_path):
+    """The project has no release: a run written with a setting since removed (here the former
+    train.mixup) cannot be rebuilt by this code, and says so in one line."""
+    from ser_keras import __version__
+
+    (tmp_path / "config.yaml").write_text("ser_keras_version: 0.0.1\nlabels: [a, b]\n"
+                                          "config:\n  train:\n    mixup: 0.4\n")
+    with pytest.raises(SerKerasError) as info:
+        load_run_config(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "config.yaml") in message and "'train.mixup'" in message and "\n" not in message
+    assert "ser_keras 0.0.1" in message and __version__ in message
 
 
 @pytest.mark.parametrize("experiment", ["exp1", "exp2", "exp3", "exp4", "exp5"])
@@ -81,32 +92,32 @@ def test_shipped_experiment_configs_load(experiment):
     assert config.model.experiment == experiment
 
 
-def test_runtime_keys_of_an_older_layout_load_into_the_runtime_section(tmp_path):
-    """A run directory written before the runtime section existed (its keys in data, features,
-    model and train) loads, with those settings in `runtime`."""
-    (tmp_path / "config.yaml").write_text(
-        "labels: [a, b]\nconfig:\n"
-        "  data: {corpus: emodb, data_dir: /corpora/emodb, cache_dir: /cache, sample_rate: 16000}\n"
-        "  features: {n_jobs: 3, hop_ms: 10.0}\n"
-        "  model: {experiment: exp1, classifier: svm, input_features: functionals, svm_n_jobs: 4}\n"
-        "  train: {fold: 1, strategy: default, jobs: 2, sweep_block_windows: [5, 10], epochs: 6}\n")
-    old, labels = load_run_config(tmp_path)
-    assert labels == ["a", "b"] and old.train.epochs == 6 and old.data.corpus == "emodb"
-    assert old.runtime == RuntimeConfig(data_dir="/corpora/emodb", cache_dir="/cache", strategy="default", jobs=2,
-                                        fold=1, extract_jobs=3, svm_jobs=4, sweep_block_windows=[5, 10])
-    # Written back, the settings sit in their new place, and load the same.
-    save_run_config(old, tmp_path, labels)
-    assert load_run_config(tmp_path)[0] == old
-    assert "n_jobs" not in (tmp_path / "config.yaml").read_text()
+def test_the_defaults_are_what_fit_runs_with_no_flags():
+    """Config() is the default experiment's config (what `ser-keras fit` runs without
+    --experiment or --set), but for the front end: FeatureConfig keeps the paper's (no warps,
+    level normalisation, pitch channels or test-time views), which the feature code and its
+    tests take as the plain front end; DEFAULT_EXPERIMENT's YAML turns those on."""
+    import dataclasses
+
+    from ser_keras.config import DEFAULT_EXPERIMENT
+
+    default, config = load_config(corpus="demo"), Config()
+    assert config.model.experiment == default.model.experiment == DEFAULT_EXPERIMENT
+    for section in ("data", "sae", "model", "train", "runtime"):
+        assert getattr(config, section) == getattr(default, section), section
+    differing = {f.name for f in dataclasses.fields(config.features)
+                 if getattr(config.features, f.name) != getattr(default.features, f.name)}
+    assert differing == {"warp_factors", "level_normalization", "level_floor_db", "pitch_channels",
+                         "test_warp_factors"}
 
 
-def test_former_runtime_keys_stay_aliases_in_yaml_and_set(tmp_path):
-    path = write(tmp_path, "train:\n  jobs: 2\ndata:\n  cache_dir: /c\n")
-    config = load_config(config_file=path, overrides=["train.fold=1", "train.strategy=default", "features.n_jobs=2"])
+def test_runtime_settings_live_in_the_runtime_section_only(tmp_path):
+    path = write(tmp_path, "runtime:\n  jobs: 2\n  cache_dir: /c\n")
+    config = load_config(config_file=path, overrides=["runtime.fold=1", "runtime.extract_jobs=2"])
     assert (config.runtime.jobs, config.runtime.cache_dir, config.runtime.fold, config.runtime.extract_jobs) == \
         (2, "/c", 1, 2)
-    # The new name wins over the old one in the same place.
-    assert load_config(config_file=path, overrides=["runtime.jobs=3"]).runtime.jobs == 3
+    with pytest.raises(SerKerasError, match=r"unknown config key 'train\.fold'"):
+        load_config(config_file=path, overrides=["train.fold=1"])
 
 
 def test_resume_compares_everything_but_the_runtime_section():
@@ -131,7 +142,7 @@ def test_resume_compares_everything_but_the_runtime_section():
     ("runtime.strategy=tpu", r"^runtime\.strategy: 'tpu' is not one of default, mirrored, multi-worker$"),
     ("train.validation_split=half", r"^train\.validation_split: 'half' is not one of auto"),
     ("train.ema_momentum=1.0", r"^train\.ema_momentum: must be in \(0, 1\) \(or null\), got 1\.0$"),
-    ("train.time_mask_frames=-1", r"^train\.time_mask_frames: must be >= 0, got -1$"),
+    ("model.statistics_units=-1", r"^model\.statistics_units: must be >= 0, got -1$"),
 ])
 def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, message):
     with pytest.raises(SerKerasError, match=message) as info:
@@ -143,11 +154,6 @@ def test_validate_refuses_bad_values_in_one_line_naming_key_and_value(override, 
 def test_test_time_views_need_a_spectrogram(experiment):
     with pytest.raises(SerKerasError, match=r"^features\.test_warp_factors: test-time views warp the spectrogram"):
         load_config(experiment=experiment, overrides=["features.test_warp_factors=[0.9]"])
-
-
-def test_masks_are_for_networks():
-    with pytest.raises(SerKerasError, match=r"^train\.time_masks / channel_masks: mask a network's input frames"):
-        load_config(experiment="exp1", overrides=["train.time_masks=2"])
 
 
 def test_the_cli_offers_the_choices_the_config_allows():

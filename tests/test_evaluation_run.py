@@ -16,8 +16,8 @@ def exp1_run(tmp_path_factory):
     from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path_factory.mktemp("exp1") / "run"
-    fit(tiny_config("exp1", "train.fold=0"), run_dir, progress=False)
-    fit(tiny_config("exp1", "train.fold=1"), run_dir, progress=False)
+    fit(tiny_config("exp1", "runtime.fold=0"), run_dir, progress=False)
+    fit(tiny_config("exp1", "runtime.fold=1"), run_dir, progress=False)
     return run_dir
 
 
@@ -89,7 +89,7 @@ def test_keras_fold_model_predicts_again_identically(tmp_path):
     from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path / "run"
-    fit(tiny_config("exp4", "train.fold=0"), run_dir, progress=False)
+    fit(tiny_config("exp4", "runtime.fold=0"), run_dir, progress=False)
     before = pd.read_csv(run_dir / "predictions.csv")
     (run_dir / "folds" / "speaker-spk_f1" / "predictions.csv").unlink()
     evaluate_run(run_dir, progress=False)

@@ -15,6 +15,7 @@ def _model(bidirectional=True, return_sequences=True, layers=2, attention=True, 
 
     config = Config()
     config.model.experiment = "exp4" if attention else "exp3"
+    config.model.statistics_units = 0  # the paper's models (the defaults are exp5's)
     config.model.attention = attention
     config.model.bidirectional = bidirectional
     config.model.lstm_layers = layers

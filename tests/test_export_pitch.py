@@ -168,7 +168,8 @@ def _write_pitch_run(root):
     """A run directory as ``fit --set features.pitch_channels=true`` leaves one, by hand: the
     untrained exp4 model and random statistics over n_bins + 2 columns; the PCA block-diagonal
     with an identity for the pitch columns (``FramePCA(passthrough=2)``)."""
-    from ser_keras.config import load_config, save_run_config
+    from ser_keras.config import load_config
+    from ser_keras.rundir import save_run_config
     from ser_keras.models import build_model
 
     config = load_config(experiment="exp4", corpus="demo", overrides=["features.pitch_channels=true",

@@ -355,7 +355,7 @@ def test_serve_with_statistics_checks_its_inputs(exp4_loaded):
 
 def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_statistics(tmp_path, tiny_run):
     """neutral_global: the model never saw speaker statistics, so serve_speaker is serve_lengths."""
-    from ser_keras.config import load_run_config, save_run_config
+    from ser_keras.rundir import load_run_config, save_run_config
 
     run_dir = tmp_path / "global"
     shutil.copytree(tiny_run("exp4"), run_dir)

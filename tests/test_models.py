@@ -1,4 +1,4 @@
-"""Model builders: exp2-exp4 graphs, names, masking, .keras round trip, attention, SVM."""
+"""Model builders: exp2-exp5 graphs, names, masking, .keras round trip, attention, SVM."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 
 import keras  # noqa: E402 - a required dependency: a broken install fails, never skips
 
-from ser_keras.config import Config, config_from_dict, load_config  # noqa: E402
+from ser_keras.config import Config, config_from_dict  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
 from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv  # noqa: E402
 from ser_keras.models import (  # noqa: E402
@@ -17,9 +17,6 @@ from ser_keras.models import (  # noqa: E402
     build_model,
     build_svm,
     compile_model,
-    sequence_channels,
-    speaker_adversary_model,
-    statistics_head_trainer,
 )
 
 N_CLASSES = 3
@@ -31,6 +28,10 @@ def tiny_config(experiment, **model):
     """The shipped experiment shapes, shrunk."""
     config = Config()
     config.model.experiment = experiment
+    # The paper's shapes (the defaults are exp5's): no statistics branch, frozen kernels.
+    config.model.statistics_units = 0
+    config.model.fine_tune_kernels = False
+    config.model.input_noise = 0.1
     config.model.frontend = "dense" if experiment == "exp2" else "sae_conv"
     config.model.dense_units = 8
     config.model.lstm_units = 4
@@ -196,90 +197,19 @@ def test_compile_model_and_one_fit_step(optimizer):
     assert np.isfinite(history.history["loss"][0]) and "accuracy" in history.history
 
 
-def test_speaker_adversary_model_shares_the_model_and_trains_both_outputs():
-    config = tiny_config("exp4", statistics_units=5)
-    config.train.speaker_adversary = 0.5
-    model = build_model(config, N_CLASSES, D)
-    trainer = compile_model(speaker_adversary_model(model, config, n_speakers=4), config)
-    x = padded_batch()
-    emotion, speaker = predict(trainer, x)
-    np.testing.assert_array_equal(emotion, predict(model, x))
-    assert speaker.shape == (3, 4)
-    shared = {id(v) for v in model.weights}
-    assert shared < {id(v) for v in trainer.weights}  # the model's weights, and the adversary's
-    assert not {layer.name for layer in model.layers} & {"gradient_reversal", "adversary_dense", "speaker"}
-    before = [np.array(v) for v in model.weights]
-    history = trainer.fit(x, {"probabilities": np.array([0, 1, 2]), "speaker": np.array([0, 3, 1])},
-                          batch_size=3, epochs=1, verbose=0)
-    assert {"probabilities_loss", "speaker_loss", "probabilities_accuracy"} <= set(history.history)
-    assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights))  # the model trained
-    with pytest.raises(SerKerasError, match="at least 2 training speakers"):
-        speaker_adversary_model(model, config, n_speakers=1)
-
-
-def test_statistics_head_model_outputs_the_mean_of_its_two_classifiers():
-    config = tiny_config("exp4", statistics_units=5, statistics_head=True)
-    model = build_model(config, N_CLASSES, D)
-    trainer = compile_model(statistics_head_trainer(model), config)
-    x = padded_batch()
-    mean, fusion, statistics = predict(trainer, x)
-    np.testing.assert_array_equal(mean, predict(model, x))
-    np.testing.assert_allclose(mean, (fusion + statistics) / 2, rtol=1e-6)
-    assert not np.allclose(fusion, statistics)
-    # The statistics classifier reads the statistics branch only: the sequence path cannot move it.
-    head = keras.Model(model.input, model.get_layer("statistics_probabilities").output)
-    assert {layer.name for layer in head.layers}.isdisjoint({"blstm_1", "attention_pooling", "sae_conv"})
-    assert {id(v) for v in model.weights} == {id(v) for v in trainer.weights}
-    before = [np.array(v) for v in model.weights]
-    y = np.array([0, 1, 2])
-    history = trainer.fit(x, {"probabilities": y, "fusion_probabilities": y, "statistics_probabilities": y},
-                          batch_size=3, epochs=1, verbose=0)
-    losses = history.history
-    # Each classifier's own cross-entropy trains; the mean's is reported, with no weight.
-    assert losses["loss"][0] == pytest.approx(losses["fusion_probabilities_loss"][0]
-                                              + losses["statistics_probabilities_loss"][0], rel=1e-4)
-    assert all(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.weights)
-               if v.name.endswith("kernel"))
-
-
-def test_statistics_head_needs_a_statistics_branch():
-    with pytest.raises(SerKerasError, match="model.statistics_head: classifies the statistics branch"):
-        load_config(experiment="exp4", overrides=["model.statistics_head=true"])
-
-
-def test_statistics_percentiles_and_voiced_moments_widen_the_pooled_statistics(tmp_path):
-    """model.statistics_percentiles / statistics_voiced: more statistics per channel, pooled on the
-    voicing flag (the last pitch channel), padding-free, kept by the .keras file and by a SavedModel."""
-    config = tiny_config("exp5", statistics_units=6, statistics_percentiles=[20, 50, 80], statistics_voiced=True)
-    config.features.pitch_channels = True
-    model = build_model(config, N_CLASSES, D)
-    pooling = model.get_layer("statistics_pooling")
-    assert pooling.percentiles == (20.0, 50.0, 80.0) and pooling.voiced_channel == -1
-    assert pooling.output.shape[-1] == D * (4 + 3 + 2)
-    x = padded_batch()
-    for i, n in enumerate(LENGTHS):
-        x[i, :n, -1] = np.arange(n) % 3 == 0  # a voicing flag with both values
-    batch = predict(model, x)
-    np.testing.assert_allclose(predict(model, np.pad(x, ((0, 0), (0, 9), (0, 0)))), batch, atol=1e-6)
-    model.save(tmp_path / "model.keras")
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
-    assert reloaded.get_layer("statistics_pooling").get_config()["percentiles"] == [20.0, 50.0, 80.0]
-    np.testing.assert_allclose(predict(reloaded, x), batch, atol=1e-6)
-    # They are graph ops: a TF SavedModel (the serving path) computes the same.
+def test_statistics_branch_survives_keras_file_and_tf_saved_model(tmp_path):
+    """The statistics branch (exp5) is graph ops: the .keras file and a TF SavedModel (the serving
+    path) compute what the model computes."""
     import tensorflow as tf
+
+    model = build_model(tiny_config("exp5", statistics_units=6), N_CLASSES, D)
+    x = padded_batch()
+    batch = predict(model, x)
+    model.save(tmp_path / "model.keras")
+    np.testing.assert_allclose(predict(keras.models.load_model(tmp_path / "model.keras"), x), batch, atol=1e-6)
     model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), batch, atol=1e-6)
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["model.statistics_percentiles=[50]"], "needs one"),
-    (["model.statistics_units=8", "model.statistics_percentiles=[0,50]"], "must be in"),
-    (["model.statistics_units=8", "model.statistics_voiced=true"], "needs features.pitch_channels"),
-])
-def test_statistics_options_are_refused_without_what_they_need(overrides, message):
-    with pytest.raises(SerKerasError, match=message):
-        load_config(experiment="exp4", overrides=overrides)
 
 
 def test_build_svm_grid_and_fit():
@@ -317,31 +247,6 @@ def test_exp4_exports_as_tf_saved_model(tmp_path):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
     probabilities, alpha = served(tf.constant(x[1:2, :17]))  # another length, unpadded
     np.testing.assert_allclose(np.asarray(alpha)[0], predict(model, x)[1][1, :4], atol=1e-6)
-
-
-def test_pitch_into_statistics_keeps_the_pitch_channels_out_of_the_convolution():
-    """model.pitch_into=statistics: the SAE convolution reads the leading channels only, the
-    statistics branch every channel (the trailing two are the pitch channels)."""
-    config = tiny_config("exp5", statistics_units=6, pitch_into="statistics")
-    config.features.pitch_channels = True
-    model = build_model(config, N_CLASSES, D)
-    assert sequence_channels(config, D) == D - 2
-    assert model.get_layer("sequence_channels").channels == D - 2
-    x = padded_batch()
-    batch = predict(model, x)
-    np.testing.assert_allclose(predict(model, np.pad(x, ((0, 0), (0, 9), (0, 0)))), batch, atol=1e-6)
-    moved = x.copy()
-    for i, n in enumerate(LENGTHS):  # the pitch channels reach the output through the statistics only
-        moved[i, :n, -2:] += 1.0
-    assert np.abs(predict(model, moved) - batch).max() > 1e-4
-    dense = model.get_layer("statistics_dense")
-    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
-    silenced = predict(model, x)
-    np.testing.assert_allclose(predict(model, moved), silenced, atol=1e-6)
-    # Every path reads them by default.
-    config.model.pitch_into = "all"
-    assert sequence_channels(config, D) == D
-    assert "sequence_channels" not in [layer.name for layer in build_model(config, N_CLASSES, D).layers]
 
 
 def test_statistics_branch_is_fused_and_padding_free():

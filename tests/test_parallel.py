@@ -13,7 +13,7 @@ from tests.test_training import tiny_config
 def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
     from ser_keras.evaluation.fit import fit
 
-    config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "train.jobs=2")
+    config = tiny_config("exp4", "train.protocol=random", "train.folds=2", "train.epochs=2", "runtime.jobs=2")
     first = fit(config, tmp_path / "a", progress=True)
     out = capfd.readouterr().out
     assert "training 2 folds, 2 at once" in out
@@ -71,7 +71,7 @@ def test_a_failing_fold_stops_the_run_with_its_error(tmp_path):
         broken.append({"path": str(path), "label": label, "speaker": "aaa"})
     manifest = pd.concat([pd.DataFrame(broken), demo[["path", "label", "speaker"]]], ignore_index=True)
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    config = tiny_config("exp1", "train.jobs=2", f"data.data_dir={tmp_path / 'manifest.csv'}", corpus="csv")
+    config = tiny_config("exp1", "runtime.jobs=2", f"runtime.data_dir={tmp_path / 'manifest.csv'}", corpus="csv")
     with pytest.raises(SerKerasError, match=r"^fold speaker-aaa: no usable training or test utterances") as info:
         fit(config, tmp_path / "run", progress=False)
     assert "\n" not in str(info.value)

@@ -1,12 +1,11 @@
-"""tf.data pipeline: padded batches, masking, determinism, bucketing; SAE patch stream."""
+"""tf.data pipeline: padded batches, masking, determinism, resumable epochs; SAE patch stream."""
 
 import numpy as np
 import pytest
 
 import keras  # a required dependency: a broken install fails, never skips
 
-from ser_keras.data.pipeline import (ZERO_FRAME_EPSILON, Mixup, SpecMasks, make_dataset,  # noqa: E402
-                                     patch_dataset, sample_patches)
+from ser_keras.data.pipeline import ZERO_FRAME_EPSILON, make_dataset, patch_dataset, sample_patches  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
 
 D = 4
@@ -92,117 +91,12 @@ def test_variants_show_each_utterance_once_per_epoch_as_a_drawn_version():
         make_dataset(features, None, batch_size=4, training=False, seed=3, variants=3)
 
 
-def test_spec_masks_zero_spans_keep_frames_and_repeat_for_seed_and_epoch():
-    """SpecAugment-style masks: within each utterance, masked frames are 0 but for the guard
-    in channel 0 (still frames to the model's mask), masked channels are 0 in every frame, spans
-    stay within the widths; draws change between epochs and utterances, and a run resumed at
-    epoch 1 sees the masks an uninterrupted one sees there."""
-    dim = 12
-    rng = np.random.default_rng(0)
-    features = [rng.normal(size=(int(t), dim)).astype(np.float32) + 5.0 for t in rng.integers(30, 60, size=8)]
-    labels = np.arange(8)
-    masks = SpecMasks(time=2, time_width=6, channel=1, channel_width=3)
-
-    def epochs(start, stop):
-        dataset = make_dataset(features, labels, batch_size=4, training=True, seed=3, epochs=range(start, stop),
-                               masks=masks)
-        return [(x[i, :len(features[y[i]])], int(y[i])) for x, y in batches(dataset) for i in range(len(y))]
-
-    seen = epochs(0, 2)
-    patterns = []
-    for x, index in seen:
-        original = features[index]
-        zero = x == 0.0
-        frames = zero[:, 1:].all(axis=1)
-        channels = zero[~frames].all(axis=0)  # masked frames hold the guard in channel 0
-        assert 0 < frames.sum() + channels.sum() and frames.sum() <= 2 * 6 and channels.sum() <= 3
-        np.testing.assert_array_equal(x[frames, 0], np.float32(ZERO_FRAME_EPSILON))
-        kept = ~frames[:, None] & ~channels[None, :]
-        np.testing.assert_array_equal(x[kept], original[kept])  # nothing else touched
-        assert keras.layers.Masking(0.0).compute_mask(x[None]).numpy().all()
-        patterns.append((index, frames.tobytes(), channels.tobytes()))
-    first, second = patterns[:8], patterns[8:]
-    assert len({p[1:] for p in first}) > 1  # utterances get different masks
-    assert sorted(first) != sorted(second)  # a fresh draw every epoch
-    resumed = epochs(1, 2)
-    assert all(np.array_equal(a, b) and i == j for (a, i), (b, j) in zip(resumed, seen[8:]))
-    with pytest.raises(ValueError, match="masks"):
-        make_dataset(features, labels, batch_size=4, training=True, seed=3, masks=masks)
-
-
-def test_mixup_mixes_pairs_of_a_batch_keeps_padding_and_repeats_for_seed_and_epoch():
-    """Mixup: every mixed utterance is lam * one + (1 - lam) * another of its batch, frame for
-    frame, with the labels mixed by the same lam; frames where both were padding stay padding;
-    a run resumed at epoch 1 sees the batches an uninterrupted one sees there."""
-    rng = np.random.default_rng(1)
-    features = [rng.normal(size=(int(t), D)).astype(np.float32) + 3.0 for t in rng.integers(5, 30, size=9)]
-    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
-    mixup = Mixup(alpha=0.4, n_classes=3)
-
-    def epochs(start, stop):
-        dataset = make_dataset(features, labels, batch_size=4, training=True, seed=5, epochs=range(start, stop),
-                               mixup=mixup)
-        return batches(dataset)
-
-    seen = epochs(0, 2)
-    lams = []
-    for x, y in seen:
-        assert y.shape == (len(x), 3) and np.allclose(y.sum(axis=1), 1.0)
-        for row in range(len(x)):
-            # Find the pair (a, b) and lam that explain the row: lam from the first frame.
-            explained = False
-            for a in range(len(features)):
-                for b in range(len(features)):
-                    if max(len(features[a]), len(features[b])) > x.shape[1]:
-                        continue
-                    pa = np.zeros((x.shape[1], D), np.float32)
-                    pb = np.zeros((x.shape[1], D), np.float32)
-                    pa[:len(features[a])], pb[:len(features[b])] = features[a], features[b]
-                    denominator = pa[0, 0] - pb[0, 0]
-                    lam = (x[row, 0, 0] - pb[0, 0]) / denominator if denominator else 1.0
-                    if 0 <= lam <= 1 and np.allclose(x[row], lam * pa + (1 - lam) * pb, atol=1e-5):
-                        expected = lam * np.eye(3)[labels[a]] + (1 - lam) * np.eye(3)[labels[b]]
-                        if np.allclose(y[row], expected, atol=1e-5):
-                            explained = True
-                            lams.append(lam)
-                            # Padding stays padding, frames stay frames (at lam 0 or 1 the
-                            # pair is ambiguous: the other one may be any utterance).
-                            mask = keras.layers.Masking(0.0).compute_mask(x[row:row + 1]).numpy()[0]
-                            assert mask[:min(len(features[a]), len(features[b]))].all()
-                            assert not mask[max(len(features[a]), len(features[b])):].any()
-                            break
-                if explained:
-                    break
-            assert explained, f"row {row} is no mix of two utterances"
-    assert len({round(float(v), 4) for v in lams}) > 3  # lam differs between utterances
-    resumed = epochs(1, 2)
-    second = seen[-len(resumed):]
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(resumed, second))
-    with pytest.raises(ValueError, match="mixup"):
-        make_dataset(features, labels, batch_size=4, training=True, seed=3, mixup=mixup)
-
-
 def test_max_frames_centre_crop():
     features = [np.arange(100 * D, dtype=np.float32).reshape(100, D) + 1, np.ones((10, D), np.float32)]
     x, _ = next(iter(make_dataset(features, [0, 1], 2, training=False, seed=0, max_frames=30)))
     assert x.shape == (2, 30, D)
     np.testing.assert_array_equal(x.numpy()[0], features[0][35:65])
     np.testing.assert_array_equal(x.numpy()[1, :10], features[1])
-
-
-def test_bucketing_groups_similar_lengths():
-    features, labels = utterances(n=60, lo=5, hi=100, seed=1)
-    dataset = make_dataset(features, labels, batch_size=4, training=True, seed=0, bucket_boundaries=[30, 60])
-    seen = 0
-    for x, y in dataset:
-        lengths = (np.abs(x.numpy()).sum(axis=2) > 0).sum(axis=1)
-        buckets = np.digitize(lengths, [30, 60])
-        assert len(set(buckets)) == 1
-        seen += len(y)
-    assert seen == 60
-    # Evaluation ignores bucketing and keeps the order.
-    eval_x = [x for x, _ in make_dataset(features, labels, 4, training=False, seed=0, bucket_boundaries=[30, 60])]
-    np.testing.assert_array_equal(eval_x[0].numpy()[0, :len(features[0])], features[0])
 
 
 def test_inputs_only_and_bad_inputs():

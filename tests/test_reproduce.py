@@ -21,7 +21,7 @@ def check_report(out, protocol_name: str = "leave-one-speaker-out") -> str:
     """What every `reproduce` report must hold (out: its output directory); returns its text.
     tests/test_notebooks.py runs `reproduce` on the demo corpus (tiny models, first fold) through
     notebook 02 and checks its report with this."""
-    from ser_keras.config import load_run_config
+    from ser_keras.rundir import load_run_config
     from ser_keras.evaluation.reproduce import describe_model
 
     text = (out / "report.md").read_text()

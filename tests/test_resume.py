@@ -18,7 +18,7 @@ import pytest
 from tests.test_training import tiny_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-OVERRIDES = ("train.fold=0", "train.epochs=12", "train.patience=3", "train.learning_rate=1e-2")
+OVERRIDES = ("runtime.fold=0", "train.epochs=12", "train.patience=3", "train.learning_rate=1e-2")
 FOLD = "speaker-spk_f1"
 
 # Runs `fit` and SIGKILLs itself at the end of epoch KILL_AT (0-based) of the fold, after
@@ -170,9 +170,10 @@ def test_the_checkpoint_holds_the_seed_states_and_the_optimizer(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
-    """Runs written before this format: latest.npz held model.weights + optimizer variables and
-    the epoch sat in training_metadata.json."""
+def test_a_checkpoint_of_another_format_is_passed_over_in_one_line(tmp_path, capsys):
+    """One checkpoint format is read: a file of an earlier one (model.weights + optimizer
+    variables without an epoch record, or another format number) is reported and the fold
+    restarts from its first epoch."""
     import numpy as np
 
     from ser_keras.training.callbacks import EpochCheckpoint
@@ -181,11 +182,12 @@ def test_a_checkpoint_of_the_earlier_format_still_resumes(tmp_path):
     model.fit(np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32), epochs=1, verbose=0)
     old = list(model.weights) + list(model.optimizer.variables)
     np.savez(tmp_path / "latest.npz", **{f"v{i}": np.asarray(v) for i, v in enumerate(old)})
-    (tmp_path / "training_metadata.json").write_text(json.dumps({"epoch": 5, "batch": -1}))
-    other = tiny_model()
-    assert EpochCheckpoint(tmp_path).restore(other) == 5
-    for a, b in zip(old, list(other.weights) + list(other.optimizer.variables)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.savez(tmp_path / "previous.npz", meta=np.array(json.dumps({"format": 1, "epoch": 3})))
+    checkpoint = EpochCheckpoint(tmp_path, title="fold x")
+    assert checkpoint.restore(tiny_model()) == 0 and checkpoint.resumed_from is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "not a checkpoint of format 2" in lines[0]
+    assert "written in format 1, this version reads 2" in lines[1] and "first epoch" in lines[1]
 
 
 def test_a_fold_interrupted_after_early_stopping_only_restores_its_best_weights(tmp_path):
@@ -243,24 +245,6 @@ def test_a_fold_interrupted_after_early_stopping_only_restores_its_best_weights(
         np.testing.assert_array_equal(a, b)
     state = read_state(tmp_path)
     assert state["finished"] and state["stopped_early"] and state["best_epoch"] == 0
-
-
-def test_a_keras_backup_and_restore_checkpoint_still_resumes(tmp_path):
-    """Older versions used Keras' BackupAndRestore (latest.weights.h5 + training_metadata.json)."""
-    import keras
-    import numpy as np
-
-    from ser_keras.training.callbacks import EpochCheckpoint
-
-    model = tiny_model()
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False)
-    model.fit(np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32), epochs=2, verbose=0, callbacks=[backup])
-    assert (tmp_path / "latest.weights.h5").is_file()
-    other = tiny_model()
-    checkpoint = EpochCheckpoint(tmp_path)
-    assert checkpoint.restore(other) == 2 and checkpoint.resumed_from == tmp_path / "latest.weights.h5"
-    for a, b in zip(model.weights, other.weights):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def _averaging_model():

@@ -216,6 +216,7 @@ def test_pretrain_kernels_uses_the_given_patch_sampler():
 
 def test_assign_kernels_into_a_built_model():
     config = Config()
+    config.model.fine_tune_kernels = False  # the paper's frozen kernels
     config.model.lstm_units = 4
     config.sae.kernel_sizes = [3, 4]
     config.sae.hidden_units = 8

@@ -85,7 +85,7 @@ def check_run_dir(run_dir: pathlib.Path, experiment: str, corpus: str = "demo"):
 
 def check_serving_figures(run_dir: pathlib.Path, results: dict, experiment: str, predictions: pd.DataFrame):
     """Speaker-normalised exp2-4 models also report the served model on single recordings."""
-    from ser_keras.config import load_run_config
+    from ser_keras.rundir import load_run_config
     from ser_keras.features.normalize import SPEAKER_MODES
 
     config, _ = load_run_config(run_dir)
@@ -106,7 +106,7 @@ def check_serving_figures(run_dir: pathlib.Path, results: dict, experiment: str,
 def test_every_experiment_trains_one_epoch_and_leaves_its_artifacts(experiment, tmp_path):
     from ser_keras.evaluation.fit import fit
 
-    config = tiny_config(experiment, "train.fold=0")
+    config = tiny_config(experiment, "runtime.fold=0")
     results = fit(config, tmp_path / "run", progress=False)
     assert len(results["folds"]) == 1 and not results["complete"]
     check_run_dir(tmp_path / "run", experiment)
@@ -217,7 +217,7 @@ def test_rescoring_keeps_the_serving_figure(exp4_cli_run):
 
 def test_same_config_twice_gives_same_folds_and_metrics(exp4_cli_run, tmp_path):
     """The library call with the CLI's config reproduces the CLI run exactly."""
-    from ser_keras.config import load_run_config
+    from ser_keras.rundir import load_run_config
     from ser_keras.evaluation.fit import fit
 
     cli_dir, _ = exp4_cli_run
@@ -243,7 +243,7 @@ def test_a_fold_after_another_trains_as_it_does_alone(tmp_path):
 
     common = ("train.protocol=random", "train.folds=2", "train.epochs=2", "train.ema_momentum=0.9")
     both = tiny_config("exp4", *common)
-    alone = tiny_config("exp4", *common, "train.fold=1")
+    alone = tiny_config("exp4", *common, "runtime.fold=1")
     fit(both, tmp_path / "both", progress=False)
     fit(alone, tmp_path / "alone", progress=False)
     for name in ("predictions.csv", "history.csv"):
@@ -255,12 +255,12 @@ def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     from ser_keras.evaluation.fit import fit
 
     run_dir = tmp_path / "run"
-    fit(tiny_config("exp1", "train.fold=0"), run_dir, progress=False)
+    fit(tiny_config("exp1", "runtime.fold=0"), run_dir, progress=False)
     with pytest.raises(SerKerasError, match=r"different config \(train.seed: 0 -> 5\)") as info:
-        fit(tiny_config("exp1", "train.fold=0", "train.seed=5"), run_dir, progress=False)
+        fit(tiny_config("exp1", "runtime.fold=0", "train.seed=5"), run_dir, progress=False)
     assert "\n" not in str(info.value)
     # running another fold of the same config into the same directory is fine
-    results = fit(tiny_config("exp1", "train.fold=1"), run_dir, progress=False)
+    results = fit(tiny_config("exp1", "runtime.fold=1"), run_dir, progress=False)
     assert [f["name"] for f in results["folds"]] == ["speaker-spk_f1", "speaker-spk_f2"]
 
 
@@ -273,7 +273,7 @@ def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path
     from ser_keras.training import callbacks as callbacks_module
     from ser_keras.evaluation.fit import fit
 
-    common = ("train.fold=0", "train.epochs=3", "train.patience=10")
+    common = ("runtime.fold=0", "train.epochs=3", "train.patience=10")
     original = callbacks_module.training_callbacks
     seen = []
 
@@ -309,7 +309,7 @@ def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path
     assert fold["refit_epochs"] == fold["best_epoch"] and "refit_epochs" not in plain
     # only the refit's remaining epochs ran again, from the checkpointed step count
     assert [(p, e) for p, e, _ in seen] == [("refit", e) for e in range(1, fold["refit_epochs"])]
-    batch = 16  # TINY's train.batch_size; warp_mode draw: one version of each utterance per epoch
+    batch = 16  # TINY's train.batch_size; one version of each utterance per epoch
     per_epoch = -(-(fold["n_train"] + fold["n_validation"]) // batch)
     assert [i for _, _, i in seen] == [e * per_epoch for e in range(1, fold["refit_epochs"])]
     history = pd.read_csv(fold_dir / "refit" / "history.csv")
@@ -379,83 +379,9 @@ def test_the_network_learns_a_separable_task(tmp_path):
     0.67). A model that cannot learn (a broken layer, mask or optimizer) stays near 0.25."""
     from ser_keras.evaluation.fit import fit
 
-    config = tiny_config("exp4", "train.protocol=random", "train.folds=4", "train.fold=0", "train.epochs=6",
+    config = tiny_config("exp4", "train.protocol=random", "train.folds=4", "runtime.fold=0", "train.epochs=6",
                          "train.learning_rate=1e-2", "train.patience=6")
     results = fit(config, tmp_path / "run", progress=False)
     assert results["pooled"]["n"] == 48 and results["pooled"]["ua"] >= 0.5, results["pooled"]["ua"]
     history = pd.read_csv(tmp_path / "run" / "folds" / "random-1of4" / "history.csv")
     assert history["loss"].iloc[-1] < 0.9 * history["loss"].iloc[0]
-
-
-def test_speaker_adversary_trains_against_the_training_speakers_and_is_not_kept(exp4_cli_run, tmp_path):
-    """train.speaker_adversary: the fold trains the model with a speaker classifier behind a
-    gradient reversal (both losses in the history, in the refit too, whose training part has
-    more speakers); the reversed gradient changes what the emotion model learns (its loss
-    differs from the same run's without the adversary: the exp4 CLI run's settings); the saved
-    model is the emotion model alone."""
-    import keras
-
-    from ser_keras.evaluation.fit import fit
-
-    plain_dir, _ = exp4_cli_run
-    config = tiny_config("exp4", "train.fold=0", "train.epochs=2", "train.refit=true", "train.speaker_adversary=0.5")
-    fold = fit(config, tmp_path / "adv", progress=False)["folds"][0]
-    fold_dir = tmp_path / "adv" / "folds" / fold["name"]
-    history = pd.read_csv(fold_dir / "history.csv")
-    assert {"speaker_loss", "probabilities_loss"} <= set(history.columns)
-    assert {"speaker_loss", "probabilities_loss"} <= set(pd.read_csv(fold_dir / "refit" / "history.csv").columns)
-    plain = pd.read_csv(plain_dir / "folds" / fold["name"] / "history.csv")
-    assert not np.allclose(history["probabilities_loss"], plain["loss"], rtol=1e-5, atol=0)
-    model = keras.models.load_model(fold_dir / "model.keras", compile=False)
-    assert len(model.outputs) == 1 and "gradient_reversal" not in {layer.name for layer in model.layers}
-
-
-def test_mixup_trains_on_mixed_batches(exp4_cli_run, tmp_path):
-    """train.mixup: the fold trains on mixed batches (the cross-entropy of mixed labels), which
-    changes what it learns against the same run without it (the exp4 CLI run's settings)."""
-    from ser_keras.evaluation.fit import fit
-
-    plain_dir, _ = exp4_cli_run
-    fold = fit(tiny_config("exp4", "train.fold=0", "train.epochs=2", "train.mixup=0.4"), tmp_path / "mixup",
-               progress=False)["folds"][0]
-    fold_dir = tmp_path / "mixup" / "folds" / fold["name"]
-    assert np.isfinite(pd.read_csv(fold_dir / "history.csv")["loss"]).all()
-    plain = pd.read_csv(plain_dir / "folds" / fold["name"] / "predictions.csv")
-    mixed = pd.read_csv(fold_dir / "predictions.csv")
-    assert list(mixed["path"]) == list(plain["path"])
-    assert not np.allclose(mixed.filter(like="p_").to_numpy(), plain.filter(like="p_").to_numpy())
-
-
-def test_statistics_head_trains_both_classifiers_and_keeps_their_mean(tmp_path):
-    """model.statistics_head: the fold trains both classifiers (their losses in the history),
-    and the saved model's output is the mean of the two."""
-    import keras
-
-    from ser_keras.evaluation.fit import fit
-
-    config = tiny_config("exp4", "train.fold=0", "train.epochs=2", "model.statistics_units=4",
-                         "model.statistics_head=true")
-    fold = fit(config, tmp_path / "heads", progress=False)["folds"][0]
-    fold_dir = tmp_path / "heads" / "folds" / fold["name"]
-    history = pd.read_csv(fold_dir / "history.csv")
-    assert {"fusion_probabilities_loss", "statistics_probabilities_loss"} <= set(history.columns)
-    assert np.isfinite(history["statistics_probabilities_loss"]).all()
-    model = keras.models.load_model(fold_dir / "model.keras", compile=False)
-    assert len(model.outputs) == 1 and model.get_layer("probabilities").__class__.__name__ == "Average"
-
-
-def test_speaker_adversary_and_mixup_are_refused_where_they_cannot_apply():
-    with pytest.raises(SerKerasError, match="train.speaker_adversary: trains a network"):
-        tiny_config("exp1", "train.speaker_adversary=0.5")
-    with pytest.raises(SerKerasError, match="train.mixup: mixes a network"):
-        tiny_config("exp1", "train.mixup=0.4")
-    with pytest.raises(SerKerasError, match="train.mixup: cannot be combined"):
-        tiny_config("exp4", "train.mixup=0.4", "train.speaker_adversary=0.5")
-    with pytest.raises(SerKerasError, match="train.class_weight"):
-        tiny_config("exp4", "train.speaker_adversary=0.5", "train.class_weight=balanced")
-    with pytest.raises(SerKerasError, match="train.speaker_adversary"):
-        tiny_config("exp4", "train.speaker_adversary=-1")
-    with pytest.raises(SerKerasError, match="model.statistics_head: cannot be combined with train.speaker_adversary"):
-        tiny_config("exp5", "model.statistics_head=true", "train.speaker_adversary=0.5")
-    with pytest.raises(SerKerasError, match="model.statistics_head: cannot be combined with train.class_weight"):
-        tiny_config("exp5", "model.statistics_head=true", "train.class_weight=balanced")

@@ -1,4 +1,4 @@
-"""train.strategy=mirrored over two logical CPU devices (tf.distribute), in a subprocess
+"""runtime.strategy=mirrored over two logical CPU devices (tf.distribute), in a subprocess
 because logical devices must be configured before TensorFlow initialises."""
 
 import json
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent("""
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     script = tmp_path / "mirrored_fit.py"
     script.write_text(SCRIPT)
-    overrides = [*TINY, "train.strategy=mirrored", "train.fold=0", "train.epochs=1"]
+    overrides = [*TINY, "runtime.strategy=mirrored", "runtime.fold=0", "train.epochs=1"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), json.dumps(overrides)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=str(tmp_path))
@@ -46,7 +46,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     result = json.loads(line[len("RESULT "):])
     assert result["replicas"] == 2 and len(result["devices"]) == 2
     # What fit itself trained under (results.json, from the fold's result.json), not only what
-    # this script built: a fit that ignored train.strategy would record 1.
+    # this script built: a fit that ignored runtime.strategy would record 1.
     assert result["fit_replicas"] == [2]
     saved_fold = json.loads((tmp_path / "run" / "folds" / "speaker-spk_f1" / "result.json").read_text())
     assert saved_fold["replicas"] == 2
@@ -83,12 +83,12 @@ def _free_ports(n):
 
 @pytest.mark.slow
 def test_multi_worker_strategy_with_two_local_workers(tmp_path):
-    """train.strategy=multi-worker: two processes on this machine, the cluster in TF_CONFIG;
+    """runtime.strategy=multi-worker: two processes on this machine, the cluster in TF_CONFIG;
     the chief writes the run directory, the other worker a scratch copy. Slow (two TensorFlow
     processes); opt in with -m slow."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    overrides = [*TINY, "train.strategy=multi-worker", "train.fold=0", "train.epochs=1"]
+    overrides = [*TINY, "runtime.strategy=multi-worker", "runtime.fold=0", "train.epochs=1"]
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
     processes = []
     for index in range(2):

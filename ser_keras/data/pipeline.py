@@ -10,8 +10,7 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
   after the mask is taken (the model's ``GaussianNoise`` layer after ``Masking``).
 - ``max_frames``: utterances longer than this are centre-cropped (deterministic).
 - training: shuffled with ``seed`` (reshuffled every epoch, the same sequence of epochs for the
-  same seed), optional length bucketing (``bucket_boundaries``) so a batch pads little;
-  evaluation keeps the input order (predictions line up with the manifest) and never buckets.
+  same seed); evaluation keeps the input order (predictions line up with the manifest).
 - ``variants``: training only: the feature list holds ``variants`` blocks of the same
   utterances (the originals, then each augmented version, e.g. frequency-warped), and every
   epoch shows each utterance once, as one of its versions drawn at random (seeded, a fresh draw
@@ -20,14 +19,6 @@ integer labels into batches ``(x (batch, T, D) float32, y (batch,) int32)``:
   (shuffle and version draws) a pure function of (seed, epoch) — so a run resumed at epoch k
   (``range(k, n)``) sees exactly the batches an uninterrupted one sees from epoch k on. Pass
   ``steps_per_epoch=epoch_steps(...)`` to ``fit`` (the dataset is not one epoch long).
-- ``masks``: training only (with ``epochs``): SpecAugment-style masks (``SpecMasks``), a fresh
-  draw for every utterance of every epoch from (seed, epoch, position): spans of frames and of
-  channels set to 0, the normalised mean. A masked frame keeps ``ZERO_FRAME_EPSILON`` in its
-  first channel, so the model's mask still counts it as a frame (masked, not cut out).
-- ``mixup``: training only (with ``epochs``): every batch mixed with a shuffled copy of itself
-  (``Mixup``): frames ``lam * x + (1 - lam) * x_other`` and one-hot labels likewise, with one
-  ``lam ~ Beta(alpha, alpha)`` per utterance drawn from (seed, epoch, batch); the labels come out
-  as (batch, n_classes) probabilities. Padding mixed with frames becomes frames (scaled).
 - ``prefetch`` last.
 
 The arrays are concatenated into one tensor and each element is a slice of it, so the dataset
@@ -49,97 +40,6 @@ import tensorflow as tf
 from ser_keras.errors import SerKerasError
 
 ZERO_FRAME_EPSILON = 1e-6
-
-
-class SpecMasks(typing.NamedTuple):
-    """SpecAugment-style masks for a training utterance: `time` spans of 0 to `time_width`
-    frames and `channel` spans of 0 to `channel_width` feature channels, each at a uniform
-    random position (spans may overlap)."""
-
-    time: int = 0
-    time_width: int = 0
-    channel: int = 0
-    channel_width: int = 0
-
-    @property
-    def active(self) -> bool:
-        return (self.time > 0 and self.time_width > 0) or (self.channel > 0 and self.channel_width > 0)
-
-
-class Mixup(typing.NamedTuple):
-    """Mixup of training batches: lam ~ Beta(alpha, alpha) per utterance (alpha > 0: on), labels
-    one-hot over `n_classes`."""
-
-    alpha: float = 0.0
-    n_classes: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.alpha > 0
-
-
-def mix_batch(x: tf.Tensor, y: tf.Tensor, mixup: Mixup, seed) -> tuple:
-    """(x, y) of one padded batch mixed with a shuffled copy of itself, from the stateless
-    `seed` (shape [2], int64): x ``lam * x + (1 - lam) * x[partner]`` and y the one-hot labels
-    mixed alike (float32 (batch, n_classes)). A frame where both were padding stays padding;
-    any other frame that comes out all zero gets the zero guard (it stays a frame)."""
-    seed = tf.cast(seed, tf.int64)
-    fold_in = tf.random.experimental.stateless_fold_in
-    size = tf.shape(x)[0]
-    partner = tf.random.experimental.stateless_shuffle(tf.range(size), seed=fold_in(seed, 0))
-    alpha = tf.fill([size], tf.constant(float(mixup.alpha), tf.float32))
-    first = tf.random.stateless_gamma([size], seed=fold_in(seed, 1), alpha=alpha)
-    second = tf.random.stateless_gamma([size], seed=fold_in(seed, 2), alpha=alpha)
-    lam = first / tf.maximum(first + second, 1e-12)
-    other = tf.gather(x, partner)
-    # Where only one of the pair has frames (the other is padded) the mix is that one scaled.
-    mixed = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * other
-    mixed = _keep_frames(mixed, _nonzero_frames(x) | _nonzero_frames(other))
-    labels = tf.one_hot(y, int(mixup.n_classes))
-    return mixed, lam[:, None] * labels + (1.0 - lam[:, None]) * tf.gather(labels, partner)
-
-
-def _nonzero_frames(x: tf.Tensor) -> tf.Tensor:
-    """(..., T) bool: which frames of `x` (..., T, D) are not all zero (not padding)."""
-    return tf.reduce_any(tf.not_equal(x, 0.0), axis=-1)
-
-
-def _keep_frames(x: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
-    """`x` (..., T, D) with ZERO_FRAME_EPSILON in the first channel of every all-zero frame
-    where `frames` (..., T) is True, so the model's Masking(0.0) still counts it as a frame."""
-    empty = frames & ~_nonzero_frames(x)
-    guard = tf.one_hot(0, tf.shape(x)[-1], on_value=ZERO_FRAME_EPSILON, dtype=x.dtype)
-    return tf.where(empty[..., None], guard, x)
-
-
-def _mask_spans(count: int, width: int, size, seed) -> tf.Tensor:
-    """(size,) bool: True inside any of `count` spans of 0..width positions, seeded statelessly."""
-    size = tf.cast(size, tf.int64)
-    fold_in = tf.random.experimental.stateless_fold_in
-    widths = tf.random.stateless_uniform([count], seed=fold_in(seed, 0), minval=0, maxval=width + 1,
-                                         dtype=tf.int64)
-    widths = tf.minimum(widths, size)
-    uniform = tf.random.stateless_uniform([count], seed=fold_in(seed, 1))
-    starts = tf.cast(tf.floor(uniform * tf.cast(size - widths + 1, tf.float32)), tf.int64)
-    positions = tf.range(size)[None, :]
-    inside = (positions >= starts[:, None]) & (positions < (starts + widths)[:, None])
-    return tf.reduce_any(inside, axis=0)
-
-
-def apply_masks(x: tf.Tensor, masks: SpecMasks, seed) -> tf.Tensor:
-    """`x` (frames, D) with `masks` drawn from the stateless `seed` (shape [2], int64): masked
-    cells 0, and every masked frame's first channel ZERO_FRAME_EPSILON (it stays a frame)."""
-    seed = tf.cast(seed, tf.int64)
-    frames, dim = tf.shape(x, out_type=tf.int64)[0], tf.shape(x, out_type=tf.int64)[1]
-    keep = tf.ones_like(x, dtype=tf.bool)
-    if masks.time > 0 and masks.time_width > 0:
-        keep &= ~_mask_spans(masks.time, masks.time_width, frames,
-                             tf.random.experimental.stateless_fold_in(seed, 0))[:, None]
-    if masks.channel > 0 and masks.channel_width > 0:
-        keep &= ~_mask_spans(masks.channel, masks.channel_width, dim,
-                             tf.random.experimental.stateless_fold_in(seed, 1))[None, :]
-    masked = tf.where(keep, x, tf.zeros_like(x))
-    return _keep_frames(masked, tf.ones([frames], tf.bool))
 
 
 def _prepare(features: typing.Sequence[np.ndarray], max_frames: typing.Optional[int]) -> tuple:
@@ -181,42 +81,29 @@ def make_dataset(
     seed: int,
     shuffle: typing.Optional[bool] = None,
     max_frames: typing.Optional[int] = None,
-    bucket_boundaries: typing.Optional[typing.Sequence[int]] = None,
-    drop_remainder: bool = False,
     variants: int = 1,
     epochs: typing.Optional[typing.Sequence[int]] = None,
-    masks: typing.Optional[SpecMasks] = None,
-    mixup: typing.Optional[Mixup] = None,
 ) -> tf.data.Dataset:
     """Padded batches of utterances.
 
     Args:
         features: (frames, D) arrays, one per utterance.
-        labels: integer class ids, one per utterance, or None for inputs only; (N, k) for k
-            ids per utterance (e.g. emotion and speaker).
+        labels: integer class ids, one per utterance, or None for inputs only.
         batch_size: utterances per batch (the paper updates every 10 sequences).
-        training: shuffle (unless `shuffle` says otherwise) and allow bucketing.
+        training: shuffle (unless `shuffle` says otherwise).
         seed: the shuffle seed (config.train.seed).
         shuffle: None -> `training`.
         max_frames: centre-crop longer utterances to this many frames (None keeps all).
-        bucket_boundaries: training only: frame counts at which to split length buckets
-            (e.g. [200, 400, 600]); each bucket is batched separately.
-        drop_remainder: drop the last short batch.
         variants: `features` is this many consecutive blocks of ``len(labels)`` utterances
             (block 0 the originals, the others versions of them with the same labels); each
             epoch draws one version per utterance. Needs labels and `training`.
         epochs: training only: the epoch indices (e.g. ``range(start, stop)``) this dataset
             covers, back to back; each epoch's shuffle and draws depend on (seed, epoch) only.
             None: one pass is one epoch, reshuffled (a seeded stream) on every pass.
-        masks: training only, with `epochs`: SpecAugment-style masks drawn afresh for every
-            utterance of every epoch (a function of seed, epoch and position in the epoch).
-        mixup: training only, with `epochs` and one label per utterance: every batch mixed with
-            a shuffled copy of itself (`mix_batch`), a function of (seed, epoch, batch); y is
-            then (batch, n_classes) float32 label probabilities.
 
     Returns:
         tf.data.Dataset of ``(x, y)`` (or ``x`` when labels is None) with x
-        ``(batch, frames, D)`` float32 zero-padded and y ``(batch,)`` (or ``(batch, k)``) int32.
+        ``(batch, frames, D)`` float32 zero-padded and y ``(batch,)`` int32.
     """
     if int(batch_size) < 1:
         raise SerKerasError(f"batch_size: must be >= 1, got {batch_size}")
@@ -230,7 +117,7 @@ def make_dataset(
     count = len(starts) // variants
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.ndim not in (1, 2) or labels.shape[0] != count:
+        if labels.ndim != 1 or labels.shape[0] != count:
             raise ValueError(f"make_dataset: {count} utterances but labels of shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError("make_dataset: labels must be integer class ids (see corpora.label_order)")
@@ -240,38 +127,17 @@ def make_dataset(
 
     starts, lengths = tf.constant(starts), tf.constant(lengths)
 
-    masking = masks is not None and masks.active
-    if masking and (epochs is None or not training):
-        raise ValueError("make_dataset: masks= needs training data with epochs=")
-    mixing = mixup is not None and mixup.active
-    if mixing and (epochs is None or not training or labels is None or labels.ndim != 1):
-        raise ValueError("make_dataset: mixup= needs training data with one label per utterance and epochs=")
-
     def take(index, *rest):
         x = table[starts[index]:starts[index] + lengths[index]]
-        if masking:
-            label, mask_seed = rest
-            return apply_masks(x, masks, mask_seed), label
         return (x, rest[0]) if rest else x
 
     x_shape = tf.TensorShape([None, dim])
-    padded_shapes = (x_shape, tf.TensorShape(labels.shape[1:])) if labels is not None else x_shape
+    padded_shapes = (x_shape, tf.TensorShape([])) if labels is not None else x_shape
     padding_values = (tf.constant(0.0), tf.constant(0, tf.int32)) if labels is not None else tf.constant(0.0)
 
     def batch(dataset):
         dataset = dataset.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if training and bucket_boundaries:
-            boundaries = sorted(int(b) for b in bucket_boundaries)
-            return dataset.bucket_by_sequence_length(
-                element_length_func=lambda x, *_: tf.shape(x)[0],
-                bucket_boundaries=boundaries,
-                bucket_batch_sizes=[int(batch_size)] * (len(boundaries) + 1),
-                padded_shapes=padded_shapes,
-                padding_values=padding_values,
-                drop_remainder=drop_remainder,
-            )
-        return dataset.padded_batch(int(batch_size), padded_shapes=padded_shapes,
-                                    padding_values=padding_values, drop_remainder=drop_remainder)
+        return dataset.padded_batch(int(batch_size), padded_shapes=padded_shapes, padding_values=padding_values)
 
     if epochs is not None:
         if not training or labels is None:
@@ -288,18 +154,7 @@ def make_dataset(
                 draws = tf.random.stateless_uniform([count], seed=tf.stack([int(seed), -1 - epoch]),
                                                     minval=0, maxval=variants, dtype=tf.int64)
                 chosen = order + count * draws
-            elements = (chosen, tf.gather(label_table, order))
-            if masking:  # (seed, -1e9 - epoch * count - position) never meets the seeds above
-                positions = tf.range(count, dtype=tf.int64)
-                mask_seeds = tf.stack([tf.fill([count], tf.constant(int(seed), tf.int64)),
-                                       -1_000_000_000 - epoch * count - positions], axis=1)
-                elements += (mask_seeds,)
-            batches = batch(tf.data.Dataset.from_tensor_slices(elements))
-            if mixing:  # fold_in(shuffle seed, 1e6 + batch) is no seed used above
-                batches = batches.enumerate().map(
-                    lambda index, pair: mix_batch(*pair, mixup, tf.random.experimental.stateless_fold_in(
-                        tf.stack([int(seed), epoch]), 1_000_000 + index)))
-            return batches
+            return batch(tf.data.Dataset.from_tensor_slices((chosen, tf.gather(label_table, order))))
 
         dataset = tf.data.Dataset.from_tensor_slices(np.asarray(list(epochs), np.int64)).flat_map(one_epoch)
         return dataset.prefetch(tf.data.AUTOTUNE)
@@ -314,10 +169,9 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def epoch_steps(n_utterances: int, batch_size: int, drop_remainder: bool = False) -> int:
-    """Batches in one epoch of ``make_dataset(..., epochs=...)`` (without bucketing)."""
-    n, size = int(n_utterances), int(batch_size)
-    return n // size if drop_remainder else -(-n // size)
+def epoch_steps(n_utterances: int, batch_size: int) -> int:
+    """Batches in one epoch of ``make_dataset(..., epochs=...)``."""
+    return -(-int(n_utterances) // int(batch_size))
 
 
 # ------------------------------------------------------------------------------- patches

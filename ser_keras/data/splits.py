@@ -42,14 +42,15 @@ import typing
 import numpy as np
 import pandas as pd
 
-from ser_keras.config import PROTOCOLS, VALIDATION_SPLITS
+from ser_keras.config import (PROTOCOL_ALL, PROTOCOL_LOSO, PROTOCOL_RANDOM, PROTOCOL_SESSION, PROTOCOLS, SPLIT_AUTO,
+                              SPLIT_SPEAKERS, SPLIT_UTTERANCES, VALIDATION_SPLITS)
 from ser_keras.errors import SerKerasError
 
 PROTOCOL_NAMES = {
-    "loso": "leave-one-speaker-out",
-    "session": "leave-one-session-out",
-    "random": "seeded stratified {n}-fold (speaker-dependent)",
-    "all": "every speaker (a model to deploy; no test part)",
+    PROTOCOL_LOSO: "leave-one-speaker-out",
+    PROTOCOL_SESSION: "leave-one-session-out",
+    PROTOCOL_RANDOM: "seeded stratified {n}-fold (speaker-dependent)",
+    PROTOCOL_ALL: "every speaker (a model to deploy; no test part)",
 }
 # The fold of protocol "all".
 ALL_FOLD = "all"
@@ -112,16 +113,16 @@ def make_folds(
         raise SerKerasError(
             f"train.validation_split: '{validation_split}' is not one of {', '.join(VALIDATION_SPLITS)}"
         )
-    auto = validation_split == "auto"
+    auto = validation_split == SPLIT_AUTO
     if auto:
-        validation_split = "utterances" if protocol == "random" else "speakers"
+        validation_split = SPLIT_UTTERANCES if protocol == PROTOCOL_RANDOM else SPLIT_SPEAKERS
     if len(manifest) == 0:
         raise SerKerasError("make_folds: the manifest is empty")
     labels = manifest["label"].astype(str).to_numpy()
     speakers = manifest["speaker"].astype(str).to_numpy()
     positions = np.arange(len(manifest))
 
-    if protocol == "loso":
+    if protocol == PROTOCOL_LOSO:
         groups = speakers
         keys = sorted(set(groups))
         if len(keys) < 2:
@@ -129,7 +130,7 @@ def make_folds(
                 f"train.protocol: loso needs at least 2 speakers, the corpus has {len(keys)}"
             )
         test_sets = [(f"speaker-{key}", positions[groups == key]) for key in keys]
-    elif protocol == "session":
+    elif protocol == PROTOCOL_SESSION:
         sessions = manifest["session"]
         if sessions.isna().all():
             raise SerKerasError(
@@ -145,7 +146,7 @@ def make_folds(
         if len(keys) < 2:
             raise SerKerasError(f"train.protocol: session needs at least 2 sessions, found {keys}")
         test_sets = [(f"session-{key}", positions[groups == key]) for key in keys]
-    elif protocol == "all":
+    elif protocol == PROTOCOL_ALL:
         test_sets = [(ALL_FOLD, np.empty(0, dtype=np.int64))]
     else:
         test_sets = _stratified_kfold(labels, n_folds, seed)
@@ -155,7 +156,7 @@ def make_folds(
         rest = np.setdiff1d(positions, test, assume_unique=True)
         genders = manifest["gender"].to_numpy() if "gender" in manifest else np.full(len(manifest), None)
         n_speakers = len(set(speakers[rest]))
-        by_speakers = validation_split == "speakers" and n_speakers > 1
+        by_speakers = validation_split == SPLIT_SPEAKERS and n_speakers > 1
         if by_speakers and auto:
             by_speakers = n_speakers - _held_out_count(n_speakers, validation_fraction) >= MIN_TRAINING_SPEAKERS
         if by_speakers:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from ser_keras.config import load_run_config
+from ser_keras.config import PROTOCOL_ALL
 from ser_keras.errors import SerKerasError
-from ser_keras.rundir import RunDir, atomic_write_json
+from ser_keras.rundir import RunDir, atomic_write_json, load_run_config
 from ser_keras.training.resume import _differences, identity
 
 # Settings a protocol run and the deployed model may differ in.
@@ -42,7 +42,7 @@ def estimate_from(config, source_dir) -> dict:
     if not RunDir(source_dir).config.is_file() or not results_path.is_file():
         raise SerKerasError(f"{source_dir}: not a finished run (needs config.yaml and results.json)")
     other, _ = load_run_config(source_dir)
-    if other.train.protocol == "all":
+    if other.train.protocol == PROTOCOL_ALL:
         raise SerKerasError(f"{source_dir}: a protocol 'all' run has no test figure; give a loso, session "
                             "or random run of the same config")
     changes = _differences(_comparable(other), _comparable(config))
@@ -78,7 +78,7 @@ def write_estimate(run_dir, source_dir) -> dict:
     """``estimate_from`` for the protocol "all" run `run_dir`, written to its estimate.json."""
     run_dir = pathlib.Path(run_dir)
     config, _ = load_run_config(run_dir)
-    if config.train.protocol != "all":
+    if config.train.protocol != PROTOCOL_ALL:
         raise SerKerasError(f"{run_dir}: --estimate-from is for a protocol 'all' run (this one is "
                             f"{config.train.protocol}, which measures its own figure)")
     estimate = estimate_from(config, source_dir)

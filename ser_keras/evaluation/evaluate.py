@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 import ser_keras.layers  # noqa: F401 - registers the custom layers for load_model
-from ser_keras.config import load_run_config
+from ser_keras.config import PROTOCOL_ALL, SVM
 from ser_keras.corpora import run_manifest
 from ser_keras.data.pipeline import make_dataset
 from ser_keras.errors import SerKerasError
@@ -39,7 +39,7 @@ from ser_keras.metrics import predictions_frame, score_predictions, summarize
 from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.models.svm import svm_scores
 from ser_keras.rundir import (CONFUSION_FILE, PREDICTIONS_FILE, RESULTS_FILE, FoldDir, RunDir, atomic_write_json,
-                              common_root, relative_path)
+                              common_root, load_run_config, relative_path)
 
 # Emotion names across corpora -> one canonical name (cross-corpus label matching).
 CANONICAL = {
@@ -79,7 +79,7 @@ def _rescore(run_dir, config, labels, fold_names, progress) -> dict:
     run = RunDir(run_dir)
     # A protocol "all" run has no test part: nothing to predict again.
     missing = [n for n in fold_names if not run.fold(n).predictions.is_file()
-               and run.fold(n).model(config.model.classifier).is_file() and config.train.protocol != "all"]
+               and run.fold(n).model(config.model.classifier).is_file() and config.train.protocol != PROTOCOL_ALL]
     if missing:
         _repredict_folds(run_dir, config, labels, missing, progress)
     if not any(run.fold(n).done() for n in fold_names):
@@ -128,7 +128,7 @@ def predict_with_fold(fold_dir, config, features: list, speakers: list, model=No
     `n_classes` (an SVM's output width): default, the run's label count."""
     fold_dir = FoldDir(fold_dir)
     frontend = FittedFrontEnd.load(fold_dir, pca=uses_pca(config))
-    if config.model.classifier == "svm":
+    if config.model.classifier == SVM:
         x = frontend.transform(features, speakers)
         model = model or joblib.load(fold_dir.svm_model)
         stacked = np.concatenate([np.asarray(v).reshape(1, -1) for v in x], axis=0)

@@ -26,7 +26,7 @@ import pathlib
 import time
 import typing
 
-from ser_keras.config import load_config
+from ser_keras.config import DENSE, LLD, SVM, load_config
 from ser_keras.data.splits import describe_protocol
 from ser_keras.evaluation import baseline
 from ser_keras.evaluation.fit import fit
@@ -45,11 +45,11 @@ def describe_model(config) -> str:
     """One line naming the model a resolved config trains (the report's "model" column), so
     the report describes the run it reports on, whatever its YAML or ``--set`` overrides said."""
     m = config.model
-    if m.classifier == "svm":
+    if m.classifier == SVM:
         return "LLD functionals + RBF SVM"
     rnn = f"{'BLSTM' if m.bidirectional else 'LSTM'} {m.lstm_layers}x{m.lstm_units}"
-    inputs = "LLD" if m.input_features == "lld" else "PCA spectrogram"
-    front = f"{inputs} -> Dense {m.dense_units}" if m.frontend == "dense" else f"{inputs} -> SAE-CNN"
+    inputs = "LLD" if m.input_features == LLD else "PCA spectrogram"
+    front = f"{inputs} -> Dense {m.dense_units}" if m.frontend == DENSE else f"{inputs} -> SAE-CNN"
     head = " -> attention pooling" if m.attention else ""
     if m.statistics_units:
         head += f", + utterance statistics -> Dense {m.statistics_units}"

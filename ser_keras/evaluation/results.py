@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ser_keras import __version__
-from ser_keras.config import Config
-from ser_keras.data.splits import describe_protocol
+from ser_keras.config import PROTOCOL_ALL, Config
+from ser_keras.data.splits import ALL_FOLD, describe_protocol
 from ser_keras.evaluation.plots import save_confusion_png
 from ser_keras.features.frontend import reports_serving, serving_mode
 from ser_keras.metrics import score_predictions
@@ -117,9 +117,9 @@ def collect_results(config: Config, run_dir, labels: list, folds: typing.Sequenc
     """(Re)write the run-level results from the finished folds (`folds`: Fold objects or names)."""
     run = RunDir(run_dir)
     extra = {"feature_failures": failures or {}, "last_invocation_s": round(invocation_s, 2)}
-    if reports_serving(config) and config.train.protocol != "all":
+    if reports_serving(config) and config.train.protocol != PROTOCOL_ALL:
         extra["serving"] = serving_results(config, run, labels, folds)
-    if config.train.protocol == "all":
+    if config.train.protocol == PROTOCOL_ALL:
         extra["deploy"] = deploy_summary(config, run)
         if run.estimate.is_file():
             extra["estimate"] = json.loads(run.estimate.read_text())
@@ -139,7 +139,7 @@ def collect_results(config: Config, run_dir, labels: list, folds: typing.Sequenc
 
 def deploy_summary(config: Config, run: RunDir) -> typing.Optional[dict]:
     """results.json["deploy"] of a protocol "all" run: what the model was trained on."""
-    fold = read_json(run.fold("all").result) if run.fold("all").done() else None
+    fold = read_json(run.fold(ALL_FOLD).result) if run.fold(ALL_FOLD).done() else None
     if fold is None:
         return None
     return {"corpus": config.data.corpus, "training_speakers": fold.get("training_speakers"),

@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 
 import ser_keras.layers  # noqa: F401  (registers the custom layers for load_model)
-from ser_keras.config import load_run_config
 from ser_keras.errors import SerKerasError
 from ser_keras.export import frontend as fe
 from ser_keras.features.frontend import FittedFrontEnd
@@ -29,7 +28,7 @@ from ser_keras.features.llds import frame_llds
 from ser_keras.features.pitch import pitch_channels
 from ser_keras.features.spectrogram import log_spectrogram
 from ser_keras.models import ATTENTION_LAYER, attention_model, attention_span_frames, attention_step_frames
-from ser_keras.rundir import RunDir
+from ser_keras.rundir import RunDir, load_run_config
 
 
 def _natural_key(name: str) -> list:

@@ -61,7 +61,7 @@ import numpy as np
 import tensorflow as tf
 
 from ser_keras.audio import AUDIO_SUFFIXES, load_audio
-from ser_keras.config import Config, load_run_config
+from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
 from ser_keras.export.bundle import attention_steps, load_fold
 from ser_keras.export.frontend import apply_stats_numpy
@@ -71,7 +71,7 @@ from ser_keras.export.serving import read_export_json
 from ser_keras.features.level import has_speech
 from ser_keras.features.llds import frame_llds
 from ser_keras.features.normalize import SPEAKER_MODES, mean_std_from_moments, serving_normalization
-from ser_keras.rundir import CONFIG_FILE, SAVED_MODEL_FILE, RunDir
+from ser_keras.rundir import CONFIG_FILE, SAVED_MODEL_FILE, RunDir, load_run_config
 
 EXIT_OK = 0
 # Nothing could be scored: every input was bad (missing, empty, corrupt) — an error the user

@@ -130,7 +130,6 @@ import keras
 import tensorflow as tf
 
 from ser_keras import __version__
-from ser_keras.config import load_run_config
 from ser_keras.errors import SerKerasError
 from ser_keras.evaluation.estimate import estimate_from as read_estimate
 from ser_keras.export.bundle import FoldModel, load_fold
@@ -138,7 +137,8 @@ from ser_keras.export.graph import ServingGraph, speaker_adapted
 from ser_keras.features.llds import lld_names
 from ser_keras.features.normalize import serving_normalization
 from ser_keras.features.pitch import PITCH_CHANNELS
-from ser_keras.rundir import CONFIG_FILE, EXPORT_FILE, FRONTEND_FILE, KERAS_MODEL_FILE, FoldDir, RunDir
+from ser_keras.rundir import (CONFIG_FILE, EXPORT_FILE, FRONTEND_FILE, KERAS_MODEL_FILE, FoldDir, RunDir,
+                              load_run_config)
 
 EXPORT_FORMAT = "ser_keras-savedmodel"
 # 2: serve_speaker, speaker_statistics, serve_with_statistics; export.json normalization,

@@ -22,7 +22,6 @@ import functools
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.level import level_reference
 
 
 def check_factors(factors, name: str = "warp_factors") -> list:
@@ -64,41 +63,6 @@ def _between(source: np.ndarray, size: int) -> tuple:
     low = np.floor(source).astype(np.int64)
     high = np.minimum(low + 1, size - 1)
     return low, high, source - low
-
-
-def change_tempo(features: np.ndarray, factor: float) -> np.ndarray:
-    """`(frames, D)` features played `factor` times as fast: ``round(frames / factor)`` frames
-    (at least one), frame j linearly interpolated at input position ``j * factor`` (capped at
-    the last frame), every channel alike. Tempo perturbation: the speaking rate changes, the
-    spectrum of each frame and the pitch do not."""
-    x = np.asarray(features, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"change_tempo: expected (frames, D), got shape {x.shape}")
-    n_out = max(1, int(round(x.shape[0] / float(factor))))
-    low, high, weight = _between(np.arange(n_out, dtype=np.float64) * float(factor), x.shape[0])
-    weight = weight.astype(np.float32)[:, None]
-    return x[low] * (1.0 - weight) + x[high] * weight
-
-
-def add_noise(log_spectrogram: np.ndarray, snr_db: float, seed) -> np.ndarray:
-    """`(frames, bins)` natural-log power spectrogram with stationary white noise added at
-    `snr_db` below its level reference (``features.level.level_reference``: the loudest fifth
-    of its frames), in the power domain: every cell becomes ``log(exp(x) + n)`` with ``n`` the
-    noise's periodogram, exponentially distributed around its mean power, drawn from `seed`
-    (anything ``numpy.random.default_rng`` takes). Additive noise: a new recording condition,
-    which fills the quiet cells and the gaps between harmonics."""
-    x = np.asarray(log_spectrogram, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"add_noise: expected (frames, bins), got shape {x.shape}")
-    mean = level_reference(x) - float(snr_db) * np.log(10.0) / 10.0
-    periodogram = np.random.default_rng(seed).exponential(size=x.shape)
-    noise = mean + np.log(np.maximum(periodogram, 1e-12))
-    return np.logaddexp(x, noise).astype(np.float32)
-
-
-def noisy_speaker(speaker, snr_db: float) -> str:
-    """The pseudo-speaker a noisy copy is normalised as."""
-    return f"{speaker}@snr{snr_db:g}"
 
 
 def warped_speaker(speaker, factor: float) -> str:

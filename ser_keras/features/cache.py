@@ -49,7 +49,7 @@ _HEAD_READ = 4096  # magic + header in one read; the data follow straight into t
 # FeatureConfig fields that never change a per-utterance array (they act later or elsewhere).
 NOT_SHAPING = frozenset({
     "pca_components", "pca_max_frames", "normalization", "speaker_fallback", "norm_std_floor",
-    "max_frames", "warp_factors", "warp_mode", "test_warp_factors",
+    "max_frames", "warp_factors", "test_warp_factors",
     # Applied after the cache read (features/level.py), so the cached arrays stay raw.
     "level_normalization", "level_floor_db", "speech_threshold_dbfs", "speech_min_contrast_db", "speech_min_ms",
     # Whether a run appends the pitch channels (their own kind) to the spectrogram.
@@ -57,7 +57,7 @@ NOT_SHAPING = frozenset({
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({
-    "n_mfcc", "n_mels", "lld_deltas", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
+    "n_mfcc", "n_mels", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
     "pre_emphasis",
 })
 SPECTROGRAM_ONLY = frozenset({"n_bins"})

@@ -24,8 +24,7 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import (add_noise, change_tempo, check_factors, noisy_speaker, warp_frequency,
-                                        warp_matrix, warped_speaker, warped_views)
+from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
 from ser_keras.features.level import maybe_level_normalize
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
@@ -142,29 +141,6 @@ class FittedFrontEnd:
             out.extend(self.pca.transform(normalised) if self.pca is not None else normalised)
         return out
 
-    def transform_versions(self, features: list, speakers: list, config) -> list:
-        """The other training versions of `features`, in blocks in their order: the warped
-        ones, the tempo-changed ones (``features.tempo_factors``), the noisy ones
-        (``features.noise_snr_db``) and, with
-        ``features.pooled_version`` on a speaker-normalised model, each normalised as a single
-        served recording is, so that the model learns both inputs."""
-        versions = self.transform_warped(features, speakers, config.features)
-        for factor in check_factors(config.features.tempo_factors, "tempo_factors"):
-            # The same speaker at another speaking rate: normalised with that speaker's statistics.
-            versions += self.transform([change_tempo(x, factor) for x in features], speakers)
-        for snr in config.features.noise_snr_db:
-            # A noisy recording condition: level-normalised again and normalised as a speaker
-            # of its own, as noisy recordings of a new speaker would be; the noise of every
-            # utterance a function of (train.seed, snr, its position).
-            noisy = [map_spectral(lambda bins: _noisy_bins(bins, snr, [int(config.train.seed),
-                                                                       int(round(snr * 100)) + 10_000, i],
-                                                           config.features), x, config.features)
-                     for i, x in enumerate(features)]
-            versions += self.transform(noisy, [noisy_speaker(s, snr) for s in speakers])
-        if config.features.pooled_version and reports_serving(config):
-            versions += self.transform_serving(features)
-        return versions
-
     # -------------------------------------------------------------------------- saving
 
     def serving_arrays(self) -> dict:
@@ -209,9 +185,3 @@ def _warped_bins(bins: np.ndarray, factor: float, feature_config) -> np.ndarray:
     a warped copy stay as they are: normalised per (speaker, factor), a scaled F0 contour is
     the same contour)."""
     return maybe_level_normalize([warp_frequency(bins, factor)], feature_config)[0]
-
-
-def _noisy_bins(bins: np.ndarray, snr_db: float, seed, feature_config) -> np.ndarray:
-    """The log-power bins with white noise at `snr_db` (``features.augment.add_noise``, drawn
-    from `seed`), level-normalised again (the noise raises the quiet cells)."""
-    return maybe_level_normalize([add_noise(bins, snr_db, seed)], feature_config)[0]

@@ -2,9 +2,7 @@
 
 from ser_keras.layers.attention_pooling import AttentionPooling
 from ser_keras.layers.block_pooling import BlockPooling
-from ser_keras.layers.channel_slice import ChannelSlice
-from ser_keras.layers.gradient_reversal import GradientReversal
 from ser_keras.layers.sparse_ae_conv import SparseAEConv
 from ser_keras.layers.statistics_pooling import StatisticsPooling
 
-__all__ = ["AttentionPooling", "BlockPooling", "ChannelSlice", "GradientReversal", "SparseAEConv", "StatisticsPooling"]
+__all__ = ["AttentionPooling", "BlockPooling", "SparseAEConv", "StatisticsPooling"]

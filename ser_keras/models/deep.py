@@ -1,4 +1,4 @@
-"""Functional Keras models of experiments 2-4.
+"""Functional Keras models of experiments 2-5.
 
 exp2  features -> Masking -> GaussianNoise -> Dense(512, ReLU) -> Dropout -> (B)LSTM -> Dropout
       -> softmax                                                     (LLD frames)
@@ -6,14 +6,17 @@ exp3  features -> Masking -> GaussianNoise -> SparseAEConv -> BlockPooling -> Dr
       -> Dropout -> softmax                                          (PCA-60 spectrogram)
 exp4  exp3 with every recurrent layer returning sequences, then AttentionPooling before the
       last Dropout (the paper's headline model).
+exp5  exp4 with a statistics branch: StatisticsPooling of the (noise-free) input frames ->
+      Dense(ReLU) -> Dropout, concatenated with the pooled sequence before the softmax.
 
-What varies lives in `config.model`: `experiment` picks the front end (exp2: dense on
-frames, exp3/exp4: SAE convolution + block pooling); `lstm_units`, `lstm_layers`,
-`bidirectional` and `attention` shape the recurrent part, so exp3 is `lstm_units=128,
-lstm_layers=1, attention=false` and exp4 `lstm_units=30, lstm_layers=2, attention=true`
-(the experiment YAMLs set them), and `bidirectional=false` gives the paper's LSTM-vs-BLSTM
-comparison. The paper puts 50% dropout "on all layers"; here there is one Dropout after the
-front end and one before the classifier.
+What varies lives in `config.model`, never in the experiment's name: `frontend` picks the
+first stage ("dense" on frames, exp2; "sae_conv": SAE convolution + block pooling, exp3-5);
+`lstm_units`, `lstm_layers`, `bidirectional` and `attention` shape the recurrent part (the
+experiment YAMLs set them: exp3 one BLSTM layer of 128 cells without attention, exp4 and exp5
+two layers of 64 with attention), `bidirectional=false` gives the paper's LSTM-vs-BLSTM
+comparison, and `statistics_units` > 0 adds exp5's statistics branch. The paper puts 50%
+dropout "on all layers"; here there is one Dropout after the front end and one before the
+classifier.
 
 The input is zero padded; `Masking(0.0)` right after the input turns the padding into a
 mask that every later layer honours, so a prediction does not depend on the batch an
@@ -24,20 +27,13 @@ from __future__ import annotations
 
 import keras
 
-from ser_keras.config import Config
+from ser_keras.config import ADAM, DENSE, NETWORK, SGD, Config
 from ser_keras.errors import SerKerasError
-from ser_keras.features.pitch import PITCH_CHANNELS, pitch_channel_count
-from ser_keras.layers import (AttentionPooling, BlockPooling, ChannelSlice, GradientReversal, SparseAEConv,
-                              StatisticsPooling)
+from ser_keras.layers import AttentionPooling, BlockPooling, SparseAEConv, StatisticsPooling
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 ATTENTION_LAYER = "attention_pooling"
-SPEAKER_OUTPUT = "speaker"
-# model.statistics_head: the two classifiers whose mean is the model's output.
-FUSION_HEAD = "fusion_probabilities"
-STATISTICS_HEAD = "statistics_probabilities"
-ADVERSARY_UNITS = 64
 
 
 class _Seeds:
@@ -81,7 +77,7 @@ def _recurrent(config: Config, units: int, return_sequences: bool, name: str, se
 
 
 def _check(config: Config, n_classes: int, input_dim: int) -> None:
-    if config.model.classifier != "network":
+    if config.model.classifier != NETWORK:
         raise SerKerasError(f"model.classifier: '{config.model.classifier}' is not a network; "
                             "use models.build_svm(config) for the SVM")
     if int(n_classes) < 2:
@@ -91,19 +87,20 @@ def _check(config: Config, n_classes: int, input_dim: int) -> None:
 
 
 def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
-    """The exp2 / exp3 / exp4 model for `config.model.experiment`.
+    """The network `config.model` describes (exp2-exp5).
 
     Args:
         config: the resolved run config (`model`, `sae` and `train.seed` are read).
         n_classes: number of emotion classes.
         input_dim: feature dimension D of the zero-padded `(batch, frames, D)` input
-            (60 for the PCA spectrogram of exp3/exp4, the LLD count for exp2).
+            (the PCA channels, plus the pitch channels with features.pitch_channels, for exp3-5;
+            the LLD count for exp2).
 
     Returns:
         An uncompiled `keras.Model` with one input named "features" and one output named
         "probabilities". With attention on it has a layer named "attention_pooling" whose
-        second output is alpha (see `attention_model`). For exp3/exp4 the SAE kernels
-        still have to be assigned (`training.sae_pretrain.assign_kernels`).
+        second output is alpha (see `attention_model`). With the "sae_conv" front end the SAE
+        kernels still have to be assigned (`training.sae_pretrain.assign_kernels`).
     """
     _check(config, n_classes, input_dim)
     m = config.model
@@ -112,7 +109,7 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
     # Layers.
     masking = keras.layers.Masking(mask_value=0.0, name="masking")
     noise = keras.layers.GaussianNoise(m.input_noise, seed=seeds(), name="input_noise")
-    if m.frontend == "dense":
+    if m.frontend == DENSE:
         frontend = [
             keras.layers.Dense(
                 m.dense_units,
@@ -162,14 +159,7 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
     if m.statistics_units:
         # Utterance statistics of the (noise-free) input frames beside the pooled sequence.
         statistics = [
-            StatisticsPooling(
-                deltas=True,
-                percentiles=m.statistics_percentiles,
-                # The pitch channels come last in every frame.
-                voiced_channel=(PITCH_CHANNELS.index("voicing") - len(PITCH_CHANNELS)
-                                if m.statistics_voiced else None),
-                name="statistics_pooling",
-            ),
+            StatisticsPooling(deltas=True, name="statistics_pooling"),
             keras.layers.Dense(
                 m.statistics_units,
                 activation="relu",
@@ -183,23 +173,13 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
         n_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-        name=FUSION_HEAD if m.statistics_head else OUTPUT_NAME,
+        name=OUTPUT_NAME,
     )
-    statistics_classifier = None
-    if m.statistics_head:
-        statistics_classifier = keras.layers.Dense(
-            n_classes,
-            activation="softmax",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-            name=STATISTICS_HEAD,
-        )
 
     # Functional graph.
     inputs = keras.Input(shape=(None, input_dim), dtype="float32", name=INPUT_NAME)
     masked = masking(inputs)
     x = noise(masked)
-    if sequence_channels(config, input_dim) < input_dim:
-        x = ChannelSlice(sequence_channels(config, input_dim), name="sequence_channels")(x)
     for layer in frontend:
         x = layer(x)
     x = frontend_dropout(x)
@@ -214,17 +194,7 @@ def build_model(config: Config, n_classes: int, input_dim: int) -> keras.Model:
             summary = layer(summary)
         x = keras.layers.Concatenate(name="fusion")([x, summary])
     outputs = classifier(x)
-    if statistics_classifier is not None:
-        outputs = keras.layers.Average(name=OUTPUT_NAME)([outputs, statistics_classifier(summary)])
     return keras.Model(inputs, outputs, name=f"ser_{m.experiment}")
-
-
-def sequence_channels(config: Config, input_dim: int) -> int:
-    """Input channels the front end and the recurrent layers read: all of them, or without the
-    trailing pitch channels when only the statistics branch reads those (model.pitch_into)."""
-    if config.model.pitch_into == "statistics" and config.model.statistics_units:
-        return int(input_dim) - pitch_channel_count(config.features)
-    return int(input_dim)
 
 
 def attention_model(model: keras.Model) -> keras.Model:
@@ -253,54 +223,20 @@ def attention_step_frames(config: Config) -> int:
     `block_stride` windows of `pool_window` frames. Step j covers input frames
     `[j * step, j * step + attention_span_frames(config))`.
     """
-    if config.model.frontend == "dense":
+    if config.model.frontend == DENSE:
         return 1
     return config.model.pool_window * config.model.block_stride
 
 
 def attention_span_frames(config: Config) -> int:
     """Input frames that one recurrent (attention) step summarises (1 for exp2)."""
-    if config.model.frontend == "dense":
+    if config.model.frontend == DENSE:
         return 1
     return config.model.pool_window * config.model.block_windows
 
 
-def speaker_adversary_model(model: keras.Model, config: Config, n_speakers: int) -> keras.Model:
-    """`Model(inputs, [probabilities, speaker])` for training with a speaker adversary.
-
-    It shares every layer and weight of `model` and adds, on the vector `model`'s classifier
-    reads, a gradient reversal (weight `config.train.speaker_adversary`), one ReLU layer and a
-    softmax over the `n_speakers` training speakers. Only this model is trained; `model` (the
-    one saved, tested and exported) never sees the adversary.
-    """
-    if int(n_speakers) < 2:
-        raise SerKerasError(f"train.speaker_adversary: needs at least 2 training speakers, got {n_speakers}")
-    seeds = _Seeds(config.train.seed + 1)  # not the seeds of model's own layers
-    shared = model.get_layer(OUTPUT_NAME).input
-    x = GradientReversal(config.train.speaker_adversary, name="gradient_reversal")(shared)
-    x = keras.layers.Dense(ADVERSARY_UNITS, activation="relu",
-                           kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-                           name="adversary_dense")(x)
-    speaker = keras.layers.Dense(int(n_speakers), activation="softmax",
-                                 kernel_initializer=keras.initializers.GlorotUniform(seed=seeds()),
-                                 name=SPEAKER_OUTPUT)(x)
-    return keras.Model(model.input, [model.output, speaker], name=f"{model.name}_speaker_adversary")
-
-
-def statistics_head_trainer(model: keras.Model) -> keras.Model:
-    """`Model(inputs, [probabilities, fusion, statistics])` for training a model built with
-    `model.statistics_head`: it shares every layer and weight of `model` and also outputs its two
-    classifiers, so that each is trained with its own cross-entropy (`compile_model`) while
-    validation scores their mean, the model's output."""
-    heads = [model.get_layer(FUSION_HEAD).output, model.get_layer(STATISTICS_HEAD).output]
-    return keras.Model(model.input, [model.output, *heads], name=f"{model.name}_heads")
-
-
 def compile_model(model: keras.Model, config: Config) -> keras.Model:
-    """Compile with `config.train`'s optimizer, sparse categorical cross-entropy, accuracy
-    (for a `speaker_adversary_model`: cross-entropy on both outputs, accuracy on the emotion; for
-    a `statistics_head_trainer`: cross-entropy on each classifier, none on their mean;
-    with `train.mixup` the cross-entropy of mixed label probabilities).
+    """Compile with `config.train`'s optimizer, sparse categorical cross-entropy and accuracy.
 
     `train.optimizer`: "adam" (learning_rate) or "sgd" (learning_rate, momentum; the paper's
     optimiser, whose learning rate 1e-6 was meant for losses summed over frames);
@@ -312,25 +248,12 @@ def compile_model(model: keras.Model, config: Config) -> keras.Model:
     # With train.ema_momentum the optimizer also keeps a moving average of the weights
     # (training.callbacks.AveragedWeights swaps it in for validation and the kept model).
     average = {"use_ema": True, "ema_momentum": float(train.ema_momentum)} if train.ema_momentum else {}
-    if train.optimizer == "adam":
+    if train.optimizer == ADAM:
         optimizer = keras.optimizers.Adam(learning_rate=train.learning_rate, **average)
-    elif train.optimizer == "sgd":
+    elif train.optimizer == SGD:
         optimizer = keras.optimizers.SGD(learning_rate=train.learning_rate, momentum=train.momentum, **average)
     else:
         raise SerKerasError(f"train.optimizer: '{train.optimizer}' is not adam or sgd")
-    if train.mixup:  # the labels are mixed: class probabilities, not ids
-        loss, accuracy = keras.losses.CategoricalCrossentropy(), keras.metrics.CategoricalAccuracy(name="accuracy")
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    metrics, weights = [accuracy], None
-    names = set(model.output_names)
-    if SPEAKER_OUTPUT in names:  # the speaker adversary's output: the speakers' cross-entropy
-        loss = {OUTPUT_NAME: loss, SPEAKER_OUTPUT: keras.losses.SparseCategoricalCrossentropy()}
-        metrics = {OUTPUT_NAME: metrics}
-    elif STATISTICS_HEAD in names:  # each classifier's own cross-entropy, none on their mean (what is scored)
-        loss = {OUTPUT_NAME: loss, FUSION_HEAD: loss, STATISTICS_HEAD: loss}
-        weights = {OUTPUT_NAME: 0.0, FUSION_HEAD: 1.0, STATISTICS_HEAD: 1.0}
-        metrics = {OUTPUT_NAME: metrics}
-    model.compile(optimizer=optimizer, loss=loss, loss_weights=weights, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model

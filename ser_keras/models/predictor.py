@@ -15,15 +15,12 @@ _PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def make_predictor(model: keras.Model):
     """`f(dataset) -> probabilities` through one `tf.function` traced ONCE for inputs
     `(batch, frames, D)` of any batch size and length. `model.predict` retraces for the first
-    few padded lengths it meets (seconds each on a CPU, in every fold); this does not.
-    A model with several outputs (the speaker-adversarial trainer) gives its first."""
+    few padded lengths it meets (seconds each on a CPU, in every fold); this does not."""
     if model in _PREDICTORS:
         return _PREDICTORS[model]
     dim = model.inputs[0].shape[-1]
     signature = [tf.TensorSpec([None, None, dim], tf.float32)]
-    first = len(model.outputs) > 1
-    forward = tf.function(lambda x: model(x, training=False)[0] if first else model(x, training=False),
-                          input_signature=signature)
+    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
 
     def predict(dataset) -> np.ndarray:
         outputs = []

@@ -13,12 +13,9 @@
 - ``EpochCheckpoint``: a callback on Keras' public API that saves, every epoch, one ``.npz``
   with the model's variables (seed states included), the optimizer's and the callbacks' state;
   ``restore`` puts it back before ``fit``, which is then called with ``initial_epoch``.
-- ``AveragedWeights``: with the optimizer's moving average of the weights (``train.ema_momentum``),
-  puts the averaged weights into the model at every epoch end, so everything after it (validation,
-  early stopping, the checkpoint, the model fit leaves) sees them, and the trained ones back
-  before the next epoch.
 - ``training_callbacks``: the ordered list for one fold (checkpoints are kept after training,
-  so the run directory holds them).
+  so the run directory holds them), with ``training.averaged_weights.AveragedWeights`` first when
+  the optimizer keeps a moving average of the weights (``train.ema_momentum``).
 
 Order matters: ``AveragedWeights`` comes first, and ``ValidationMetrics`` before every callback
 that reads its keys.
@@ -37,7 +34,9 @@ import numpy as np
 from ser_keras.errors import SerKerasError
 from ser_keras import metrics as metrics_lib
 from ser_keras.models.predictor import make_predictor, predict_views
-from ser_keras.rundir import FoldDir
+from ser_keras.rundir import (BEST_WEIGHTS_FILE, EARLY_STOPPING_FILE, LATEST_CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE,
+                              CheckpointDir, FoldDir)
+from ser_keras.training.averaged_weights import AveragedWeights
 from ser_keras.training.confusion_image import confusion_image
 
 MONITOR = "val_ua"
@@ -137,11 +136,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     @property
     def state_path(self) -> pathlib.Path:
-        return self.state_dir / "early_stopping.json"
+        return self.state_dir / EARLY_STOPPING_FILE
 
     @property
     def weights_path(self) -> pathlib.Path:
-        return self.state_dir / "best.weights.npz"
+        return self.state_dir / BEST_WEIGHTS_FILE
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -167,17 +166,6 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if state is None:
             return
         weights = [arrays[f"w{i}"] for i in range(len(arrays))] if arrays else None
-        self._pending = (state, weights)
-
-    def restore_legacy_state(self) -> None:
-        """Checkpoints of earlier versions kept this state only in the files it writes."""
-        state = read_state(self.state_dir)
-        if state is None:
-            return
-        weights = None
-        if self.weights_path.is_file():
-            with np.load(self.weights_path) as data:
-                weights = [data[f"w{i}"] for i in range(len(data.files))]
         self._pending = (state, weights)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -207,7 +195,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 def read_state(state_dir: os.PathLike) -> typing.Optional[dict]:
     """The early-stopping state of a fold's checkpoint directory, or None."""
-    path = pathlib.Path(state_dir) / "early_stopping.json"
+    path = pathlib.Path(state_dir) / EARLY_STOPPING_FILE
     if not path.is_file():
         return None
     try:
@@ -218,7 +206,7 @@ def read_state(state_dir: os.PathLike) -> typing.Optional[dict]:
 
 def load_best_weights(model: keras.Model, state_dir: os.PathLike) -> bool:
     """Set `model` to the best weights saved by ResumableEarlyStopping; False if none."""
-    path = pathlib.Path(state_dir) / "best.weights.npz"
+    path = pathlib.Path(state_dir) / BEST_WEIGHTS_FILE
     if not path.is_file():
         return False
     with np.load(path) as data:
@@ -239,10 +227,10 @@ def training_callbacks(
 ) -> list:
     """The callbacks of one fold, in the order they must run at every epoch end
     (`average_weights`: the model's optimizer keeps a moving average of the weights)."""
-    checkpoint_dir = FoldDir(fold_dir).checkpoint
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = CheckpointDir(FoldDir(fold_dir).checkpoint)
+    checkpoint_dir.path.mkdir(parents=True, exist_ok=True)
     has_validation = len(y_validation) > 0
-    checkpoint = EpochCheckpoint(checkpoint_dir / "backup", title=title)
+    checkpoint = EpochCheckpoint(checkpoint_dir.backup, title=title)
     callbacks: list = [AveragedWeights(checkpoint)] if average_weights else []
     if has_validation:
         callbacks.append(ValidationMetrics(validation_dataset, y_validation, labels, tensorboard_dir, title))
@@ -250,94 +238,13 @@ def training_callbacks(
         callbacks.append(ScalarLogger(tensorboard_dir))
     callbacks.append(ResumableCSVLogger(FoldDir(fold_dir).history, checkpoint))
     if has_validation:
-        stopping = ResumableEarlyStopping(checkpoint_dir, patience=patience)
+        stopping = ResumableEarlyStopping(checkpoint_dir.path, patience=patience)
         checkpoint.stateful.append(stopping)
         callbacks.append(stopping)
     callbacks.extend(extra)
     # Last, so the checkpoint holds what the callbacks above wrote for this epoch.
     callbacks.append(checkpoint)
     return callbacks
-
-
-class AveragedWeights(keras.callbacks.Callback):
-    """The optimizer's moving average of the weights (``use_ema``) in the model between epochs.
-
-    Trained weights jump from step to step, and the validation UA with them; their moving
-    average is smoother and generalises better. The optimizer keeps that average beside the
-    weights; this callback, first of a fold's callbacks, swaps the two at every epoch end, so
-    validation, early stopping's best weights, the checkpoint and the model that ``fit`` leaves
-    all hold the average, and swaps them back when the next epoch begins to train.
-
-    A checkpoint is therefore always written swapped (model: the average; the optimizer's slot:
-    the trained weights), and the first epoch of a resumed ``fit`` (``checkpoint.initial_epoch``
-    above 0) starts by swapping back, so a resumed fold repeats the uninterrupted one. Keras'
-    ``fit`` ends by copying that slot into the model (``finalize_variable_values``); here the
-    slot holds the trained weights, so ``on_train_end`` puts the average back.
-
-    Args:
-        checkpoint: the fold's ``EpochCheckpoint`` (its ``initial_epoch`` says whether the model
-            was restored swapped).
-    """
-
-    def __init__(self, checkpoint: "EpochCheckpoint"):
-        super().__init__()
-        self.checkpoint = checkpoint
-        self._swapped = False
-        self._swapper = None
-        self._kept = None
-        self._restored_average = None
-
-    def _pairs(self) -> list:
-        optimizer = self.model.optimizer
-        averages = getattr(optimizer, "_model_variables_moving_average", None)
-        if not getattr(optimizer, "use_ema", False) or averages is None:
-            raise SerKerasError("AveragedWeights: the model's optimizer keeps no moving average "
-                                "(compile it with train.ema_momentum)")
-        return [(v, a) for v, a in zip(self.model.trainable_variables, averages) if a is not None]
-
-    def _swap(self) -> None:
-        """Exchange the model's weights and the optimizer's slot, and copy the model's new ones
-        into ``self._kept`` (after an epoch end: the average). One graph call: assigning
-        variable by variable from Python took a sizeable share of a short epoch."""
-        if self._swapper is None:
-            import tensorflow as tf
-
-            # The TensorFlow variables behind Keras' (``.value``).
-            pairs = [(variable.value, slot.value) for variable, slot in self._pairs()]
-            kept = [tf.Variable(slot, trainable=False) for _, slot in pairs]
-
-            @tf.function
-            def swap():
-                # Reads and writes of one variable keep program order inside a tf.function.
-                for (variable, slot), copy in zip(pairs, kept):
-                    old = variable.read_value()
-                    variable.assign(slot.read_value())
-                    slot.assign(old)
-                    copy.assign(variable.read_value())
-
-            self._swapper, self._kept = swap, kept
-        self._swapper()
-        self._swapped = not self._swapped
-
-    def on_train_begin(self, logs=None):
-        self._swapped = self.checkpoint.initial_epoch > 0
-        self._swapper = None
-        # Restored swapped (a resumed fold): the model holds the average already.
-        self._restored_average = [np.asarray(v) for v, _ in self._pairs()] if self._swapped else None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._swapped:
-            self._swap()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._swap()
-
-    def on_train_end(self, logs=None):
-        # Swapped means the last swap was an epoch end's (or the fold was restored swapped).
-        if self._swapped:
-            averages = self._restored_average if self._swapper is None else [v.numpy() for v in self._kept]
-            for (variable, _), averaged in zip(self._pairs(), averages):
-                variable.assign(averaged)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -358,10 +265,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Use: ``start = checkpoint.restore(model)`` before ``fit``, then
     ``model.fit(..., initial_epoch=start)``. A damaged ``latest.npz`` (a truncated write, a
     full disk) is reported in one line and the fold resumes from ``previous.npz``, or from its
-    first epoch. Checkpoints of earlier versions (``latest.npz`` holding ``model.weights`` +
-    optimizer variables, or Keras' ``latest.weights.h5``, with ``training_metadata.json``) are
-    still resumed, from the same weights, optimizer state and epoch (not bit-identically: they
-    hold no seed states).
+    first epoch. So is a checkpoint of another format (written by another version, which this
+    one does not read).
     """
 
     FORMAT = 2
@@ -377,11 +282,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     @property
     def latest_path(self) -> pathlib.Path:
-        return self.directory / "latest.npz"
+        return self.directory / LATEST_CHECKPOINT_FILE
 
     @property
     def previous_path(self) -> pathlib.Path:
-        return self.directory / "previous.npz"
+        return self.directory / PREVIOUS_CHECKPOINT_FILE
 
     @staticmethod
     def _model_variables(model) -> list:
@@ -399,7 +304,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 "callbacks": callbacks}
         arrays["meta"] = np.array(json.dumps(meta))
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / "latest.tmp.npz"
+        tmp = self.latest_path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         if self.latest_path.is_file():
             os.replace(self.latest_path, self.previous_path)
@@ -427,11 +332,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 continue
             self.initial_epoch, self.resumed_from = epoch, path
             return epoch
-        legacy = self._restore_legacy(model)
-        if legacy:
-            self.initial_epoch = legacy
-            for callback in self.stateful:
-                callback.restore_legacy_state()
         return self.initial_epoch
 
     def _restore_npz(self, model, path: pathlib.Path) -> int:
@@ -440,13 +340,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 arrays = {key: data[key] for key in data.files}
         except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, ValueError: a broken file
             raise _Damaged(f"{type(exc).__name__}: {exc}") from None
-        if "meta" not in arrays:  # the format before 2: model.weights, then the optimizer's variables
-            return self._restore_v1(model, path, arrays)
+        if "meta" not in arrays:
+            raise _Damaged(f"no epoch record: not a checkpoint of format {self.FORMAT}")
         try:
             meta = json.loads(str(arrays["meta"]))
             epoch = int(meta["epoch"])
+            written = int(meta.get("format", 0))
         except (ValueError, KeyError, TypeError) as exc:
             raise _Damaged(f"unreadable epoch record: {exc}") from None
+        if written != self.FORMAT:
+            raise _Damaged(f"written in format {written}, this version reads {self.FORMAT}")
         variables = self._model_variables(model)
         slots = list(model.optimizer.variables)
         n_model = sum(key.startswith("m") and key[1:].isdigit() for key in arrays)
@@ -465,40 +368,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)})
         self.stopped = bool(meta.get("stopped", False))
         return epoch
-
-    def _restore_v1(self, model, path: pathlib.Path, arrays: dict) -> int:
-        variables = list(model.weights) + list(model.optimizer.variables)
-        if len(arrays) != len(variables):
-            raise SerKerasError(f"{path}: holds {len(arrays)} arrays, the model has {len(variables)}; "
-                                "delete the fold's directory to train it again")
-        for i, variable in enumerate(variables):
-            variable.assign(arrays[f"v{i}"])
-        for callback in self.stateful:
-            callback.restore_legacy_state()
-        return self._legacy_epoch()
-
-    def _restore_legacy(self, model) -> int:
-        """Keras ``BackupAndRestore``'s ``latest.weights.h5`` (checkpoints of earlier versions)."""
-        import sys
-
-        h5 = self.directory / "latest.weights.h5"
-        if not h5.is_file():
-            return 0
-        try:
-            model.load_weights(h5)
-        except Exception as exc:  # noqa: BLE001 - any failure to read it means it cannot be resumed
-            print(f"{h5}: damaged checkpoint ({type(exc).__name__}); {self.title or 'the fold'} restarts from "
-                  "its first epoch", file=sys.stderr, flush=True)
-            return 0
-        self.resumed_from = h5
-        return self._legacy_epoch()
-
-    def _legacy_epoch(self) -> int:
-        path = self.directory / "training_metadata.json"
-        try:
-            return int(json.loads(path.read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
 
 
 class _Damaged(Exception):

@@ -19,22 +19,22 @@ from __future__ import annotations
 import json
 import os
 
-from ser_keras.config import STRATEGIES
+from ser_keras.config import STRATEGIES, STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER
 from ser_keras.errors import SerKerasError
 
 
 def make_strategy(name: str):
     import tensorflow as tf
 
-    if name == "default":
+    if name == STRATEGY_DEFAULT:
         return tf.distribute.get_strategy()
-    if name == "mirrored":
+    if name == STRATEGY_MIRRORED:
         gpus = tf.config.list_logical_devices("GPU")
         if gpus:
             return tf.distribute.MirroredStrategy()
         cpus = tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in cpus])
-    if name == "multi-worker":
+    if name == STRATEGY_MULTI_WORKER:
         raw = os.environ.get("TF_CONFIG")
         if raw:
             try:
@@ -59,7 +59,7 @@ def worker_role() -> tuple:
 
 def is_chief(strategy_name: str) -> bool:
     """Whether this process writes the run directory (always, except non-chief workers)."""
-    if strategy_name != "multi-worker":
+    if strategy_name != STRATEGY_MULTI_WORKER:
         return True
     raw = os.environ.get("TF_CONFIG")
     if not raw:

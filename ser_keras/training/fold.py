@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ser_keras.config import Config
+from ser_keras.config import NETWORK, PROTOCOL_ALL, SVM, Config
 from ser_keras.data.splits import Fold, describe_protocol
 from ser_keras.errors import SerKerasError
 from ser_keras.features.frontend import FittedFrontEnd, reports_serving, serving_mode, uses_pca
@@ -55,7 +55,7 @@ class RunContext:
     # A fold worker of `training.parallel` shares the terminal with other workers: one line per
     # epoch, naming the fold, instead of Keras' progress bar.
     epoch_lines: bool = False
-    # Compiled models kept for the next fold, by (n_classes, input_dim, n_speakers): see `network.fold_model`.
+    # Compiled models kept for the next fold, by (n_classes, input_dim): see `network.fold_model`.
     models: dict = dataclasses.field(default_factory=dict)
 
     def part(self, indices: np.ndarray) -> tuple:
@@ -82,7 +82,7 @@ def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, 
         y=manifest["label"].map(label_index).to_numpy(np.int64),
         protocol_name=describe_protocol(config.train.protocol, config.train.folds), progress=progress,
     )
-    if config.model.classifier == "network":
+    if config.model.classifier == NETWORK:
         context.strategy = make_strategy(config.runtime.strategy)
     return context
 
@@ -103,7 +103,7 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     fold_dir.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(int(context.config.train.seed))
     train, validation, test = (_usable(context, part) for part in (fold.train, fold.validation, fold.test))
-    deploy = context.config.train.protocol == "all"  # no test part by design
+    deploy = context.config.train.protocol == PROTOCOL_ALL  # no test part by design
     if len(train) == 0 or (len(test) == 0 and not deploy):
         raise SerKerasError(f"fold {fold.name}: no usable training or test utterances after feature extraction")
     started = time.time()
@@ -119,14 +119,13 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     x = {"train": frontend.transform(*context.part(train)), "validation": views["validation"][0],
          "test": views["test"][0], "views": views}
     if uses_pca(context.config):
-        # The other versions of the training utterances a training epoch draws from (or, with
-        # warp_mode copies, trains on as well): frequency-warped ones and, with
-        # features.pooled_version, each normalised as a single served recording is.
-        x["train_versions"] = frontend.transform_versions(*context.part(train), context.config)
+        # The other versions of the training utterances a training epoch draws from: the
+        # frequency-warped ones (features.warp_factors).
+        x["train_versions"] = frontend.transform_warped(*context.part(train), feature_config)
         if refits(context.config) and len(validation):  # for the refit on all of them
-            x["all_versions"] = frontend.transform_versions(*context.part(np.concatenate([train, validation])),
-                                                            context.config)
-    if context.config.model.classifier == "svm":
+            x["all_versions"] = frontend.transform_warped(*context.part(np.concatenate([train, validation])),
+                                                          feature_config)
+    if context.config.model.classifier == SVM:
         outcome = train_svm(context, fold, fold_dir, x, train, validation, test)
     else:
         outcome = train_network(context, fold, fold_dir, x, train, validation, test)
@@ -135,7 +134,7 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     wall = previous + (time.time() - started)
     speakers = context.manifest["speaker"].astype(str)
     # What the final model was fitted on: after a refit (and exp1's SVM) validation too.
-    refitted = bool(outcome.get("refit_epochs")) or context.config.model.classifier == "svm"
+    refitted = bool(outcome.get("refit_epochs")) or context.config.model.classifier == SVM
     final = np.concatenate([train, validation]) if refitted else train
     trained_on = {"training_speakers": sorted(set(speakers.iloc[final])),
                   "n_training_utterances": int(len(final)),

@@ -25,12 +25,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from ser_keras.config import Config
-from ser_keras.data.pipeline import Mixup, SpecMasks, epoch_steps, make_dataset
+from ser_keras.config import (CLASS_WEIGHT_BALANCED, CLASS_WEIGHT_NONE, PROTOCOL_ALL, SAE_CONV, STRATEGY_MULTI_WORKER,
+                              Config)
+from ser_keras.data.pipeline import epoch_steps, make_dataset
 from ser_keras.data.splits import Fold
 from ser_keras.errors import SerKerasError
-from ser_keras.models import (FUSION_HEAD, OUTPUT_NAME, SPEAKER_OUTPUT, STATISTICS_HEAD, build_model, compile_model,
-                              sequence_channels, speaker_adversary_model, statistics_head_trainer)
+from ser_keras.models import build_model, compile_model
 from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.rundir import FoldDir, RunDir, atomic_write_text
 from ser_keras.training import callbacks
@@ -39,9 +39,9 @@ from ser_keras.training.sae_pretrain import assign_kernels, pretrain_kernels
 
 
 def refits(config: Config) -> bool:
-    """Whether exp2-4 folds end with a fresh model trained on training + validation: with
+    """Whether network folds end with a fresh model trained on training + validation: with
     ``train.refit``, and always under protocol "all" (the model to deploy)."""
-    return bool(config.train.refit) or config.train.protocol == "all"
+    return bool(config.train.refit) or config.train.protocol == PROTOCOL_ALL
 
 
 def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
@@ -49,17 +49,10 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
     config = context.config
     seed = int(config.train.seed)
     y = {"train": context.y[train], "validation": context.y[validation], "test": context.y[test]}
-    if config.train.speaker_adversary:  # each training utterance's speaker, for the adversary
-        y["train"] = _with_speakers(context, train, y["train"])
-        y["all"] = _with_speakers(context, np.concatenate([train, validation]),
-                                  np.concatenate([context.y[train], context.y[validation]]))
-    else:
-        y["all"] = np.concatenate([y["train"], y["validation"]])
+    y["all"] = np.concatenate([y["train"], y["validation"]])
     kernels = None
-    if config.model.frontend == "sae_conv":
-        # Only the channels the convolution reads (model.pitch_into).
-        dim = sequence_channels(config, x["train"][0].shape[-1])
-        kernels = _sae_kernels(context, fold_dir, [f[:, :dim] for f in x["train"]], seed)
+    if config.model.frontend == SAE_CONV:
+        kernels = _sae_kernels(context, fold_dir, x["train"], seed)
     batch = int(config.train.batch_size)
 
     def datasets(views: list) -> list:  # one per test-time view (features.test_warp_factors)
@@ -69,7 +62,7 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
     title = f"{config.data.corpus} {config.model.experiment} {fold.name}"
     tensorboard_dir = RunDir(context.run_dir).tensorboard(config.data.corpus, fold.name)
     model, resumed_at = _fit_network(context, fold_dir, fold_dir, kernels,
-                                     _training_set(config, x["train"], y["train"], x.get("train_versions", [])),
+                                     _training_set(x["train"], y["train"], x.get("train_versions", [])),
                                      validation_ds, y["validation"], int(config.train.epochs), tensorboard_dir,
                                      title)
     state = callbacks.read_state(fold_dir.checkpoint) or {}
@@ -82,8 +75,9 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
                   f"for {refit_epochs} epoch{'s' * (refit_epochs != 1)} (the best validation epoch)")
         model, refit_resumed_at = _fit_network(
             context, fold_dir, FoldDir(fold_dir.refit), kernels,
-            _training_set(config, list(x["train"]) + list(x["validation"]), y["all"], x.get("all_versions", [])),
-            None, [], refit_epochs, tensorboard_dir / "refit", f"{title} refit")
+            _training_set(list(x["train"]) + list(x["validation"]), y["all"], x.get("all_versions", [])),
+            None, [], refit_epochs, RunDir(context.run_dir).tensorboard(config.data.corpus, fold.name, refit=True),
+            f"{title} refit")
     model.save(fold_dir.keras_model)
     if len(test):
         probabilities = predict_views(make_predictor(model), datasets(x["views"]["test"]))
@@ -109,23 +103,12 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
     }
 
 
-def _with_speakers(context, indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N, 2) int: each utterance's class and its speaker's index among these utterances' speakers."""
-    speakers = context.manifest["speaker"].astype(str).iloc[indices].to_numpy()
-    codes = np.unique(speakers, return_inverse=True)[1]
-    return np.stack([np.asarray(labels), codes], axis=1).astype(np.int64)
-
-
-def _training_set(config: Config, features: list, labels: np.ndarray, others: list) -> tuple:
+def _training_set(features: list, labels: np.ndarray, others: list) -> tuple:
     """(features, labels, variants) for `make_dataset`: with other versions of the utterances
-    (`FittedFrontEnd.transform_versions`: blocks of them after the originals, in the same order) either
-    every version is a training utterance (warp_mode copies) or one is drawn per epoch (draw)."""
-    if not len(others):
-        return list(features), labels, 1
+    (`FittedFrontEnd.transform_warped`: blocks of them after the originals, in the same order)
+    every epoch draws one version of each utterance."""
     versions = list(features) + list(others)
-    if config.features.warp_mode == "draw":
-        return versions, labels, len(versions) // len(features)
-    return versions, np.concatenate([labels] * (len(versions) // len(features))), 1
+    return versions, labels, len(versions) // len(features)
 
 
 def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
@@ -140,18 +123,16 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
     seed = int(config.train.seed)
     features, labels, variants = training_set
     n_classes = len(context.labels)
-    # With the speaker adversary, labels are (class, speaker) pairs and `trainer` has both outputs.
-    n_speakers = int(labels[:, 1].max()) + 1 if labels.ndim == 2 else 0
     keras.utils.set_random_seed(seed)
     with context.strategy.scope():
-        model, trainer = fold_model(context, n_classes, int(features[0].shape[-1]), n_speakers)
+        model = fold_model(context, n_classes, int(features[0].shape[-1]))
         if kernels is not None:
             assign_kernels(model, kernels)
     checkpoint_dir = phase_dir.checkpoint
     state = callbacks.read_state(checkpoint_dir)
     if state is not None and state.get("finished"):
         # Training ended before an interruption; only what follows it was missing.
-        callbacks.load_best_weights(trainer, checkpoint_dir)
+        callbacks.load_best_weights(model, checkpoint_dir)
         return model, int(state.get("epochs_done", 0))
     extra = [_ElapsedLogger(fold_dir)]
     if context.progress and context.epoch_lines:
@@ -161,34 +142,24 @@ def _fit_network(context, fold_dir: FoldDir, phase_dir: FoldDir,
                                                   config.train.patience, tensorboard_dir, title=title, extra=extra,
                                                   average_weights=bool(config.train.ema_momentum))
     checkpoint = next(c for c in fold_callbacks if isinstance(c, callbacks.EpochCheckpoint))
-    start = checkpoint.restore(trainer)
+    start = checkpoint.restore(model)
     # Stopped early at the last checkpoint (interrupted before the end of fit): run no more
     # epochs; fit's end still restores the best weights and records that training finished.
     last = start if checkpoint.stopped else max(int(epochs), start)
     steps = epoch_steps(len(labels), int(config.train.batch_size))
     train_ds = make_dataset(features, labels, int(config.train.batch_size), training=True, seed=seed,
-                            max_frames=config.features.max_frames, variants=variants, epochs=range(start, last),
-                            masks=SpecMasks(config.train.time_masks, config.train.time_mask_frames,
-                                            config.train.channel_masks, config.train.channel_mask_width),
-                            mixup=Mixup(config.train.mixup, n_classes))
-    if n_speakers:
-        train_ds = train_ds.map(lambda x, y: (x, {OUTPUT_NAME: y[:, 0], SPEAKER_OUTPUT: y[:, 1]}))
-    elif config.model.statistics_head:  # every output learns the utterance's class
-        train_ds = train_ds.map(lambda x, y: (x, {OUTPUT_NAME: y, FUSION_HEAD: y, STATISTICS_HEAD: y}))
+                            max_frames=config.features.max_frames, variants=variants, epochs=range(start, last))
     fit_kwargs = {}
     weights = _class_weights(config, labels, n_classes)
     if weights is not None:
         fit_kwargs["class_weight"] = weights
-    trainer.fit(train_ds, epochs=last, initial_epoch=start, steps_per_epoch=steps, callbacks=fold_callbacks,
-                verbose=1 if context.progress and not context.epoch_lines else 0, shuffle=False, **fit_kwargs)
+    model.fit(train_ds, epochs=last, initial_epoch=start, steps_per_epoch=steps, callbacks=fold_callbacks,
+              verbose=1 if context.progress and not context.epoch_lines else 0, shuffle=False, **fit_kwargs)
     return model, start
 
 
-def fold_model(context, n_classes: int, input_dim: int, n_speakers: int = 0) -> tuple:
-    """(model, trainer) in the state freshly built ones have, for the next fold: `trainer` is
-    the compiled model that trains, `model` itself or, sharing its weights, with `n_speakers`
-    (train.speaker_adversary) its ``speaker_adversary_model`` over that many training speakers,
-    with model.statistics_head its ``statistics_head_trainer``.
+def fold_model(context, n_classes: int, input_dim: int) -> keras.Model:
+    """The compiled model of the next fold, in the state a freshly built one has.
 
     The first fold builds and compiles it. Later folds of the same run reuse that model object,
     so Keras' traced training step and the validation predictor are reused too (tracing the
@@ -198,29 +169,23 @@ def fold_model(context, n_classes: int, input_dim: int, n_speakers: int = 0) -> 
     would alone (tests/test_training.py checks it bit for bit).
     """
     fresh = build_model(context.config, n_classes, input_dim)
-    if n_speakers:
-        fresh_trainer = speaker_adversary_model(fresh, context.config, n_speakers)
-    elif context.config.model.statistics_head:
-        fresh_trainer = statistics_head_trainer(fresh)
-    else:
-        fresh_trainer = fresh
-    key = (int(n_classes), int(input_dim), int(n_speakers))
+    key = (int(n_classes), int(input_dim))
     if key not in context.models:
-        compile_model(fresh_trainer, context.config)
+        compile_model(fresh, context.config)
         # Build the optimizer now, so its initial state can be recorded and put back later.
-        fresh_trainer.optimizer.build(fresh_trainer.trainable_variables)
-        context.models[key] = (fresh, fresh_trainer, [v.numpy() for v in fresh_trainer.optimizer.variables])
-        if context.config.runtime.strategy == "multi-worker":
-            patch_for_multi_worker(fresh_trainer)
-        return fresh, fresh_trainer
-    model, trainer, optimizer_start = context.models[key]
-    if len(trainer.variables) != len(fresh_trainer.variables):  # pragma: no cover - same builder, same config
+        fresh.optimizer.build(fresh.trainable_variables)
+        context.models[key] = (fresh, [v.numpy() for v in fresh.optimizer.variables])
+        if context.config.runtime.strategy == STRATEGY_MULTI_WORKER:
+            patch_for_multi_worker(fresh)
+        return fresh
+    model, optimizer_start = context.models[key]
+    if len(model.variables) != len(fresh.variables):  # pragma: no cover - same builder, same config
         raise SerKerasError("fold_model: the kept model and a fresh one differ in their variables")
-    for kept, new in zip(trainer.variables, fresh_trainer.variables):
+    for kept, new in zip(model.variables, fresh.variables):
         kept.assign(new)
-    for variable, value in zip(trainer.optimizer.variables, optimizer_start):
+    for variable, value in zip(model.optimizer.variables, optimizer_start):
         variable.assign(value)
-    return model, trainer
+    return model
 
 
 def _sae_kernels(context, fold_dir: FoldDir, train_x: list, seed: int) -> dict:
@@ -240,9 +205,9 @@ def _sae_kernels(context, fold_dir: FoldDir, train_x: list, seed: int) -> dict:
 
 
 def _class_weights(config: Config, y_train: np.ndarray, n_classes: int) -> typing.Optional[dict]:
-    if config.train.class_weight == "none":
+    if config.train.class_weight == CLASS_WEIGHT_NONE:
         return None
-    if config.train.class_weight != "balanced":
+    if config.train.class_weight != CLASS_WEIGHT_BALANCED:
         raise SerKerasError(f"train.class_weight: '{config.train.class_weight}' is not none or balanced")
     counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
     present = counts > 0

@@ -18,8 +18,9 @@ import json
 import pathlib
 import typing
 
-from ser_keras.config import Config, load_run_config, save_run_config
+from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
+from ser_keras.rundir import RunDir, load_run_config, save_run_config
 
 
 def identity(config: Config) -> dict:
@@ -53,8 +54,7 @@ def prepare_run_dir(config: Config, run_dir: pathlib.Path, labels: typing.Sequen
     Raises SerKerasError (one line) when `run_dir` holds a run of a different config.
     """
     run_dir = pathlib.Path(run_dir)
-    path = run_dir / "config.yaml"
-    if path.is_file():
+    if RunDir(run_dir).config.is_file():
         old_config, old_labels = load_run_config(run_dir)
         changes = _differences(identity(old_config), identity(config))
         if list(old_labels) != list(labels):

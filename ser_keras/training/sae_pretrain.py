@@ -112,10 +112,6 @@ class SAEResult:
         scaled = np.asarray(patches, np.float64) * self.scale + self.offset
         return _sigmoid(scaled @ self.encoder_weights + self.encoder_bias)
 
-    def reconstruct(self, patches: np.ndarray) -> np.ndarray:
-        """Decoder output `(n, k*D)`, in the [0.1, 0.9] target domain."""
-        return _sigmoid(self.encode(patches) @ self.decoder_weights + self.decoder_bias)
-
     def conv_kernel(self) -> tuple:
         """`(kernel (k, D, H), bias (H,))` with the input affine folded in (float32)."""
         k, d = self.kernel_size, self.input_dim
