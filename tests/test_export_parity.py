@@ -27,7 +27,7 @@ import pytest
 
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
-from ser_keras.export.predict import predict_files
+from ser_keras.inference.predict import predict_files
 from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
 
 MAX_DP = 1e-6

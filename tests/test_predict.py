@@ -8,7 +8,7 @@ import pytest
 
 from ser_keras.cli import main
 from ser_keras.errors import SerKerasError
-from ser_keras.export import predict
+from ser_keras.inference import predict
 from tests.conftest import LABELS, tone, write_wav
 
 
@@ -335,7 +335,7 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
         matplotlib.use("template")
         import numpy as np
         from ser_keras.evaluation.plots import save_confusion_png
-        from ser_keras.export.plot import plot_result
+        from ser_keras.inference.plot import plot_result
         save_confusion_png(np.eye(2), ["a", "b"], r"{tmp_path / 'cm.png'}", 1.0, 1.0, "x")
         result = {{"path": r"{write_wav(tmp_path / 'a.wav', tone(0.5))}", "duration_s": 0.5, "label": "a",
                   "probabilities": {{"a": 0.9, "b": 0.1}}, "windows": [],

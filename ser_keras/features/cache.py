@@ -40,7 +40,7 @@ import numpy as np
 
 from ser_keras import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the arrays come from the one TF front end (features.frontend_ops)
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")
@@ -57,11 +57,11 @@ NOT_SHAPING = frozenset({
 })
 # Fields only the LLD kinds read (ignored in the spectrogram key, so tuning LLDs keeps it).
 LLD_ONLY = frozenset({
-    "n_mfcc", "n_mels", "lld_deltas", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
+    "n_mfcc", "n_mels", "lpc_order", "f0_min_hz", "f0_max_hz", "voicing_threshold",
     "pre_emphasis",
 })
 SPECTROGRAM_ONLY = frozenset({"n_bins"})
-# Fields the pitch channels read besides the frame grid (features/pitch.py).
+# Fields the pitch channels read besides the frame grid (features/pitch.py, channels.py).
 PITCH_FIELDS = frozenset({"f0_min_hz", "f0_max_hz", "voicing_threshold"})
 
 

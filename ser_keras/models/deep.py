@@ -26,7 +26,7 @@ import keras
 
 from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.features.pitch import PITCH_CHANNELS, pitch_channel_count
+from ser_keras.features.channels import PITCH_CHANNELS, pitch_channel_count
 from ser_keras.layers import (AttentionPooling, BlockPooling, ChannelSlice, GradientReversal, SparseAEConv,
                               StatisticsPooling)
 
