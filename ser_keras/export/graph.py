@@ -11,8 +11,9 @@ once per input shape, so that graph pads the input to a *bucket* — frames roun
 next of 16, 20, 24, 28, 32, 40, ... (4 sizes per octave, at most 25 % padding) and the batch to
 the next power of two (multiples of 32 above 32) — and masks the padding (the model's
 ``Masking`` layer makes padded frames exact no-ops). The first call in a new bucket pays a
-compilation of 2-4 s on CPU; measured steady-state speed is no better than the fused path, so
-it is not the default.
+compilation of 2-4 s on CPU; measured steady-state speed is no better than the plain graph, so
+it is not the default. (exp2's LLDs cannot be compiled: the formants' root finding has no XLA
+kernel.)
 """
 
 from __future__ import annotations

@@ -193,6 +193,9 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
                             "only the Keras models of exp2, exp3 and exp4 can be exported")
     _prepare_out_dir(out_dir)
     bundle = load_fold(run_dir, fold)
+    if jit_compile and bundle.params.kind == "lld":
+        raise SerKerasError(f"{run_dir}: an XLA export cannot compute {config.model.experiment}'s LLDs (the formants' "
+                            "root finding has no XLA kernel); export it without jit_compile")
     graph = ServingGraph(bundle, jit_compile=jit_compile)
     meta = _export_metadata(bundle, jit_compile)
     meta["accuracy_estimate"] = _accuracy_estimate(bundle, estimate_from)
