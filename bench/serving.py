@@ -13,7 +13,7 @@ For a finished ``fit`` run with a test protocol (loso, session, random; its fini
 - enrolment with k recordings (``speaker_statistics`` + ``serve_with_statistics``): the
   statistics of k random recordings of the speaker, the others scored (mean over ``--draws``);
   these three rows come from ``bench/normalisation.py``'s ``condition_rows``;
-- a gain sweep: every test file scaled by each gain and scored alone through the NumPy twin of
+- a gain sweep: every test file scaled by each gain and scored alone in-process as
   ``serve`` (level normalisation when the run has it, pooled statistics, PCA, the speech flag:
   a file without speech gets uniform probabilities): UA, the share of files flagged as speech,
   and the largest |p(gain) - p(1)| over files and classes.

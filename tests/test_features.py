@@ -177,11 +177,11 @@ def test_noise_and_silence_are_unvoiced(config):
 
 @pytest.mark.parametrize("n_samples", [0, 1, 50, 319, 321, 700])
 def test_no_nan_on_silence_or_very_short_input(n_samples):
-    for cfg in (FeatureConfig(), FeatureConfig(lld_deltas=True)):
-        for x in (np.zeros(n_samples, np.float32), np.full(n_samples, 0.3, np.float32)):
-            out = _llds(x, cfg)
-            assert np.all(np.isfinite(out))
-            assert np.all(np.isfinite(llds.functionals(out, cfg)))
+    cfg = FeatureConfig()
+    for x in (np.zeros(n_samples, np.float32), np.full(n_samples, 0.3, np.float32)):
+        out = _llds(x, cfg)
+        assert np.all(np.isfinite(out))
+        assert np.all(np.isfinite(llds.functionals(out, cfg)))
 
 
 def test_formants_of_a_synthetic_vowel(config):

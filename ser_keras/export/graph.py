@@ -71,7 +71,7 @@ class ServingGraph:
         self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
         self.speaker_adapted = speaker_adapted(bundle.config)
 
-    # -- shape arithmetic (TF twins of bundle.attention_steps / bucket_*) --------------------
+    # -- shape arithmetic (TF versions of inference.fold.attention_steps / bucket_*) --------
 
     def _steps(self, n_frames):
         tf = self.tf

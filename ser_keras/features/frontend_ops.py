@@ -449,6 +449,16 @@ def level_normalized(features: list, feature_config) -> list:
     level-normalised when ``feature_config.level_normalization`` is on, else as they are."""
     if not getattr(feature_config, "level_normalization", False):
         return features
-    floor_db = getattr(feature_config, "level_floor_db", None)
-    return [None if x is None else level.level_normalize(np.asarray(x, np.float32)[None], [x.shape[0]],
-                                                         floor_db).numpy()[0] for x in features]
+    normalize = _level_function(getattr(feature_config, "level_floor_db", None))
+    return [None if x is None else normalize(np.asarray(x, np.float32)).numpy() for x in features]
+
+
+@functools.lru_cache(maxsize=4)
+def _level_function(floor_db):
+    """``level.level_normalize`` of one ``(frames, bins)`` spectrogram, traced once."""
+    import tensorflow as tf
+
+    def run(x):
+        return level.level_normalize(x[None], tf.shape(x)[:1], floor_db)[0]
+
+    return tf.function(run, input_signature=[tf.TensorSpec([None, None], tf.float32)])
