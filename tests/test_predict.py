@@ -347,3 +347,13 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "template"
     assert (tmp_path / "cm.png").read_bytes()[:4] == (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_export_that_takes_lld_frames_is_refused_in_one_line(tmp_path):
+    """exp2 exports made before format 4 took LLD frames; predict asks for a new export."""
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "export.json").write_text(json.dumps({"format": "ser_keras-savedmodel", "format_version": 3,
+                                                      "input": "lld"}))
+    with pytest.raises(SerKerasError, match="takes 'lld' input, not a waveform .* export the run again") as info:
+        predict.load_predictor(tmp_path)
+    assert "\n" not in str(info.value)

@@ -127,6 +127,9 @@ class ExportPredictor(Predictor):
     def __init__(self, export_dir):
         export_dir = pathlib.Path(export_dir)
         self.meta = meta = read_export_json(export_dir)
+        if meta.get("input") != "waveform":  # exp2 exports before format 4 took LLD frames
+            raise SerKerasError(f"{export_dir}: this export takes {meta.get('input')!r} input, not a waveform "
+                                f"(export format {meta.get('format_version')}); export the run again")
         try:
             self.loaded = tf.saved_model.load(str(export_dir))
         except (OSError, ValueError, tf.errors.OpError) as exc:
