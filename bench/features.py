@@ -4,16 +4,17 @@
 
 Prints, one per line:
 
-- decode + resample alone (one core);
-- the spectrogram front end: decode + resample + log spectrogram (one core);
-- the full LLD set: decode + resample + F0/voicing, formants, energy, ZCR, MFCC (one core);
-- ``extract_features`` into an empty cache (worker processes on all cores where it pays);
+- decode + resample alone;
+- the spectrogram front end: decode + resample + log spectrogram (``features.frontend_ops``);
+- the full LLD set: decode + resample + F0/voicing, formants, energy, ZCR, MFCC;
+- ``extract_features`` into an empty cache (in-process, cache writes included);
 - cached reads through ``extract_features`` (every file a hit) for spectrogram and LLDs;
 - peak resident memory (max RSS) of this process.
 
-"One core" runs in this process with BLAS limited to one thread. Each figure is wall-clock
-based; the CPU-time figure next to it is what the same code achieves on an idle core, which
-is the fairer number when other jobs share the machine. Targets (2-core machine):
+Everything runs in this process (BLAS limited to one thread; the front end's TensorFlow ops
+use TensorFlow's thread pool). Each figure is wall-clock based; the CPU-time figure next to it
+is what the same code achieves per core-second, the fairer number when other jobs share the
+machine. Targets (2-core machine):
 spectrogram >= 500x, LLDs >= 50x, cached read >= 5000x.
 """
 
@@ -35,9 +36,8 @@ if str(REPO) not in sys.path:
 from ser_keras.audio import load_audio  # noqa: E402
 from ser_keras.config import Config  # noqa: E402
 from ser_keras.corpora import load_manifest  # noqa: E402
-from ser_keras.features import llds, spectrogram  # noqa: E402
-from ser_keras.features.extract import (  # noqa: E402
-    MIN_FILES_FOR_POOL, MIN_FILES_FOR_POOL_BY_KIND, extract_features, resolve_jobs)
+from ser_keras.features import frontend_ops  # noqa: E402
+from ser_keras.features.extract import extract_features  # noqa: E402
 
 
 def timed(function, paths, audio_seconds):
@@ -58,7 +58,6 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--limit", type=int, default=None, help="use N files spread over the corpus")
-    parser.add_argument("--jobs", type=int, default=0, help="workers for the parallel extraction (0 = all cores)")
     args = parser.parse_args(argv)
 
     config = Config()
@@ -78,42 +77,37 @@ def main(argv=None) -> int:
     print(f"corpus {args.corpus}: {len(paths)} files, {audio_seconds:.1f} s of audio, "
           f"{source_rate} Hz -> {sr} Hz{' (resampled)' if source_rate != sr else ''}", flush=True)
 
-    features = config.features
+    spectrogram = frontend_ops.spectrogram_params(config.features, sr)
+    lld = frontend_ops.params_for(config.features, sr, "lld")
     with threadpool_limits(1):
-        load_audio(paths[0], sr)  # warm up imports and caches
-        spectrogram.log_spectrogram(load_audio(paths[0], sr), features, sr)
-        llds.frame_llds(load_audio(paths[0], sr), features, sr)
+        load_audio(paths[0], sr)  # warm up imports and caches (and trace the front end's functions)
+        frontend_ops.raw_features(load_audio(paths[0], sr), spectrogram)
+        frontend_ops.raw_features(load_audio(paths[0], sr), lld)
 
         speed, cpu, wall, _ = timed(lambda ps: [load_audio(p, sr) for p in ps], paths, audio_seconds)
-        line("decode + resample (1 core)", speed, cpu, wall)
+        line("decode + resample", speed, cpu, wall)
         speed, cpu, wall, _ = timed(
-            lambda ps: [spectrogram.log_spectrogram(load_audio(p, sr), features, sr) for p in ps], paths, audio_seconds)
-        line("spectrogram front end: decode + resample + log spectrogram (1 core)", speed, cpu, wall, "  [target 500x]")
+            lambda ps: [frontend_ops.raw_features(load_audio(p, sr), spectrogram) for p in ps], paths, audio_seconds)
+        line("spectrogram front end: decode + resample + log spectrogram", speed, cpu, wall, "  [target 500x]")
         speed, cpu, wall, _ = timed(
-            lambda ps: [llds.frame_llds(load_audio(p, sr), features, sr) for p in ps], paths, audio_seconds)
-        line("full LLD set: decode + resample + F0, formants, energy, ZCR, MFCC (1 core)", speed, cpu, wall,
+            lambda ps: [frontend_ops.raw_features(load_audio(p, sr), lld) for p in ps], paths, audio_seconds)
+        line("full LLD set: decode + resample + F0, formants, energy, ZCR, MFCC", speed, cpu, wall,
              "  [target 50x]")
 
-    jobs = resolve_jobs(args.jobs, config)
     with tempfile.TemporaryDirectory(prefix="ser_keras_bench_cache_") as cache_dir:
         for kind in ("spectrogram", "lld"):
             speed, _, wall, result = timed(
-                lambda ps: extract_features(ps, kind, config, cache_dir=cache_dir, n_jobs=jobs), paths, audio_seconds)
+                lambda ps: extract_features(ps, kind, config, cache_dir=cache_dir), paths, audio_seconds)
             failed = f", {len(result.failures)} failed" if result.failures else ""
-            pooled = len(paths) >= MIN_FILES_FOR_POOL_BY_KIND.get(kind, MIN_FILES_FOR_POOL) and jobs > 1
-            how = (f"{jobs} worker processes, incl. their start-up" if pooled
-                   else "in-process: too few files for workers")
-            line(f"extract_features {kind} into an empty cache ({how}; cache writes included)",
-                 speed, None, wall, failed)
+            line(f"extract_features {kind} into an empty cache (cache writes included)", speed, None, wall, failed)
         for kind in ("spectrogram", "lld"):
-            extract_features(paths, kind, config, cache_dir=cache_dir, n_jobs=1)  # warm the page cache
+            extract_features(paths, kind, config, cache_dir=cache_dir)  # warm the page cache
             speed, cpu, wall, result = timed(
-                lambda ps: extract_features(ps, kind, config, cache_dir=cache_dir, n_jobs=1), paths, audio_seconds)
+                lambda ps: extract_features(ps, kind, config, cache_dir=cache_dir), paths, audio_seconds)
             megabytes = sum(f.nbytes for f in result.features if f is not None) / 2**20
             line(f"cached read, {kind} ({megabytes:.0f} MiB)", speed, cpu, wall, "  [target 5000x]")
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # (the extraction workers are children of the forkserver, which getrusage does not see)
     print(f"peak memory (max RSS of this process): {own:.0f} MiB", flush=True)
     return 0
 

@@ -13,7 +13,7 @@ For a finished ``fit`` run with a test protocol (loso, session, random; its fini
 - enrolment with k recordings (``speaker_statistics`` + ``serve_with_statistics``): the
   statistics of k random recordings of the speaker, the others scored (mean over ``--draws``);
   these three rows come from ``bench/normalisation.py``'s ``condition_rows``;
-- a gain sweep: every test file scaled by each gain and scored alone through the NumPy twin of
+- a gain sweep: every test file scaled by each gain and scored alone in-process as
   ``serve`` (level normalisation when the run has it, pooled statistics, PCA, the speech flag:
   a file without speech gets uniform probabilities): UA, the share of files flagged as speech,
   and the largest |p(gain) - p(1)| over files and classes.
@@ -125,10 +125,9 @@ def gain_sweep(run_dir, config, labels, manifest, folds, indices, gains) -> dict
     the folds, each file scaled and scored alone as the export's serve scores it."""
     from ser_keras.audio import load_audio
     from ser_keras.data.pipeline import make_dataset
-    from ser_keras.export.bundle import load_fold
-    from ser_keras.features.level import has_speech
+    from ser_keras.features.frontend_ops import has_speech, split_views
+    from ser_keras.inference.fold import load_fold
     from ser_keras.metrics import summarize
-    from ser_keras.export.frontend import split_views
     from ser_keras.models.predictor import make_predictor, predict_views
 
     label_index = {label: i for i, label in enumerate(labels)}
@@ -147,7 +146,7 @@ def gain_sweep(run_dir, config, labels, manifest, folds, indices, gains) -> dict
             views = [make_dataset(list(view), None, int(config.train.batch_size), training=False, seed=0)
                      for view in zip(*(split_views(f, bundle.params.n_views) for f in x))]
             p = predict_views(predict, views)
-            speech = np.array([has_speech(w, config.features, bundle.sample_rate) for w in scaled])
+            speech = np.array([has_speech(w, bundle.params) for w in scaled])
             p[~speech] = 1.0 / len(labels)  # as serve answers a recording without speech
             probabilities[gain].append(p)
             flags[gain].append(speech)

@@ -254,7 +254,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ser_keras.export.predict import run_predict_command
+    from ser_keras.inference.predict import run_predict_command
 
     return run_predict_command(args.model, args.paths, as_json=args.json, plot=args.plot, fold=args.fold,
                                same_speaker=args.same_speaker)

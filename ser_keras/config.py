@@ -273,8 +273,6 @@ class RuntimeConfig:
     # between jobs=1 and jobs>1; the same config and jobs on the same machine repeat exactly.
     jobs: int = 1
     fold: typing.Optional[int] = None  # run one fold only (0-based)
-    # Worker processes for feature extraction; 0 means one per CPU core.
-    extract_jobs: int = 0
     # Processes of the exp1 SVM's grid search (scikit-learn n_jobs).
     svm_jobs: int = 1
     # `reproduce`: values of model.block_windows for the UAR-vs-context-frames sweep

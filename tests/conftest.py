@@ -161,18 +161,17 @@ def demo_files() -> list:
 
 @pytest.fixture(scope="session")
 def exported(export_root):
-    """``exported(run_dir, jit_compile=False, fused_lstm=True) -> export directory``: the
-    export of a run (default: the shipped settings), made once per session."""
+    """``exported(run_dir, jit_compile=False) -> export directory``: the export of a run
+    (default: the shipped settings), made once per session."""
     made = {}
 
-    def export(run_dir: pathlib.Path, jit_compile: bool = False, fused_lstm: bool = True) -> pathlib.Path:
-        key = (str(run_dir), jit_compile, fused_lstm)
+    def export(run_dir: pathlib.Path, jit_compile: bool = False) -> pathlib.Path:
+        key = (str(run_dir), jit_compile)
         if key not in made:
             from ser_keras.export.serving import export_run
 
-            kind = "xla" if jit_compile else ("fused" if fused_lstm else "keras")
-            made[key] = export_run(run_dir, export_root / f"export_{run_dir.name}_{kind}", jit_compile=jit_compile,
-                                   fused_lstm=fused_lstm)
+            kind = "xla" if jit_compile else "graph"
+            made[key] = export_run(run_dir, export_root / f"export_{run_dir.name}_{kind}", jit_compile=jit_compile)
         return made[key]
 
     return export

@@ -5,7 +5,7 @@ of other ``ser_keras`` modules become edges. The graph must have no cycle, and n
 import one on a higher floor of
 
     foundation -> corpora -> features -> data -> layers -> models -> training -> evaluation
-    -> export -> cli
+    -> inference -> export -> cli
 
 (foundation: the package root and its plain modules: errors, config, config_checks, config_yaml, audio,
 metrics, rundir).
@@ -21,7 +21,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ser_keras"
 FLOORS = ["foundation", "corpora", "features", "data", "layers", "models", "training", "evaluation",
-          "export", "cli"]
+          "inference", "export", "cli"]
 FOUNDATION = {"ser_keras", "ser_keras.errors", "ser_keras.config", "ser_keras.audio", "ser_keras.metrics",
               "ser_keras.rundir", "ser_keras.config_yaml", "ser_keras.config_checks"}
 
@@ -139,7 +139,7 @@ def test_the_cli_imports_in_a_fresh_interpreter():
     """``python -c "import ser_keras.cli"`` and every subcommand's library module load on their
     own, without another module imported first to break a circle."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(PACKAGE.parent)}
-    for module in ("ser_keras.cli", "ser_keras.training.run", "ser_keras.export.predict"):
+    for module in ("ser_keras.cli", "ser_keras.training.run", "ser_keras.inference.predict"):
         done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, env=env)
         assert done.returncode == 0, f"{module}: {done.stderr[-2000:]}"
 

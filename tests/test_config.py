@@ -113,8 +113,8 @@ def test_the_defaults_are_what_fit_runs_with_no_flags():
 
 def test_runtime_settings_live_in_the_runtime_section_only(tmp_path):
     path = write(tmp_path, "runtime:\n  jobs: 2\n  cache_dir: /c\n")
-    config = load_config(config_file=path, overrides=["runtime.fold=1", "runtime.extract_jobs=2"])
-    assert (config.runtime.jobs, config.runtime.cache_dir, config.runtime.fold, config.runtime.extract_jobs) == \
+    config = load_config(config_file=path, overrides=["runtime.fold=1", "runtime.svm_jobs=2"])
+    assert (config.runtime.jobs, config.runtime.cache_dir, config.runtime.fold, config.runtime.svm_jobs) == \
         (2, "/c", 1, 2)
     with pytest.raises(SerKerasError, match=r"unknown config key 'train\.fold'"):
         load_config(config_file=path, overrides=["train.fold=1"])
@@ -125,7 +125,7 @@ def test_resume_compares_everything_but_the_runtime_section():
 
     config, other = Config(), Config()
     other.runtime = RuntimeConfig(data_dir="/d", cache_dir="/c", strategy="mirrored", jobs=1, fold=2,
-                                  extract_jobs=5, svm_jobs=3, sweep_block_windows=[1])
+                                  svm_jobs=3, sweep_block_windows=[1])
     assert identity(config) == identity(other) and config_hash(config) == config_hash(other)
     assert "runtime" not in identity(config) and set(identity(config)) == set(config.to_dict()) - {"runtime"}
     other.features.speech_min_ms = 50.0

@@ -5,8 +5,8 @@ corpus: one fold, one epoch) is exported;
 a fresh Python process that imports only TensorFlow and NumPy loads the SavedModel and scores
 the utterances; ``predict_files`` scores the same utterances in-process from the run
 directory. Asserted: the same label on every utterance and max |dp| < 1e-6, what the README
-says. Measured: max |dp| 5.1e-7 to 5.3e-7 on demo, CASIA and EMO-DB files, serve and
-serve_speaker (float32 rounding: scipy.fft vs tf.signal.rfft, summation order). fit's CSV
+says. Both run the same front-end ops (``features.frontend_ops``); what is left is float32
+rounding (batching, summation order). fit's CSV
 files hold probabilities rounded to 6 decimals (up to 5e-7 more), so against them 2e-6
 (measured 5.0e-7 and 5.3e-7).
 
@@ -27,7 +27,7 @@ import pytest
 
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
-from ser_keras.export.predict import predict_files
+from ser_keras.inference.predict import predict_files
 from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
 
 MAX_DP = 1e-6

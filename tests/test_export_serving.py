@@ -15,7 +15,7 @@ import tensorflow as tf
 from ser_keras.errors import SerKerasError
 from ser_keras.export import graph as serving_graph
 from ser_keras.export import serving
-from ser_keras.export.bundle import attention_steps, load_fold
+from ser_keras.inference.fold import attention_steps, load_fold
 from tests.conftest import LABELS, tone
 
 SAVED_MODEL_CLI = pathlib.Path(sys.executable).parent / "saved_model_cli"
@@ -134,40 +134,24 @@ def test_wrong_dtype_or_rank_is_rejected(exp4_loaded):
         serve(waveform=tf.zeros((1, 16000), tf.int32))
 
 
-def test_fused_and_keras_graph_exports_agree(tiny_run, exported):
-    """The default export (fused LSTM kernel) and the plain Keras graph give the same numbers,
-    padded rows (serve_lengths) included."""
-    run_dir = tiny_run("exp4")
-    fused = tf.saved_model.load(str(exported(run_dir)))
-    keras_graph = tf.saved_model.load(str(exported(run_dir, fused_lstm=False)))
-    batch = np.stack([tone(1.0, seed=s) for s in range(3)])
-    lengths = np.array([16000, 9000, 200], np.int32)
-    reference = keras_graph.serve_lengths(batch, lengths)
-    out = fused.serve_lengths(batch, lengths)
-    np.testing.assert_allclose(out["probabilities"].numpy(), reference["probabilities"].numpy(), atol=1e-5)
-    np.testing.assert_allclose(out["attention"].numpy(), reference["attention"].numpy(), atol=1e-5)
-    metas = [json.loads((exported(run_dir, **kw) / "export.json").read_text()) for kw in ({}, {"fused_lstm": False})]
-    assert [(m["fused_lstm"], m["jit_compile"]) for m in metas] == [(True, False), (False, False)]
-
-
 @pytest.mark.slow
 def test_xla_export_agrees_and_buckets(tiny_run, exported):
     """The optional XLA export (jit_compile=True): same numbers; lengths in one bucket share
     one compilation."""
     run_dir = tiny_run("exp4")
-    fused = tf.saved_model.load(str(exported(run_dir)))
+    plain = tf.saved_model.load(str(exported(run_dir)))
     xla = tf.saved_model.load(str(exported(run_dir, jit_compile=True)))
     batch = np.stack([tone(1.0, seed=s) for s in range(3)])
     lengths = np.array([16000, 9000, 200], np.int32)
-    a, b = xla.serve_lengths(batch, lengths), fused.serve_lengths(batch, lengths)
+    a, b = xla.serve_lengths(batch, lengths), plain.serve_lengths(batch, lengths)
     np.testing.assert_allclose(a["probabilities"].numpy(), b["probabilities"].numpy(), atol=1e-5)
     np.testing.assert_allclose(a["attention"].numpy(), b["attention"].numpy(), atol=1e-5)
     # 1.0 s and 1.05 s fall in the same bucket (112 frames).
     c = xla.serve(tone(1.05, seed=9)[None])
-    d = fused.serve(tone(1.05, seed=9)[None])
+    d = plain.serve(tone(1.05, seed=9)[None])
     np.testing.assert_allclose(c["probabilities"].numpy(), d["probabilities"].numpy(), atol=1e-5)
     meta = json.loads((exported(run_dir, jit_compile=True) / "export.json").read_text())
-    assert meta["jit_compile"] is True and meta["fused_lstm"] is False
+    assert meta["jit_compile"] is True
 
 
 def test_bucket_grid():
@@ -191,24 +175,28 @@ def test_exp3_attention_is_uniform(tiny_run, exported):
     assert meta["attention"] == "uniform"
 
 
-def test_exp2_endpoint_takes_lld_features(tiny_run, exported):
-    from ser_keras.features.llds import frame_llds
-
+def test_exp2_endpoint_takes_the_waveform(tiny_run, exported):
+    """exp2 serves from a raw waveform like exp3-5: its LLDs are computed in the graph, by the
+    ops feature extraction runs, and the export equals the in-process model."""
     run_dir = tiny_run("exp2")
     export_dir = exported(run_dir)
     loaded = tf.saved_model.load(str(export_dir))
     meta = json.loads((export_dir / "export.json").read_text())
-    assert meta["input"] == "lld" and len(meta["lld_names"]) > 0
+    assert meta["input"] == "waveform" and meta["features"] == "lld" and len(meta["lld_names"]) == 20
     spec = loaded.signatures["serve"].structured_input_signature[1]
-    assert list(spec) == ["features"] and spec["features"].shape.as_list() == [None, None, len(meta["lld_names"])]
+    assert list(spec) == ["waveform"] and spec["waveform"].shape.as_list() == [None, None]
     bundle = load_fold(run_dir)
-    llds = frame_llds(tone(0.8), bundle.config.features, 16000)
-    out = loaded.serve(llds[None])
-    probs, alpha = bundle.score(bundle.features(tone(0.8))[None])
+    waveform = tone(0.8)
+    out = loaded.serve(waveform[None])
+    probs, _ = bundle.score(bundle.features(waveform)[None])
     np.testing.assert_allclose(out["probabilities"].numpy(), probs, atol=1e-5)
-    assert out["attention"].shape == (1, llds.shape[0])
-    with pytest.raises(TypeError):
-        loaded.serve(np.zeros((1, 16000), np.float32))
+    assert int(out["speech"].numpy()[0]) == 1
+    assert out["attention"].shape == (1, bundle.params.frame_count(len(waveform)))
+    # Padded rows: each row as alone.
+    batch = np.stack([waveform, np.pad(waveform[:6000], (0, len(waveform) - 6000))])
+    padded = loaded.serve_lengths(batch, np.array([len(waveform), 6000], np.int32))
+    alone = loaded.serve(waveform[None, :6000])
+    np.testing.assert_allclose(padded["probabilities"].numpy()[1], alone["probabilities"].numpy()[0], atol=1e-5)
 
 
 def test_exp1_cannot_be_exported(tmp_path, tiny_run):

@@ -11,8 +11,7 @@ import soundfile
 from ser_keras.config import Config, FeatureConfig
 from ser_keras.errors import AudioError
 from ser_keras.features import cache as cache_module
-from ser_keras.features import extract as extract_module
-from ser_keras.features import llds, spectrogram
+from ser_keras.features import frontend_ops, llds, spectrogram
 from ser_keras.features.cache import FeatureCache, file_identity
 from ser_keras.features.extract import Extraction, extract_features
 
@@ -129,11 +128,11 @@ def test_damaged_entry_is_a_miss(tmp_path, wavs, damage):
 
 def test_torn_write_is_recomputed_by_extraction(tmp_path, wavs, config):
     root = tmp_path / "cache"
-    first = extract_features(wavs[:3], "spectrogram", config, cache_dir=root, n_jobs=1)
+    first = extract_features(wavs[:3], "spectrogram", config, cache_dir=root)
     cache = FeatureCache(root, "synthetic", "spectrogram", config.features, SR)
     entry = cache.entry_path(file_identity(wavs[1]))
     entry.write_bytes(entry.read_bytes()[:100])  # a torn / truncated entry
-    second = extract_features(wavs[:3], "spectrogram", config, cache_dir=root, n_jobs=1)
+    second = extract_features(wavs[:3], "spectrogram", config, cache_dir=root)
     for a, b in zip(first.features, second.features):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(cache.get(wavs[1]), first.features[1])  # rewritten, valid again
@@ -170,38 +169,39 @@ def test_extraction_matches_direct_computation_and_hits_the_cache(tmp_path, wavs
     from ser_keras.audio import load_audio
 
     root = tmp_path / "cache"
-    result = extract_features(pd.DataFrame({"path": wavs[:4]}), "lld", config, cache_dir=root, n_jobs=1)
+    lld_params = frontend_ops.params_for(config.features, SR, "lld")
+    result = extract_features(pd.DataFrame({"path": wavs[:4]}), "lld", config, cache_dir=root)
     assert isinstance(result, Extraction) and result.failures == {}
     for path, array in zip(wavs[:4], result.features):
-        np.testing.assert_array_equal(array, llds.frame_llds(load_audio(path), config.features, SR))
+        np.testing.assert_array_equal(array, frontend_ops.raw_features(load_audio(path), lld_params))
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cache hit must not decode audio")
 
     monkeypatch.setattr("ser_keras.audio.load_audio", no_decoding)
-    again = extract_features(wavs[:4], "lld", config, cache_dir=root, n_jobs=1)
+    again = extract_features(wavs[:4], "lld", config, cache_dir=root)
     for a, b in zip(result.features, again.features):
         np.testing.assert_array_equal(a, b)
 
 
 def test_changed_feature_parameter_misses_the_cache(tmp_path, wavs, config):
     root = tmp_path / "cache"
-    base = extract_features(wavs[:2], "spectrogram", config, cache_dir=root, n_jobs=1)
+    base = extract_features(wavs[:2], "spectrogram", config, cache_dir=root)
     assert base.features[0].shape[1] == 256
     config.features.n_bins = 128
-    smaller = extract_features(wavs[:2], "spectrogram", config, cache_dir=root, n_jobs=1)
+    smaller = extract_features(wavs[:2], "spectrogram", config, cache_dir=root)
     assert smaller.features[0].shape[1] == 128
     np.testing.assert_allclose(smaller.features[0], base.features[0][:, :128])
     config.features.n_bins = 256
     config.features.log_floor = 1.0
-    floored = extract_features(wavs[:2], "spectrogram", config, cache_dir=root, n_jobs=1)
+    floored = extract_features(wavs[:2], "spectrogram", config, cache_dir=root)
     assert floored.features[0].min() >= 0.0 > base.features[0].min()
     assert len([d for d in root.iterdir() if d.is_dir()]) == 3
 
 
 def test_functionals_cache_the_llds_on_the_way(tmp_path, wavs, config):
     root = tmp_path / "cache"
-    result = extract_features(wavs[:2], "functionals", config, cache_dir=root, n_jobs=1)
+    result = extract_features(wavs[:2], "functionals", config, cache_dir=root)
     assert result.features[0].shape == (len(llds.functional_names(config.features)),)
     lld_cache = FeatureCache(root, "synthetic", "lld", config.features, SR)
     stored = lld_cache.get(wavs[0])
@@ -209,26 +209,14 @@ def test_functionals_cache_the_llds_on_the_way(tmp_path, wavs, config):
     np.testing.assert_array_equal(llds.functionals(stored, config.features), result.features[0])
 
 
-def test_extraction_reports_bad_files_and_keeps_the_others(tmp_path, wavs, config, capsys, monkeypatch):
+def test_extraction_reports_bad_files_and_keeps_the_others(tmp_path, wavs, config, capsys):
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" + os.urandom(200))
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     missing = str(tmp_path / "missing.wav")
     paths = wavs[:5] + [str(corrupt)] + wavs[5:] + [str(empty), missing, wavs[0]]
-    # n_jobs=2 and more misses than the pool threshold: the process-pool path.
-    monkeypatch.setitem(extract_module.MIN_FILES_FOR_POOL_BY_KIND, "spectrogram", 4)
-    pools = []
-    real_run_pool = extract_module._run_pool
-
-    def spy(chunks, spec, jobs, bar):
-        pools.append(jobs)
-        return (yield from real_run_pool(chunks, spec, jobs, bar))
-
-    monkeypatch.setattr(extract_module, "_run_pool", spy)
-    result = extract_features(pd.DataFrame({"path": paths}), "spectrogram", config,
-                              cache_dir=tmp_path / "cache", n_jobs=2)
-    assert pools == [2]
+    result = extract_features(pd.DataFrame({"path": paths}), "spectrogram", config, cache_dir=tmp_path / "cache")
     assert set(result.failures) == {str(corrupt), str(empty), missing}
     for path, message in result.failures.items():
         assert path in message and "\n" not in message
@@ -242,22 +230,22 @@ def test_extraction_reports_bad_files_and_keeps_the_others(tmp_path, wavs, confi
     np.testing.assert_array_equal(result.features[0], result.features[-1])  # duplicate row
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""  # silent unless progress=True
-    # Serial extraction gives the same arrays.
-    serial = extract_features(paths, "spectrogram", config, cache_dir=False, n_jobs=1)
-    assert serial.failures.keys() == result.failures.keys()
-    for a, b in zip(result.features, serial.features):
+    # Without the cache: the same arrays.
+    uncached = extract_features(paths, "spectrogram", config, cache_dir=False)
+    assert uncached.failures.keys() == result.failures.keys()
+    for a, b in zip(result.features, uncached.features):
         assert (a is None and b is None) or np.array_equal(a, b)
 
 
 def test_progress_bar_goes_to_stderr(tmp_path, wavs, config, capsys):
-    extract_features(wavs[:2], "spectrogram", config, cache_dir=False, n_jobs=1, progress=True)
+    extract_features(wavs[:2], "spectrogram", config, cache_dir=False, progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "spectrogram features" in captured.err
 
 
 def test_resampled_input(tmp_path, config):
     path = write_wav(tmp_path / "hi.wav", seconds=1.0, sr=22050)
-    result = extract_features([path], "spectrogram", config, cache_dir=False, n_jobs=1)
+    result = extract_features([path], "spectrogram", config, cache_dir=False)
     assert result.features[0].shape == (99, 256)
 
 
@@ -269,7 +257,7 @@ def test_unknown_kind(config):
 def test_audio_error_message_is_the_loaders(tmp_path, config):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"this is text")
-    result = extract_features([str(bad)], "lld", config, cache_dir=False, n_jobs=1)
+    result = extract_features([str(bad)], "lld", config, cache_dir=False)
     with pytest.raises(AudioError) as info:
         from ser_keras.audio import load_audio
 

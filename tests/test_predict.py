@@ -8,7 +8,7 @@ import pytest
 
 from ser_keras.cli import main
 from ser_keras.errors import SerKerasError
-from ser_keras.export import predict
+from ser_keras.inference import predict
 from tests.conftest import LABELS, tone, write_wav
 
 
@@ -335,7 +335,7 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
         matplotlib.use("template")
         import numpy as np
         from ser_keras.evaluation.plots import save_confusion_png
-        from ser_keras.export.plot import plot_result
+        from ser_keras.inference.plot import plot_result
         save_confusion_png(np.eye(2), ["a", "b"], r"{tmp_path / 'cm.png'}", 1.0, 1.0, "x")
         result = {{"path": r"{write_wav(tmp_path / 'a.wav', tone(0.5))}", "duration_s": 0.5, "label": "a",
                   "probabilities": {{"a": 0.9, "b": 0.1}}, "windows": [],
@@ -347,3 +347,13 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "template"
     assert (tmp_path / "cm.png").read_bytes()[:4] == (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_export_that_takes_lld_frames_is_refused_in_one_line(tmp_path):
+    """exp2 exports made before format 4 took LLD frames; predict asks for a new export."""
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "export.json").write_text(json.dumps({"format": "ser_keras-savedmodel", "format_version": 3,
+                                                      "input": "lld"}))
+    with pytest.raises(SerKerasError, match="takes 'lld' input, not a waveform .* export the run again") as info:
+        predict.load_predictor(tmp_path)
+    assert "\n" not in str(info.value)

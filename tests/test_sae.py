@@ -281,13 +281,14 @@ def casia_pca_spectrograms(n_files=60, seed=0):
     """Normalised, PCA-60 log spectrograms of a seeded sample of CASIA utterances."""
     from ser_keras.audio import load_audio
     from ser_keras.features.pca import FramePCA
-    from ser_keras.features.spectrogram import log_spectrogram
+    from ser_keras.features import frontend_ops
 
     files = sorted(casia_dir().glob("*/*/*.wav"))
     assert files, "no .wav files under the CASIA directory"
     picked = [files[i] for i in np.random.default_rng(seed).choice(len(files), min(n_files, len(files)), replace=False)]
     features = Config().features
-    specs = [log_spectrogram(load_audio(path, 16000), features, 16000) for path in picked]
+    params = frontend_ops.spectrogram_params(features, 16000)
+    specs = [frontend_ops.raw_features(load_audio(path, 16000), params) for path in picked]
     frames = np.concatenate(specs)
     mean, std = frames.mean(axis=0), frames.std(axis=0) + 1e-3
     specs = [(s - mean) / std for s in specs]

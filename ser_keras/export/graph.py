@@ -1,22 +1,19 @@
-"""The TensorFlow functions of an export, built from one loaded fold (``bundle.FoldModel``).
+"""The TensorFlow functions of an export, built from one loaded fold (``inference.FoldModel``).
 
 ``ServingGraph`` holds what ``serving.export_run`` saves as endpoints: the front end in the
-graph (``export.frontend``), the model, the speech flags, the per-speaker statistics.
-
-Speed: Keras runs an LSTM on CPU as a while-loop of small ops per time step, which dominated
-the serving time. The export runs the recurrent layers with TensorFlow's fused LSTM kernel
-instead (``export.fastgraph``: same weights, same numbers, one op per direction), and the
-waveform front end one batch row at a time so its FFT intermediates stay in the CPU caches.
-No compilation is involved, so any input length runs at full speed from the first call.
-``bench/inference.py`` measures it (>= 500x real-time on a 10 s clip at batch 1 on a 2-core CPU).
+graph (``features.frontend_ops``, the very ops feature extraction runs), the Keras model, the
+speech flags, the per-speaker statistics. The waveform front end runs one batch row at a time
+so its FFT intermediates stay in the CPU caches. No compilation is involved, so any input
+length runs at full speed from the first call (``bench/inference.py`` measures it).
 
 ``export_run(..., jit_compile=True)`` compiles the (Keras) graph with XLA instead. XLA compiles
 once per input shape, so that graph pads the input to a *bucket* — frames rounded up to the
 next of 16, 20, 24, 28, 32, 40, ... (4 sizes per octave, at most 25 % padding) and the batch to
 the next power of two (multiples of 32 above 32) — and masks the padding (the model's
 ``Masking`` layer makes padded frames exact no-ops). The first call in a new bucket pays a
-compilation of 2-4 s on CPU; measured steady-state speed is no better than the fused path, so
-it is not the default.
+compilation of 2-4 s on CPU; measured steady-state speed is no better than the plain graph, so
+it is not the default. (exp2's LLDs cannot be compiled: the formants' root finding has no XLA
+kernel.)
 """
 
 from __future__ import annotations
@@ -24,10 +21,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ser_keras.export import fastgraph
-from ser_keras.export import frontend as fe
-from ser_keras.export.bundle import FoldModel, call_network
-from ser_keras.features.normalize import SPEAKER_MODES
+from ser_keras.features import frontend_ops as fe
+from ser_keras.features.level import frame_counts, speech_flags
+from ser_keras.inference.fold import FoldModel, call_network, speaker_adapted
 
 BUCKETS_PER_OCTAVE = 4
 MIN_BUCKET_FRAMES = 16
@@ -62,13 +58,11 @@ def bucket_batch(batch: int) -> int:
 class ServingGraph:
     """The TensorFlow functions of the export, built from a loaded fold."""
 
-    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused_lstm: bool = True):
+    def __init__(self, bundle: FoldModel, jit_compile: bool = False):
         self.tf = tf
         self.bundle = bundle
         self.params = bundle.params
         self.net = bundle.network()
-        # The fused LSTM kernel has no XLA implementation: XLA compiles the Keras graph.
-        self.fused_lstm = bool(fused_lstm) and not jit_compile and fastgraph.supports(bundle.model)
         self.has_attention = bundle.has_attention
         self.config = bundle.config
         self.grid = frame_buckets()
@@ -77,14 +71,14 @@ class ServingGraph:
         self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
         self.speaker_adapted = speaker_adapted(bundle.config)
 
-    # -- shape arithmetic (TF twins of bundle.attention_steps / bucket_*) --------------------
+    # -- shape arithmetic (TF versions of inference.fold.attention_steps / bucket_*) --------
 
     def _steps(self, n_frames):
         tf = self.tf
         n_frames = tf.maximum(n_frames, 1)
-        if self.params.kind == "lld":
-            return n_frames
         m = self.config.model
+        if m.frontend == "dense":  # one recurrent step per frame
+            return n_frames
         windows = (n_frames + m.pool_window - 1) // m.pool_window
         return 1 + tf.maximum(0, (windows - m.block_windows + m.block_stride - 1) // m.block_stride)
 
@@ -108,11 +102,11 @@ class ServingGraph:
         un-normalised features (rows past the real batch have 0 valid frames)."""
         tf = self.tf
         raw = fe.tf_raw_features(inputs, self.params, per_row=not self.jit_compile, n_frames=n_frames)
-        count, total, squares = fe.tf_frame_moments(raw, n_frames)
+        count, total, squares = fe.frame_moments(raw, n_frames)
         return tf.reduce_sum(count), tf.reduce_sum(total, axis=0), tf.reduce_sum(squares, axis=0)
 
     def _core(self, inputs, n_frames, mean=None, std=None):
-        """Padded inputs (waveform [B, Nb] or LLD [B, Tb, D]) + valid frames [B] ->
+        """Padded waveforms [B, Nb] + valid frames [B] ->
         (probabilities [B, C], alpha [B, steps(Tb)]). `mean`, `std` ([D]): normalise every row
         with these instead of the pooled statistics."""
         tf = self.tf
@@ -129,10 +123,7 @@ class ServingGraph:
         # layer after it honours the mask, so the padding changes nothing.
         valid = tf.sequence_mask(n_frames, tf.shape(features)[1], dtype=features.dtype)
         features = features * valid[:, :, None]
-        if self.fused_lstm:
-            outputs = fastgraph.fast_forward(self.bundle.model, features)
-        else:
-            outputs = call_network(self.net, features)
+        outputs = call_network(self.net, features)
         if self.has_attention:
             probabilities, alpha = outputs
         else:
@@ -169,8 +160,6 @@ class ServingGraph:
         checks = [tf.debugging.assert_equal(
             tf.reduce_all(finite), True,
             message="ser_keras export: input holds NaN or Inf values; pass finite float audio")]
-        if self.params.kind == "lld":
-            return checks
         # Non-finite samples are left to the check above, so each mistake gets its own message.
         peak = tf.reduce_max(tf.concat([tf.where(finite, magnitude, tf.zeros_like(magnitude)), [0.0]], 0))
         return checks + [tf.debugging.assert_less_equal(
@@ -187,41 +176,29 @@ class ServingGraph:
         batch = tf.shape(inputs)[0]
         size = tf.shape(inputs)[1]
         lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, size)
-        if p.kind == "lld":
-            n_frames = tf.maximum(lengths, 1)
-        else:
-            n_frames = fe.tf_frame_counts(lengths, p)
+        n_frames = frame_counts(lengths, p)
         longest = tf.maximum(tf.reduce_max(tf.concat([n_frames, [1]], 0)), 1)
         if self.jit_compile:
             frames_b, batch_b = self._bucket_frames(longest), self._bucket_batch(batch)
         else:  # a plain graph runs any shape as it is: no padding needed
             frames_b, batch_b = longest, batch
-        if p.kind == "lld":
-            target = frames_b
-            inputs = inputs[:, : tf.minimum(size, target)]
-            valid = tf.sequence_mask(lengths, tf.shape(inputs)[1], dtype=inputs.dtype)
-            inputs = inputs * valid[:, :, None]
-            inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]], [0, 0]])
-            inputs = tf.ensure_shape(inputs, [None, None, p.input_dim])
-        else:
-            target = p.frame + (frames_b - 1) * p.hop
-            inputs = inputs[:, : tf.minimum(size, target)]
-            # Samples past a row's length are zero, as the NumPy front end pads short ones.
-            valid = tf.sequence_mask(lengths, tf.shape(inputs)[1], dtype=inputs.dtype)
-            inputs = inputs * valid
-            inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
+        # Room for frames_b frames and the samples after the last one (up to hop - 1: YIN's
+        # segments reach past a frame's end), so no valid sample is ever cut off.
+        target = p.frame + frames_b * p.hop - 1
+        inputs = inputs[:, : tf.minimum(size, target)]
+        # Samples past a row's length are zero, as the front end pads a short recording.
+        valid = tf.sequence_mask(lengths, tf.shape(inputs)[1], dtype=inputs.dtype)
+        inputs = inputs * valid
+        inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
         n_frames_b = tf.pad(n_frames, [[0, batch_b - batch]], constant_values=1)
-        if p.kind == "lld":  # the LLD input shows no waveform: every row counts as speech
-            speech = tf.ones([batch], tf.bool)
-        else:
-            speech = fe.tf_speech_flags(inputs[:batch], lengths, p)
+        speech = speech_flags(inputs[:batch], lengths, p)
         if isinstance(stats, str):
             # "speaker": padding rows (if any) hold no valid frame, and neither do rows without
             # speech (silence or noise says nothing about the speaker; predict agrees).
             moments = self.raw(inputs, tf.pad(tf.where(speech, n_frames, 0), [[0, batch_b - batch]]))
             if stats == "moments":
                 return moments, speech
-            mean, std = fe.tf_mean_std(*moments, self.params.std_floor)
+            mean, std = fe.mean_std(*moments, self.params.std_floor)
             probabilities, alpha = self.core(inputs, n_frames_b, tf.cast(mean, tf.float32),
                                              tf.cast(std, tf.float32))
         elif stats is not None:
@@ -237,16 +214,11 @@ class ServingGraph:
                 "speech": tf.cast(speech, tf.int32)}
 
     def input_spec(self):
-        tf = self.tf
-        if self.params.kind == "lld":
-            return tf.TensorSpec([None, None, self.params.input_dim], tf.float32, name="features")
-        return tf.TensorSpec([None, None], tf.float32, name="waveform")
+        return self.tf.TensorSpec([None, None], self.tf.float32, name="waveform")
 
     def _input_checks(self, inputs) -> list:
-        lld = self.params.kind == "lld"
-        rank, name, shape = (3, "features", "[batch, frames, D]") if lld else (2, "waveform", "[batch, samples]")
-        message = f"input {name} must be a rank-{rank} float32 tensor {shape} (x below is the rank received)"
-        return [self._check_rank(inputs, rank, message)] + self._check_scale(inputs)
+        message = "input waveform must be a rank-2 float32 tensor [batch, samples] (x below is the rank received)"
+        return [self._check_rank(inputs, 2, message)] + self._check_scale(inputs)
 
     def serve(self, inputs):
         tf = self.tf
@@ -278,16 +250,10 @@ class ServingGraph:
     def speaker_statistics(self, inputs, lengths):
         tf = self.tf
         (frames, total, squares), speech = self.run(*self._checked(inputs, lengths), stats="moments")
-        mean, std = fe.tf_mean_std(frames, total, squares, self.params.std_floor)
+        mean, std = fe.mean_std(frames, total, squares, self.params.std_floor)
         return {"mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32),
                 "frames": frames, "sum": total, "sum_squares": squares, "speech": tf.cast(speech, tf.int32)}
 
     def serve_with_statistics(self, inputs, lengths, mean, std):
         inputs, lengths, mean, std = self._checked(inputs, lengths, mean, std)
         return self.run(inputs, lengths, stats=(mean, std))
-
-
-def speaker_adapted(config) -> bool:
-    """Whether the run normalised every speaker by their own statistics (its serve_speaker
-    uses a speaker's statistics; otherwise serve_speaker is serve_lengths)."""
-    return config.features.normalization in SPEAKER_MODES

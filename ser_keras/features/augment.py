@@ -9,7 +9,7 @@ exactly as an unseen test speaker is, and only training utterances are warped.
 
 Test-time views (``features.test_warp_factors``): a recording is also scored warped by each
 factor and the model's outputs are averaged over the views. The warp is linear in the log-power
-bins (``warp_matrix``), so the views are taken from the *normalised* frames (``warped_views``):
+bins (``warp_matrix``), so the views are taken from the *normalised* frames (``frontend_ops``):
 each view then needs no statistics of its own, which a single served recording could not give
 (the mean and spread of warped frames are, up to the level reference, the warped mean and
 spread), and the export computes them with one matrix product per view.
@@ -82,15 +82,3 @@ def warp_matrix(bins: int, factor: float) -> np.ndarray:
     np.add.at(matrix, (high, columns), weight)
     matrix.setflags(write=False)
     return matrix
-
-
-def warped_views(normalised: np.ndarray, bins: int, matrices) -> list:
-    """The test-time views of one recording's normalised ``(frames, D)`` features: itself, then
-    one per matrix (``warp_matrix``) with its first `bins` columns (the log-power bins) warped;
-    the columns after them (pitch channels) stay as they are."""
-    x = np.asarray(normalised)
-    views = [x]
-    for matrix in matrices:
-        warped = (x[:, :bins].astype(np.float64) @ matrix).astype(x.dtype)
-        views.append(np.concatenate([warped, x[:, bins:]], axis=1))
-    return views

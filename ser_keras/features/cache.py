@@ -40,7 +40,7 @@ import numpy as np
 
 from ser_keras import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the arrays come from the one TF front end (features.frontend_ops)
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")
@@ -61,7 +61,7 @@ LLD_ONLY = frozenset({
     "pre_emphasis",
 })
 SPECTROGRAM_ONLY = frozenset({"n_bins"})
-# Fields the pitch channels read besides the frame grid (features/pitch.py).
+# Fields the pitch channels read besides the frame grid (features/pitch.py, channels.py).
 PITCH_FIELDS = frozenset({"f0_min_hz", "f0_max_hz", "voicing_threshold"})
 
 

@@ -1,32 +1,27 @@
-"""Feature extraction over a manifest: cached, parallel over the CPU cores, failure-tolerant.
+"""Feature extraction over a manifest: cached, in-process, failure-tolerant.
 
 ``extract_features(manifest, kind, config)`` returns one array per manifest row:
 
-- ``"spectrogram"``: ``spectrogram.log_spectrogram`` (frames, n_bins);
+- ``"spectrogram"``: the log spectrogram (frames, n_bins), raw (no level normalisation);
 - ``"lld"``: ``llds.frame_llds`` (frames, len(lld_names));
 - ``"functionals"``: ``llds.functionals`` of the LLDs (len(functional_names),) -- the LLDs are
   cached on the way, so a later ``"lld"`` extraction is free;
-- ``"pitch"``: ``pitch.pitch_channels`` (frames, 2), which ``extract_for_model`` appends to the
+- ``"pitch"``: the pitch channels (frames, 2), which ``extract_for_model`` appends to the
   spectrogram with ``features.pitch_channels``.
 
-Cache hits are read in the calling process. Misses are computed by worker processes from a
-``ProcessPoolExecutor`` with a ``forkserver`` context (``spawn`` where that does not exist):
-never ``fork``, because the caller may have imported TensorFlow, whose threads do not survive
-a fork. Work is sent in chunks of files to keep the inter-process overhead low, each worker
-writes its own cache entries, and numpy/BLAS run single-threaded in the workers so they do
-not oversubscribe the cores. A file that fails (``AudioError``: missing, empty, corrupt, not
-audio; or any other exception) is reported by path with a one-line message and never costs the
-other files their features. Scripts that call this must guard their entry point with
-``if __name__ == "__main__":`` (the usual multiprocessing rule for spawned workers).
+Every array comes from the one front end (``features.frontend_ops``: TF ops, the same the
+export graph runs), one ``tf.function`` per setting traced once for any length. Misses are
+computed in this process, one file after another: TensorFlow's own thread pool uses the
+cores, and a pool of worker processes each importing TensorFlow and tracing the functions
+again was slower (``bench/features.py`` on 200 EMO-DB files: the LLDs 6x slower with two
+workers). A file that fails (``AudioError``: missing, empty, corrupt, not audio; or any other
+exception) is reported by path with a one-line message and never costs the other files their
+features.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import dataclasses
-import math
-import multiprocessing
 import os
 import pathlib
 import sys
@@ -38,18 +33,12 @@ from ser_keras import audio
 from ser_keras.config import INPUT_FEATURES, FeatureConfig
 from ser_keras.config import cache_root as config_cache_root
 from ser_keras.errors import SerKerasError
-from ser_keras.features import llds, pitch, spectrogram
+from ser_keras.features import frontend_ops, llds
 from ser_keras.features.cache import FeatureCache, file_identity
-from ser_keras.features.level import maybe_level_normalize
+from ser_keras.features.channels import pitch_channel_count
 
 # The feature kinds: what a model reads (model.input_features), and the pitch channels.
 KINDS = INPUT_FEATURES + ("pitch",)
-# Below this many misses the pool's start-up and the transfer of the arrays back cost more
-# than they save; a spectrogram is cheap enough that only thousands of files pay for a pool
-# (bench/features.py measures both paths).
-MIN_FILES_FOR_POOL = 8
-MIN_FILES_FOR_POOL_BY_KIND = {"spectrogram": 2000}
-MAX_CHUNK = 16
 
 
 @dataclasses.dataclass
@@ -66,14 +55,14 @@ class Extraction:
 
 def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) -> np.ndarray:
     """Features of `kind` for one waveform (no cache). `config` is a FeatureConfig."""
-    if kind == "spectrogram":
-        return spectrogram.log_spectrogram(waveform, config, sample_rate)
+    if kind == "spectrogram":  # raw: the level normalisation comes after the cache read
+        return frontend_ops.raw_features(waveform, frontend_ops.spectrogram_params(config, sample_rate))
     if kind == "lld":
-        return llds.frame_llds(waveform, config, sample_rate)
+        return frontend_ops.raw_features(waveform, frontend_ops.params_for(config, sample_rate, "lld"))
     if kind == "functionals":
-        return llds.functionals(llds.frame_llds(waveform, config, sample_rate), config)
+        return llds.functionals(compute_features(waveform, "lld", config, sample_rate), config)
     if kind == "pitch":
-        return pitch.pitch_channels(waveform, config, sample_rate)
+        return frontend_ops.pitch_track(waveform, frontend_ops.params_for(config, sample_rate))
     raise SerKerasError(f"feature kind '{kind}' is not one of {', '.join(KINDS)}")
 
 
@@ -83,19 +72,7 @@ def default_cache_dir(config) -> pathlib.Path:
     return config_cache_root(config.runtime.cache_dir) / "features"
 
 
-def resolve_jobs(n_jobs: typing.Optional[int], config) -> int:
-    """n_jobs argument, else config.runtime.extract_jobs; 0 (or less) means one per usable core."""
-    jobs = config.runtime.extract_jobs if n_jobs is None else n_jobs
-    if jobs is None or int(jobs) <= 0:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
-    return int(jobs)
-
-
-def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing.Optional[int] = None,
-                     progress: bool = False) -> Extraction:
+def extract_features(manifest, kind: str, config, cache_dir=None, progress: bool = False) -> Extraction:
     """Features of `kind` for every row of `manifest` (a DataFrame with a ``path`` column, or
     a sequence of paths), cached on disk.
 
@@ -104,7 +81,6 @@ def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing
         kind: "spectrogram", "lld", "functionals" or "pitch".
         config: the full ``Config`` (features, data.sample_rate, data.corpus, runtime.cache_dir).
         cache_dir: cache root; None -> ``default_cache_dir(config)``; False -> no caching.
-        n_jobs: worker processes; None -> config.runtime.extract_jobs (0 = one per core).
         progress: show a tqdm progress bar on stderr.
 
     Returns:
@@ -144,10 +120,12 @@ def extract_features(manifest, kind: str, config, cache_dir=None, n_jobs: typing
     bar = tqdm(total=len(rows_of), initial=len(rows_of) - len(misses), desc=f"{kind} features",
                unit="file", file=sys.stderr, disable=not progress)
     try:
-        for path, array, error in _compute(misses, spec, resolve_jobs(n_jobs, config), bar):
+        for path in misses:
+            array, error = _work(path, spec)
             if error is not None:
                 failures[path] = error
             _fill(features, rows_of[path], array)
+            bar.update(1)
     finally:
         bar.close()
     return Extraction(features=features, failures=failures)
@@ -164,7 +142,7 @@ def _fill(features: list, rows: list, array) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-    """Everything a worker needs, as plain picklable values."""
+    """What extraction needs of the config, as plain values (a hashable cache key)."""
 
     kind: str
     features: dict
@@ -207,49 +185,34 @@ def _one_line(path: str, exc: BaseException) -> str:
     return lines[0] if lines else f"{path}: {type(exc).__name__}"
 
 
-def _work(paths: list, spec: _Spec) -> list:
-    """Compute (and cache) features for `paths`: [(path, array or None, error or None)].
-
-    numpy's and scipy's BLAS run single-threaded meanwhile: the matrices here are tiny, the
-    pool already fills the cores, and idle BLAS threads spinning next to busy workers halved
-    the throughput. The limit is taken here, in the task, so it covers every BLAS library the
-    feature modules (imported with this module) loaded (a limit set in a pool initializer
-    missed scipy's).
-    """
-    with _single_threaded():  # it scans the loaded libraries: once per chunk, not per file
-        return _work_unlimited(paths, spec)
-
-
-def _work_unlimited(paths: list, spec: _Spec) -> list:
+def _work(path: str, spec: _Spec) -> tuple:
+    """Compute (and cache) the features of `path`: (array or None, error or None)."""
     config = spec.feature_config()
     cache = spec.cache(spec.kind)
     lld_cache = spec.cache("lld") if spec.kind == "functionals" else None
-    results = []
-    for path in paths:
+    try:
+        identity = None
         try:
-            identity = None
-            try:
-                identity = file_identity(path)
-            except OSError:
-                pass  # load_audio raises the user-facing error
-            frame_llds = lld_cache.get(path, identity) if (lld_cache is not None and identity) else None
-            if frame_llds is not None:
+            identity = file_identity(path)
+        except OSError:
+            pass  # load_audio raises the user-facing error
+        frame_llds = lld_cache.get(path, identity) if (lld_cache is not None and identity) else None
+        if frame_llds is not None:
+            array = llds.functionals(frame_llds, config)
+        else:
+            waveform = audio.load_audio(path, spec.sample_rate)
+            if spec.kind == "functionals":
+                frame_llds = compute_features(waveform, "lld", config, spec.sample_rate)
                 array = llds.functionals(frame_llds, config)
+                if lld_cache is not None and identity:
+                    _store(lld_cache, path, frame_llds, identity)
             else:
-                waveform = audio.load_audio(path, spec.sample_rate)
-                if spec.kind == "functionals":
-                    frame_llds = compute_features(waveform, "lld", config, spec.sample_rate)
-                    array = llds.functionals(frame_llds, config)
-                    if lld_cache is not None and identity:
-                        _store(lld_cache, path, frame_llds, identity)
-                else:
-                    array = compute_features(waveform, spec.kind, config, spec.sample_rate)
-            if cache is not None and identity:
-                _store(cache, path, array, identity)
-            results.append((path, array, None))
-        except Exception as exc:  # noqa: BLE001 - one bad file must not cost the others
-            results.append((path, None, _one_line(path, exc)))
-    return results
+                array = compute_features(waveform, spec.kind, config, spec.sample_rate)
+        if cache is not None and identity:
+            _store(cache, path, array, identity)
+        return array, None
+    except Exception as exc:  # noqa: BLE001 - one bad file must not cost the others
+        return None, _one_line(path, exc)
 
 
 def _store(cache: FeatureCache, path: str, array: np.ndarray, identity: tuple) -> None:
@@ -261,85 +224,19 @@ def _store(cache: FeatureCache, path: str, array: np.ndarray, identity: tuple) -
         pass
 
 
-@contextlib.contextmanager
-def _single_threaded():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
-def _context():
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def _compute(paths: list, spec: _Spec, jobs: int, bar) -> typing.Iterator[tuple]:
-    if not paths:
-        return
-    if jobs <= 1 or len(paths) < MIN_FILES_FOR_POOL_BY_KIND.get(spec.kind, MIN_FILES_FOR_POOL):
-        with _single_threaded():
-            for path in paths:
-                result = _work_unlimited([path], spec)
-                bar.update(1)
-                yield from result
-        return
-    jobs = min(jobs, len(paths))
-    size = max(1, min(MAX_CHUNK, math.ceil(len(paths) / (jobs * 4))))
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    pending = yield from _run_pool(chunks, spec, jobs, bar)
-    if pending:  # a worker died (crash in a native library?): retry, then isolate the culprit
-        pending = yield from _run_pool([[p] for chunk in pending for p in chunk], spec, jobs, bar)
-    for chunk in pending:
-        for path in chunk:
-            died = yield from _run_pool([[path]], spec, 1, bar)
-            if died:
-                bar.update(1)
-                yield path, None, f"{path}: the extraction worker process died while reading this file"
-
-
-def _run_pool(chunks: list, spec: _Spec, jobs: int, bar):
-    """Yield results of `chunks` computed in a process pool; return the chunks lost to a
-    broken pool (a worker that died), which then still need computing."""
-    done = set()
-    try:
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=_context()) as pool:
-            futures = {pool.submit(_work, chunk, spec): index for index, chunk in enumerate(chunks)}
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    try:
-                        results = future.result()
-                    except concurrent.futures.process.BrokenProcessPool:
-                        continue
-                    done.add(futures[future])
-                    bar.update(len(chunks[futures[future]]))
-                    yield from results
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    except concurrent.futures.process.BrokenProcessPool:
-        pass
-    return [chunk for index, chunk in enumerate(chunks) if index not in done]
-
-
 def extract_for_model(config, manifest, progress: bool) -> tuple:
     """(features per manifest row or None, failures {path: message}) of what the model reads
     (``model.input_features``); spectrograms level-normalised when
     ``features.level_normalization`` is on, functionals as ``(1, D)`` rows. A file left out is
     never silent: named with `progress`, one line on stderr without."""
     kind = config.model.input_features
-    n_jobs = config.runtime.extract_jobs or None
-    extraction = extract_features(manifest, kind, config, n_jobs=n_jobs, progress=progress)
+    extraction = extract_features(manifest, kind, config, progress=progress)
     features = list(extraction.features)
     failures = dict(extraction.failures)
     if kind == "spectrogram":  # after the cache read: the cache holds the raw spectrograms
-        features = maybe_level_normalize(features, config.features)
-        if pitch.pitch_channel_count(config.features):
-            features = _with_pitch(features, failures, manifest, config, n_jobs, progress)
+        features = frontend_ops.level_normalized(features, config.features)
+        if pitch_channel_count(config.features):
+            features = _with_pitch(features, failures, manifest, config, progress)
     if kind == "functionals":  # (D,) vectors -> (1, D) so they normalise like frame features
         features = [None if f is None else np.asarray(f, np.float32).reshape(1, -1) for f in features]
     if failures and progress:
@@ -356,10 +253,10 @@ def extract_for_model(config, manifest, progress: bool) -> tuple:
     return features, failures
 
 
-def _with_pitch(features: list, failures: dict, manifest, config, n_jobs, progress: bool) -> list:
+def _with_pitch(features: list, failures: dict, manifest, config, progress: bool) -> list:
     """Each spectrogram with its pitch channels appended (None where either failed; a pitch
     failure is added to `failures`)."""
-    extraction = extract_features(manifest, "pitch", config, n_jobs=n_jobs, progress=progress)
+    extraction = extract_features(manifest, "pitch", config, progress=progress)
     for path, message in extraction.failures.items():
         failures.setdefault(path, message)
     out = []

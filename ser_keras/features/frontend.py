@@ -13,8 +13,8 @@ It owns its saved state: ``save(fold_dir)`` writes the normaliser's arrays (per-
 statistics included) and the arrays the export bakes into its graph (pooled normalisation
 statistics as float32, PCA mean and components — an identity when there is no PCA, so every
 run has the same keys — the sample rate, feature kind and normalisation mode); ``load`` reads
-them back, and ``serving_arrays`` gives the latter to ``export.frontend.params_from_arrays``,
-from which the TensorFlow twin is built. Training writes it, evaluation and export read it.
+them back, and ``serving_arrays`` gives the latter to ``features.frontend_ops.params_from_arrays``,
+from which the front end's ops take them. Training writes it, evaluation and export read it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.augment import check_factors, warp_frequency, warp_matrix, warped_speaker, warped_views
-from ser_keras.features.level import maybe_level_normalize
+from ser_keras.features.augment import check_factors, warp_frequency, warped_speaker
+from ser_keras.features.channels import map_spectral
+from ser_keras.features.frontend_ops import level_normalized, project_each, view_projection
 from ser_keras.features.normalize import SPEAKER_MODES, FeatureNormalizer, serving_normalization
 from ser_keras.features.pca import FramePCA
-from ser_keras.features.pitch import map_spectral
 from ser_keras.rundir import FoldDir
 
 
@@ -112,20 +112,24 @@ class FittedFrontEnd:
     def transform_views(self, features: list, speakers: typing.Optional[list], feature_config) -> list:
         """The test-time views of `features` as a model is scored on them: one list per view,
         the plain one first (``transform``'s), then one per ``feature_config.test_warp_factors``
-        entry with the normalised log-power bins warped (``features.augment.warped_views``)
-        before the PCA. `speakers` as for ``transform`` (None: as served, pooled statistics)."""
+        entry with the normalised log-power bins warped (``features.augment.warp_matrix``)
+        before the PCA (``frontend_ops.view_projection``, as the export graph does). `speakers`
+        as for ``transform`` (None: as served, pooled statistics)."""
         if len(features) == 0:
             return [[]]
         return self.project_views(self.normalizer.transform(features, speakers), feature_config)
 
     def project_views(self, normalised: list, feature_config) -> list:
         """``transform_views`` of utterances already normalised (by any statistics)."""
-        bins = int(feature_config.n_bins)
-        matrices = [warp_matrix(bins, factor)
-                    for factor in check_factors(feature_config.test_warp_factors, "test_warp_factors")]
-        per_utterance = [warped_views(x, bins, matrices) for x in normalised]
-        views = [[item[view] for item in per_utterance] for view in range(len(matrices) + 1)]
-        return [self.pca.transform(view) if self.pca is not None else view for view in views]
+        factors = check_factors(feature_config.test_warp_factors, "test_warp_factors")
+        if not factors:
+            return [self.pca.transform(normalised) if self.pca is not None else normalised]
+        if self.pca is None:
+            raise SerKerasError("test-time views need the front end's PCA (spectrogram input)")
+        weights, offset = view_projection(self.pca.mean_, self.pca.components_, int(feature_config.n_bins), factors)
+        projected = project_each(normalised, None, weights, offset)
+        k = self.pca.components_.shape[1]
+        return [[x[:, view * k:(view + 1) * k] for x in projected] for view in range(len(factors) + 1)]
 
     def transform_warped(self, features: list, speakers: list, feature_config) -> list:
         """The frequency-warped copies of `features`: one block per
@@ -184,4 +188,4 @@ def _warped_bins(bins: np.ndarray, factor: float, feature_config) -> np.ndarray:
     """The log-power bins warped by `factor` and level-normalised again (the pitch channels of
     a warped copy stay as they are: normalised per (speaker, factor), a scaled F0 contour is
     the same contour)."""
-    return maybe_level_normalize([warp_frequency(bins, factor)], feature_config)[0]
+    return level_normalized([warp_frequency(bins, factor)], feature_config)[0]

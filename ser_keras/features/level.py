@@ -1,4 +1,5 @@
-"""Recording level: the gain-free log spectrogram, and whether a recording holds speech.
+"""Recording level, in TensorFlow ops: the gain-free log spectrogram, and whether a recording
+holds speech.
 
 Level normalisation (``features.level_normalization``). A gain ``g`` on the waveform multiplies
 every bin of the power spectrum by ``g**2``, i.e. adds ``2 ln g`` to every bin of the
@@ -13,15 +14,15 @@ that moves by exactly that constant removes the gain:
   and it is dominated by the loud bins, so bins down at the floor hardly move it (a mean of the
   log powers did: on EMO-DB files, whose top bins sit near the floor after resampling, gain 0.5
   moved it by 1.373 instead of 2 ln 2 = 1.386);
-- the reference is the mean of ``e_t`` over the loudest ``ceil(frames / 5)`` frames (at least
-  one): a uniform shift of every ``e_t`` keeps the same frames on top and shifts their mean by
-  the same amount, so ``reference(x + c) = reference(x) + c`` exactly. The loudest fifth, not all
-  frames, so that pauses (whose level is the room's, not the speaker's) do not move it.
+- the reference is the mean of ``e_t`` over the loudest ``ceil(frames / 5)`` valid frames (at
+  least one): a uniform shift of every ``e_t`` keeps the same frames on top and shifts their
+  mean by the same amount, so ``reference(x + c) = reference(x) + c`` exactly. The loudest
+  fifth, not all frames, so that pauses (whose level is the room's, not the speaker's) do not
+  move it.
 
 The reference is subtracted from every bin of every frame, before any other normalisation
-(speaker, pooled) and the PCA, in training, evaluation, ``predict`` and the export's graph
-(``export.frontend.tf_level_normalize``, tested against ``level_normalize``). Features in the
-cache stay raw: it is applied after the cache read.
+(speaker, pooled) and the PCA, in training, evaluation, ``predict`` and the export's graph.
+Features in the cache stay raw: it is applied after the cache read.
 
 Relative floor (``features.level_floor_db``). The cells at the absolute floor do not move with
 the gain, and a lower gain pushes more cells down to it, so they alone would still change the
@@ -41,8 +42,7 @@ speech when all three hold:
 - P_top is at least ``features.speech_min_contrast_db`` dB above P_low: speech comes in
   syllables and pauses, a steady noise does not (white noise: about 1 dB at any level).
 
-See the ``FeatureConfig`` fields for the defaults and why. ``has_speech`` here and
-``export.frontend.tf_speech_flags`` are twins.
+See the ``FeatureConfig`` fields for the defaults and why.
 """
 
 from __future__ import annotations
@@ -51,33 +51,18 @@ import typing
 
 import numpy as np
 
-from ser_keras.features.spectrogram import frame_params
-
 # The share of frames (the loudest) the level reference and the speech level are taken over.
 TOP_FRACTION_DENOMINATOR = 5
 
 
-def top_count(n_frames: int) -> int:
-    """How many of `n_frames` frames count as the loudest: ``ceil(n / 5)``, at least one."""
-    return max(1, (int(n_frames) + TOP_FRACTION_DENOMINATOR - 1) // TOP_FRACTION_DENOMINATOR)
+def top_count(n_frames):
+    """How many of `n_frames` frames count as the loudest: ``ceil(n / 5)``, at least one (an int,
+    or an int tensor of counts)."""
+    if isinstance(n_frames, (int, np.integer)):
+        return max(1, (int(n_frames) + TOP_FRACTION_DENOMINATOR - 1) // TOP_FRACTION_DENOMINATOR)
+    import tensorflow as tf
 
-
-def level_reference(log_spectrogram: np.ndarray) -> float:
-    """The utterance's reference level (float64): the mean over the loudest ``top_count`` frames
-    of each frame's log mean power. ``(frames, bins)`` in, a scalar out."""
-    x = np.asarray(log_spectrogram, np.float64)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"level_reference: expected (frames, bins) with frames >= 1, got shape {x.shape}")
-    per_frame = frame_levels(x)
-    k = top_count(per_frame.shape[0])
-    return float(np.sort(per_frame)[::-1][:k].mean())
-
-
-def frame_levels(log_spectrogram: np.ndarray) -> np.ndarray:
-    """``e_t``, float64 ``(frames,)``: the log of each frame's mean power over the bins."""
-    x = np.asarray(log_spectrogram, np.float64)
-    peak = x.max(axis=1, keepdims=True)
-    return peak[:, 0] + np.log(np.exp(x - peak).sum(axis=1)) - np.log(x.shape[1])
+    return tf.maximum(1, (n_frames + TOP_FRACTION_DENOMINATOR - 1) // TOP_FRACTION_DENOMINATOR)
 
 
 def relative_floor(floor_db) -> typing.Optional[float]:
@@ -85,61 +70,81 @@ def relative_floor(floor_db) -> typing.Optional[float]:
     return None if floor_db is None else -float(floor_db) * np.log(10.0) / 10.0
 
 
-def level_normalize(log_spectrogram: np.ndarray, floor_db=None) -> np.ndarray:
-    """``log_spectrogram`` minus its ``level_reference`` (float32, a new array), every cell below
-    ``-floor_db`` dB raised to it when `floor_db` is given."""
-    x = np.asarray(log_spectrogram, np.float32)
-    y = x - np.float32(level_reference(x))
+def frame_counts(lengths, params):
+    """Frames made of each waveform length (``(batch,)`` int) — for masking padded batches."""
+    import tensorflow as tf
+
+    lengths = tf.maximum(tf.cast(lengths, tf.int32), params.frame)
+    return 1 + (lengths - params.frame) // params.hop
+
+
+def level_references(raw, n_frames):
+    """float64 ``[B]``: each row's level reference over its first ``n_frames[b]`` frames (at
+    least one) of ``raw`` ``[B, T, bins]`` log spectrograms."""
+    import tensorflow as tf
+
+    x = tf.cast(raw, tf.float64)
+    peak = tf.reduce_max(x, axis=2, keepdims=True)
+    # e_t, the log mean power of each frame (module docstring)
+    per_frame = (peak[:, :, 0] + tf.math.log(tf.reduce_sum(tf.exp(x - peak), axis=2))
+                 - tf.math.log(tf.cast(tf.shape(x)[2], tf.float64)))  # [B, T]
+    total = tf.shape(per_frame)[1]
+    n = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
+    lowest = tf.constant(np.finfo(np.float64).min, tf.float64)
+    ranked = tf.sort(tf.where(tf.sequence_mask(n, total), per_frame, lowest), axis=1, direction="DESCENDING")
+    k = top_count(n)
+    top = tf.sequence_mask(k, total)
+    return tf.reduce_sum(tf.where(top, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
+
+
+def level_normalize(raw, n_frames, floor_db=None):
+    """``raw`` ``[B, T, bins]`` log spectrograms minus each row's level reference over its first
+    ``n_frames[b]`` frames, raised to ``-floor_db`` dB where given."""
+    import tensorflow as tf
+
+    normalized = raw - tf.cast(level_references(raw, n_frames), raw.dtype)[:, None, None]
     floor = relative_floor(floor_db)
-    return y if floor is None else np.maximum(y, np.float32(floor))
+    return normalized if floor is None else tf.maximum(normalized, tf.cast(floor, raw.dtype))
 
 
-def maybe_level_normalize(features: list, feature_config) -> list:
-    """`features` (a list of ``(frames, bins)`` log spectrograms, None where extraction failed),
-    level-normalised when ``feature_config.level_normalization`` is on, else as they are."""
-    if not getattr(feature_config, "level_normalization", False):
-        return features
-    floor_db = getattr(feature_config, "level_floor_db", None)
-    return [None if x is None else level_normalize(x, floor_db) for x in features]
+def level_reference(log_spectrogram: np.ndarray) -> float:
+    """The reference level of one ``(frames, bins)`` log spectrogram (``level_references``)."""
+    x = np.asarray(log_spectrogram, np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"level_reference: expected (frames, bins) with frames >= 1, got shape {x.shape}")
+    return float(level_references(x[None], [x.shape[0]])[0])
 
 
-def frame_powers(waveform: np.ndarray, frame: int, hop: int, length=None) -> np.ndarray:
-    """Mean square of each frame's samples (float64), on the spectrogram's frame grid:
-    ``1 + (max(n, frame) - frame) // hop`` frames of the first ``length`` (default: all)
-    samples, a recording shorter than one frame zero-padded to one."""
-    x = np.asarray(waveform, np.float64).reshape(-1)
-    n = x.shape[0] if length is None else max(0, min(int(length), x.shape[0]))
-    x = x[:n]
-    if n < frame:
-        x = np.pad(x, (0, frame - n))
-    frames = 1 + (max(n, frame) - frame) // hop
-    cumulative = np.concatenate([[0.0], np.cumsum(x * x)])
-    starts = np.arange(frames) * hop
-    # Differences of a running sum: the same formula as the graph's twin (one pass, no frames).
-    return np.maximum(cumulative[starts + frame] - cumulative[starts], 0.0) / frame
+def speech_flags(waveform, lengths, params):
+    """bool ``[B]``: whether each row's first ``lengths[b]`` samples hold speech (module
+    docstring; frame powers from a running sum of squares, float64). ``params``: frame, hop,
+    sample_rate and the ``speech_*`` settings (``FrontEndParams``)."""
+    import tensorflow as tf
 
+    x = tf.cast(waveform, tf.float64)
+    lengths = tf.cast(lengths, tf.int32)
+    x = x * tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float64)
+    x = tf.pad(x, [[0, 0], [0, tf.maximum(params.frame - tf.shape(x)[1], 0)]])
+    size = tf.shape(x)[1]
+    cumulative = tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
+    n_frames = frame_counts(lengths, params)
+    total = tf.maximum(tf.reduce_max(tf.concat([n_frames, [1]], 0)), 1)
+    starts = tf.range(total) * params.hop
+    ends = tf.minimum(starts + params.frame, size)
+    starts = tf.minimum(starts, size)
+    powers = tf.maximum(tf.gather(cumulative, ends, axis=1) - tf.gather(cumulative, starts, axis=1), 0.0)
+    powers = powers / float(params.frame)
+    valid = tf.sequence_mask(n_frames, total)
+    k = top_count(n_frames)
+    take = tf.sequence_mask(k, total)
+    big = tf.constant(np.finfo(np.float64).max, tf.float64)
 
-def speech_levels(waveform: np.ndarray, frame: int, hop: int, length=None) -> tuple:
-    """(P_top, P_low): mean power (float64) of the loudest and of the quietest ``top_count``
-    frames of the first `length` samples."""
-    powers = np.sort(frame_powers(waveform, frame, hop, length))
-    k = top_count(powers.shape[0])
-    return float(powers[-k:].mean()), float(powers[:k].mean())
+    def mean_of_first_k(ranked):
+        return tf.reduce_sum(tf.where(take, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
 
-
-def speech_level_dbfs(waveform: np.ndarray, frame: int, hop: int, length=None) -> float:
-    """dB re full scale (RMS 1.0) of P_top, the mean power of the loudest ``top_count`` frames."""
-    top = speech_levels(waveform, frame, hop, length)[0]
-    return float(10.0 * np.log10(top)) if top > 0 else float("-inf")
-
-
-def has_speech(waveform: np.ndarray, feature_config, sample_rate: int, length=None) -> bool:
-    """Whether a mono waveform at `sample_rate` holds speech (module docstring); `length`: the
-    valid samples (default: all)."""
-    frame, hop = frame_params(feature_config, sample_rate)
-    n = np.asarray(waveform).reshape(-1).shape[0] if length is None else int(length)
-    if n < feature_config.speech_min_ms * sample_rate / 1000.0:
-        return False
-    top, low = speech_levels(waveform, frame, hop, n)
-    return bool(top >= 10.0 ** (feature_config.speech_threshold_dbfs / 10.0)
-                and top >= low * 10.0 ** (feature_config.speech_min_contrast_db / 10.0))
+    top = mean_of_first_k(tf.sort(tf.where(valid, powers, -tf.ones_like(powers)), axis=1, direction="DESCENDING"))
+    low = mean_of_first_k(tf.sort(tf.where(valid, powers, big * tf.ones_like(powers)), axis=1))
+    long_enough = tf.cast(lengths, tf.float64) >= params.speech_min_ms * params.sample_rate / 1000.0
+    loud = top >= 10.0 ** (params.speech_threshold_dbfs / 10.0)
+    modulated = top >= low * 10.0 ** (params.speech_min_contrast_db / 10.0)
+    return long_enough & loud & modulated

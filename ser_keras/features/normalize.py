@@ -55,6 +55,7 @@ import numpy as np
 
 from ser_keras.config import NORMALIZATIONS, SPEAKER_FALLBACKS
 from ser_keras.errors import SerKerasError
+from ser_keras.features.frontend_ops import standardize_each
 
 MODES = NORMALIZATIONS
 FALLBACKS = SPEAKER_FALLBACKS
@@ -87,11 +88,8 @@ def frame_stats(features: typing.Sequence[np.ndarray], std_floor: float = 1e-3) 
 def normalize_with(features: typing.Sequence[np.ndarray], stats=None, std_floor: float = 1e-3) -> list:
     """float32 ``(x - mean) / std`` of every array: with `stats` = (mean, std) for all of them,
     or, when `stats` is None, each array by its own ``frame_stats([x], std_floor)``."""
-    out = []
-    for x in features:
-        mean, std = frame_stats([x], std_floor) if stats is None else stats
-        out.append(((np.asarray(x, np.float64) - mean) / std).astype(np.float32))
-    return out
+    features = [_as_2d(x) for x in features]
+    return standardize_each(features, [frame_stats([x], std_floor) if stats is None else stats for x in features])
 
 
 class _Moments:
@@ -217,8 +215,7 @@ class FeatureNormalizer:
         if self.mode == "none":
             return [x.astype(np.float32, copy=True) for x in features]
         self._check_fitted()
-        stats = self.utterance_stats(features, speakers)
-        return [((x - mean) / std).astype(np.float32) for x, (mean, std) in zip(features, stats)]
+        return standardize_each(features, self.utterance_stats(features, speakers))
 
     def utterance_stats(self, features, speakers=None) -> list:
         """(mean, std) used for each utterance by ``transform``."""

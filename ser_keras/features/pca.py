@@ -18,7 +18,8 @@ import typing
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.features.pitch import pitch_channel_count
+from ser_keras.features.frontend_ops import project_each
+from ser_keras.features.channels import pitch_channel_count
 
 
 class FramePCA:
@@ -121,12 +122,12 @@ class FramePCA:
         """Project a (frames, D) array, or each array of a list -> float32 (frames, k)."""
         if self.components_ is None:
             raise SerKerasError("PCA: FramePCA used before fit()")
-        if isinstance(x, (list, tuple)):
-            return [self.transform(item) for item in x]
-        x = np.asarray(x, dtype=np.float32)
-        if x.shape[-1] != self.mean_.shape[0]:
-            raise ValueError(f"PCA was fitted on {self.mean_.shape[0]} dimensions, got {x.shape[-1]}")
-        return (x - self.mean_) @ self.components_
+        items = [np.asarray(item, dtype=np.float32) for item in (x if isinstance(x, (list, tuple)) else [x])]
+        for item in items:
+            if item.shape[-1] != self.mean_.shape[0]:
+                raise ValueError(f"PCA was fitted on {self.mean_.shape[0]} dimensions, got {item.shape[-1]}")
+        out = project_each(items, self.mean_, self.components_)
+        return out if isinstance(x, (list, tuple)) else out[0]
 
     def fit_transform(self, features):
         return self.fit(features).transform(features)

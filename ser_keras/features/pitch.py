@@ -1,76 +1,180 @@
-"""Pitch channels: a frame-level log F0 contour and voicing flag beside the spectrogram.
+"""The pitch channels in TensorFlow ops: YIN, the voicing gate, the log F0 contour.
 
-A log spectrogram reduced to 60 PCA channels keeps the spectral envelope and blurs the
-harmonics, so a network reading it sees little of the pitch contour, which carries much of
-what distinguishes emotions across speakers (the exp1 SVM loses several UA points on EMO-DB
-and CASIA under leave-one-speaker-out without its F0 and voicing functionals). With
-``features.pitch_channels`` every spectrogram frame gets ``PITCH_CHANNELS`` appended after its
-``n_bins`` log-power bins; they skip the level normalisation, the frequency warp and the PCA
-(``FramePCA(passthrough=...)``) but are normalised per speaker like every other column.
+``tf_pitch_channels`` computes, for every row of a zero-padded ``(batch, samples)`` waveform,
+the ``(frames, 2)`` [log F0, voicing] of the row's valid part (``features.channels`` says
+what they are), step by step:
 
-Per frame of the spectrogram's grid (``spectrogram.frame_params``):
+1. YIN (de Cheveigne & Kawahara 2002): a segment of ``length`` samples centred on every frame centre
+   (``left`` zeros before the waveform, zeros after it), the cross term
+   ``r(tau) = sum_{j<width} x_j x_{j+tau}`` by a float32 FFT of ``n_fft`` points, the energies
+   from one float64 running sum of squares, the cumulative-mean-normalised difference in
+   float64, the first local minimum below ``voicing_threshold`` in ``[tau_min, tau_max]`` (else
+   the global minimum, unvoiced), parabolic interpolation; voiced when a dip was found and F0
+   lies in ``[f0_min_hz, f0_max_hz]``;
+2. the relative voicing gate: a frame whose mean square is more than ``VOICING_RELATIVE_DB``
+   below the loudest valid frame of its row is unvoiced;
+3. log F0 linear between voiced frames (``np.interp``), held before the first and after the
+   last, ``unvoiced_log_f0`` on a row without a voiced frame.
 
-``log_f0``   natural log of F0 in Hz from YIN (``llds.yin``: the same tracker, range and
-             threshold as the LLDs of exp1), on voiced frames; linearly interpolated over the
-             unvoiced frames between two voiced ones and held constant before the first and
-             after the last, so the contour has no jumps to zero; a recording without a voiced
-             frame gets ``log(sqrt(f0_min_hz * f0_max_hz))`` everywhere.
-``voicing``  1.0 where voiced, else 0.0. Voiced: a YIN dip below ``voicing_threshold`` and a
-             frame mean square no more than ``VOICING_RELATIVE_DB`` below the loudest frame's.
-
-Both are independent of the recording's gain: YIN's normalised difference function is a ratio
-of energies and the voicing gate is relative (exp1's LLDs also have an absolute gate, which a
-gain would move). ``export.frontend`` computes the same channels in the graph.
+Frames past a row's ``n_frames[b]`` are padding: they never count as voiced and never enter the
+gate's maximum, so a row's channels do not depend on what else is in the batch. Every constant
+(YIN's lags, the FFT length) is fixed when the graph is built; serving needs no ser_keras.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import scipy.fft
 
-from ser_keras.features import llds
-from ser_keras.features.level import frame_powers
-from ser_keras.features.spectrogram import frame_count, frame_params
-
-PITCH_CHANNELS = ("log_f0", "voicing")
-# Quieter frames (relative to the loudest frame of the recording) are never voiced.
-VOICING_RELATIVE_DB = llds.SILENCE_RELATIVE_DB
+from ser_keras.features.channels import VOICING_RELATIVE_DB, unvoiced_log_f0, yin_geometry as _yin_geometry
 
 
-def pitch_channel_count(feature_config) -> int:
-    """Columns appended to each spectrogram frame: len(PITCH_CHANNELS) with pitch channels on."""
-    return len(PITCH_CHANNELS) if getattr(feature_config, "pitch_channels", False) else 0
+def yin_geometry(params) -> dict:
+    """YIN's integer constants for ``params`` (a ``FrontEndParams``): ``channels.yin_geometry``
+    and the FFT length."""
+    tau_min, tau_max, width, length, left = _yin_geometry(
+        params.sample_rate, params.frame, params.f0_min_hz, params.f0_max_hz)
+    return dict(tau_min=tau_min, tau_max=tau_max, width=width, length=length, left=left,
+                n_fft=int(scipy.fft.next_fast_len(length, real=True)))
 
 
-def unvoiced_log_f0(feature_config) -> float:
-    """The log F0 of every frame of a recording without a voiced frame: the range's midpoint."""
-    return 0.5 * float(np.log(feature_config.f0_min_hz) + np.log(feature_config.f0_max_hz))
+def tf_pitch_channels(waveform, n_frames, params):
+    """``(batch, samples)`` float32 zero-padded waveforms and the valid frames of each row
+    (``[batch]`` int) -> ``(batch, frames, 2)`` float32 [log F0, voicing], ``frames`` being the
+    spectrogram's frame count of ``samples`` (see the module docstring)."""
+    import tensorflow as tf
+
+    g = yin_geometry(params)
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    size = tf.shape(waveform)[1]
+    total = 1 + (tf.maximum(size, params.frame) - params.frame) // params.hop  # frames of the batch
+    n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
+    valid = tf.sequence_mask(n_frames, total)
+
+    # Segment i covers padded[i * hop : i * hop + length], padded = left zeros + waveform + zeros.
+    needed = (total - 1) * params.hop + g["length"]
+    padded = tf.pad(waveform, [[0, 0], [g["left"], tf.maximum(needed - g["left"] - size, 0)]])[:, :needed]
+    cumulative = _running_energy(padded)
+    f0, dip = _yin(padded, cumulative, total, params, g)
+
+    # Mean square of each frame of the waveform (as features.level's speech flags): the same running
+    # sum, shifted by the left padding (zeros add nothing to it).
+    powers = tf.maximum(_every_hop(cumulative, g["left"] + params.frame, total, params.hop)
+                        - _every_hop(cumulative, g["left"], total, params.hop), 0.0) / float(params.frame)
+    loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
+    voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
+    log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
+    return tf.cast(tf.stack([log_f0, tf.cast(voiced, tf.float64)], axis=2), tf.float32)
 
 
-def pitch_channels(waveform: np.ndarray, feature_config, sample_rate: int) -> np.ndarray:
-    """``(frames, 2)`` float32: log F0 and voicing of every frame of ``waveform`` (see above)."""
-    waveform = np.asarray(waveform, np.float32).reshape(-1)
-    frame, hop = frame_params(feature_config, sample_rate)
-    n_frames = frame_count(waveform.shape[0], feature_config, sample_rate)
-    f0, voiced = llds.yin(waveform, n_frames, frame, hop, sample_rate, feature_config.f0_min_hz,
-                          feature_config.f0_max_hz, feature_config.voicing_threshold)
-    powers = frame_powers(waveform, frame, hop)
-    voiced &= powers >= powers.max() * 10.0 ** (-VOICING_RELATIVE_DB / 10.0)
-    return np.stack([interpolated_log_f0(f0, voiced, feature_config), voiced.astype(np.float64)],
-                    axis=1).astype(np.float32)
+def _running_energy(padded):
+    """``[B, P + 1]`` float64: 0 then the running sum of squares of each row."""
+    import tensorflow as tf
+
+    x = tf.cast(padded, tf.float64)
+    return tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
 
 
-def interpolated_log_f0(f0: np.ndarray, voiced: np.ndarray, feature_config) -> np.ndarray:
-    """log F0 on voiced frames, linear between them, held beyond the first and last (float64)."""
-    rows = np.flatnonzero(voiced)
-    if rows.size == 0:
-        return np.full(f0.shape[0], unvoiced_log_f0(feature_config))
-    return np.interp(np.arange(f0.shape[0]), rows, np.log(f0[rows]))
+def _frames(values, length: int, hop: int, total):
+    """``[B, total, length]``: ``values[:, i * hop : i * hop + length]`` for i < total."""
+    import tensorflow as tf
+
+    return tf.signal.frame(values, length, hop, pad_end=False)[:, :total]
 
 
-def map_spectral(function, x: np.ndarray, feature_config) -> np.ndarray:
-    """``function`` applied to the log-power bins of ``x``; the pitch channels as they are."""
-    count = pitch_channel_count(feature_config)
-    if not count:
-        return function(x)
-    bins = function(x[:, : x.shape[1] - count])
-    return np.concatenate([bins, x[:, x.shape[1] - count:].astype(bins.dtype)], axis=1)
+def _every_hop(values, offset: int, total, hop: int):
+    """``values[:, offset + i * hop]`` for i < total (a strided slice)."""
+    return values[:, offset::hop][:, :total]
+
+
+def _yin(padded, cumulative, total, params, g):
+    """(f0 Hz float64 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): YIN on
+    every frame of the left-padded rows (``cumulative``: their ``_running_energy``)."""
+    import tensorflow as tf
+
+    lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
+    segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
+    spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
+    head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
+    cross = tf.signal.irfft(tf.math.conj(head) * spectrum, fft_length=[g["n_fft"]])[:, :, :lags]
+    cross = tf.cast(cross, tf.float64)
+
+    starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
+    ends = _frames(cumulative[:, g["width"]:], lags, params.hop, total)
+    energy_shifted = ends - starts  # sum_{j<width} x_{j+tau}^2
+    diff = tf.maximum(energy_shifted[:, :, :1] + energy_shifted - 2.0 * cross, 0.0)
+    total_energy = _every_hop(cumulative, g["length"], total, params.hop) - _every_hop(cumulative, 0, total,
+                                                                                       params.hop)
+
+    # Cumulative-mean-normalised difference d'(tau) = d(tau) * tau / sum_{1<=j<=tau} d(j).
+    running = tf.cumsum(diff[:, :, 1:], axis=2)
+    taus = tf.range(1, lags, dtype=tf.float64)
+    safe = running > 1e-12 * (total_energy[:, :, None] + 1e-30)
+    tail = tf.where(safe, diff[:, :, 1:] * taus / tf.where(safe, running, tf.ones_like(running)),
+                    tf.ones_like(running))
+    cmnd = tf.concat([tf.ones_like(diff[:, :, :1]), tail], axis=2)
+
+    # First local minimum below the threshold in [tau_min, tau_max]; else the global minimum.
+    lo, hi = g["tau_min"], g["tau_max"] + 1
+    window = cmnd[:, :, lo:hi]
+    local_min = (window <= cmnd[:, :, lo - 1:hi - 1]) & (window < cmnd[:, :, lo + 1:hi + 1])
+    candidate = local_min & (window < params.voicing_threshold)
+    has_candidate = tf.reduce_any(candidate, axis=2)
+    index = tf.range(hi - lo)
+    beyond = tf.constant(hi - lo, tf.int32)
+    # First True / first minimum (np.argmax / np.argmin take the first; tf.argmax may not).
+    first_candidate = tf.reduce_min(tf.where(candidate, index, beyond), axis=2)
+    lowest = tf.reduce_min(window, axis=2, keepdims=True)
+    first_lowest = tf.reduce_min(tf.where(window == lowest, index, beyond), axis=2)
+    best = tf.where(has_candidate, first_candidate, tf.minimum(first_lowest, hi - lo - 1)) + lo
+
+    before = tf.gather(cmnd, best - 1, axis=2, batch_dims=2)
+    at = tf.gather(cmnd, best, axis=2, batch_dims=2)
+    after = tf.gather(cmnd, best + 1, axis=2, batch_dims=2)
+    curvature = before - 2.0 * at + after
+    curved = curvature > 1e-12
+    shift = tf.where(curved, 0.5 * (before - after) / tf.where(curved, curvature, tf.ones_like(curvature)),
+                     tf.zeros_like(curvature))
+    period = tf.cast(best, tf.float64) + tf.clip_by_value(shift, -1.0, 1.0)
+    f0 = float(params.sample_rate) / period
+    return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
+
+
+def _interpolated_log_f0(f0, voiced, fallback: float):
+    """float64 ``[B, T]``: log F0 interpolated over every row's unvoiced frames (``np.interp``'s
+    formula between the previous and the next voiced frame; held at the ends).
+
+    Static shapes only (XLA compiles ``tf.where``'s data-dependent output for minutes): the
+    k-th voiced frame of row b is written to slot ``[b, k]`` of a ``[B, T + 1]`` table (slot T
+    takes the unvoiced frames), and a frame reads its neighbours from slots ``count - 1`` and
+    ``count - voiced``, ``count`` being the voiced frames up to and including it."""
+    import tensorflow as tf
+
+    shape = tf.shape(voiced)
+    batch, frames = shape[0], shape[1]
+    flags = tf.cast(voiced, tf.int32)
+    count = tf.cumsum(flags, axis=1)
+    slot = tf.where(voiced, count - 1, frames) + tf.range(batch)[:, None] * (frames + 1)
+    t = tf.broadcast_to(tf.range(frames)[None, :], shape)
+
+    def table(values):  # [B, T + 1]: the value of each row's k-th voiced frame at k
+        spread = tf.math.unsorted_segment_max(values, slot, batch * (frames + 1))
+        return tf.reshape(spread, [batch, frames + 1])
+
+    times = table(t)
+    values = table(tf.math.log(tf.where(voiced, f0, tf.ones_like(f0))))
+    previous = count - 1  # slot of the last voiced frame at or before each frame
+    following = count - flags  # of the first voiced frame at or after it
+    has_previous = previous >= 0
+    has_following = following < count[:, -1:]
+
+    def read(table_, index):
+        return tf.gather(table_, tf.clip_by_value(index, 0, frames), axis=1, batch_dims=1)
+
+    t0, y0 = tf.cast(read(times, previous), tf.float64), read(values, previous)
+    t1, y1 = tf.cast(read(times, following), tf.float64), read(values, following)
+    t = tf.cast(t, tf.float64)
+    between = has_previous & has_following & (t1 > t0)
+    slope = (y1 - y0) / tf.where(between, t1 - t0, tf.ones_like(t0))
+    inner = tf.where(between, slope * (t - t0) + y0, y0)
+    outer = tf.where(has_previous, y0, tf.where(has_following, y1, tf.fill(shape, tf.constant(fallback, tf.float64))))
+    return tf.where(has_previous & has_following, inner, outer)

@@ -1,4 +1,4 @@
-"""Log-power spectrogram: the front end of section 4.1 of the paper.
+"""Log-power spectrogram, in TensorFlow ops: the front end of section 4.1 of the paper.
 
 The paper draws a spectrogram with a 20 ms window, a 10 ms hop and a "256-point FFT".
 At 16 kHz a 20 ms window is 320 samples, which a 256-point FFT cannot hold without
@@ -8,18 +8,18 @@ of its 257 bins (0 .. 7.97 kHz at 16 kHz, bin spacing 31.25 Hz): 256 dimensions,
 paper, from the whole window. Only the Nyquist bin is dropped. Zero padding interpolates
 the spectrum; it adds no information but costs nothing in resolution either.
 
-Definition (mirrored in TensorFlow by ``export.frontend`` with ``tf.signal.stft``, so keep
-the two in step):
+Definition (one implementation: extraction, training, ``predict`` and the export graph all
+run these ops; the reference is ``librosa.stft``, tested):
 
 - ``frame = round(frame_ms * sr / 1000)`` (320), ``hop = round(hop_ms * sr / 1000)`` (160);
 - no centring: frame ``i`` covers samples ``[i * hop, i * hop + frame)``; a waveform shorter
   than one frame is zero-padded to one frame; ``frames = 1 + (n - frame) // hop``;
-- periodic Hann window of length ``frame`` (``tf.signal.hann_window(frame, periodic=True)``),
-  frame zero-padded at its end to ``n_fft`` points, power ``|rfft|**2``;
+- periodic Hann window of length ``frame``, frame zero-padded at its end to ``n_fft`` points,
+  power ``|rfft|**2`` (float32);
 - the first ``n_bins`` bins, ``log(power + log_floor)``, float32.
 
-Everything is vectorised: the frames are a stride-tricks view of the waveform and one
-real FFT (``scipy.fft``, single precision) transforms the whole frame matrix.
+The ops take ``params``: anything with ``frame``, ``hop``, ``n_fft``, ``n_bins`` and
+``log_floor`` (``features.frontend_ops.FrontEndParams``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import scipy.fft
 
 from ser_keras.errors import SerKerasError
 
@@ -44,29 +43,9 @@ def frame_params(config, sample_rate: int) -> tuple:
 
 
 def frame_count(n_samples: int, config, sample_rate: int) -> int:
-    """Number of frames `log_spectrogram` (and `llds.frame_llds`) give for `n_samples`."""
+    """Number of frames the front end gives for `n_samples`."""
     frame, hop = frame_params(config, sample_rate)
     return 1 + (max(int(n_samples), frame) - frame) // hop
-
-
-def frame_signal(waveform: np.ndarray, frame: int, hop: int) -> np.ndarray:
-    """(frames, frame) read-only view of `waveform` on the grid above (padded if short)."""
-    waveform = np.asarray(waveform)
-    if waveform.ndim != 1:
-        raise ValueError(f"waveform must be 1-D, got shape {waveform.shape}")
-    if waveform.shape[0] < frame:
-        waveform = np.pad(waveform, (0, frame - waveform.shape[0]))
-    return np.lib.stride_tricks.sliding_window_view(waveform, frame)[::hop]
-
-
-@functools.lru_cache(maxsize=16)
-def hann_window(length: int) -> np.ndarray:
-    """Periodic Hann window (the STFT convention; equals tf.signal.hann_window(periodic=True))."""
-    n = np.arange(length, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)
-    window = window.astype(np.float32)
-    window.setflags(write=False)
-    return window
 
 
 def check_fft(config, sample_rate: int) -> tuple:
@@ -83,18 +62,39 @@ def check_fft(config, sample_rate: int) -> tuple:
     return frame, hop
 
 
-def power_spectrum(waveform: np.ndarray, config, sample_rate: int, n_bins=None) -> np.ndarray:
-    """Hann-windowed power spectrum ``|rfft|**2``, float32 (frames, n_bins or n_fft//2+1)."""
-    frame, hop = check_fft(config, sample_rate)
-    frames = frame_signal(np.asarray(waveform, dtype=np.float32), frame, hop)
-    spectrum = scipy.fft.rfft(frames * hann_window(frame), n=config.n_fft, axis=-1)
+@functools.lru_cache(maxsize=16)
+def hann_window(length: int) -> np.ndarray:
+    """Periodic Hann window (the STFT convention), computed in float64 and rounded once."""
+    n = np.arange(length, dtype=np.float64)
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+def frames(waveform, frame: int, hop: int):
+    """``(batch, samples)`` -> ``(batch, frames, frame)`` on the grid above (rows shorter than
+    one frame zero-padded to one)."""
+    import tensorflow as tf
+
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    waveform = tf.pad(waveform, [[0, 0], [0, tf.maximum(frame - tf.shape(waveform)[1], 0)]])
+    return tf.signal.frame(waveform, frame, hop, pad_end=False)
+
+
+def power_spectrum(waveform, params, n_bins=None):
+    """Hann-windowed power spectrum ``|rfft|**2``, float32 ``(batch, frames, n_bins or
+    n_fft // 2 + 1)`` of a ``(batch, samples)`` waveform."""
+    import tensorflow as tf
+
+    windowed = frames(waveform, params.frame, params.hop) * tf.constant(hann_window(params.frame))
+    spectrum = tf.signal.rfft(windowed, fft_length=[params.n_fft])
     if n_bins is not None:
-        spectrum = spectrum[:, :n_bins]
-    return np.square(spectrum.real) + np.square(spectrum.imag)
+        spectrum = spectrum[..., :n_bins]
+    return tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
 
 
-def log_spectrogram(waveform: np.ndarray, config, sample_rate: int) -> np.ndarray:
-    """Log-power spectrogram, float32 (frames, config.n_bins); see the module docstring."""
-    power = power_spectrum(waveform, config, sample_rate, n_bins=config.n_bins)
-    power += np.float32(config.log_floor)
-    return np.log(power, out=power)
+def log_spectrogram(waveform, params):
+    """``(batch, samples)`` float32 -> ``(batch, frames, n_bins)`` log-power spectrogram."""
+    import tensorflow as tf
+
+    return tf.math.log(power_spectrum(waveform, params, params.n_bins) + params.log_floor)

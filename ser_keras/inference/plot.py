@@ -9,7 +9,7 @@ import numpy as np
 from ser_keras.audio import load_audio
 from ser_keras.config import FeatureConfig
 from ser_keras.errors import SerKerasError
-from ser_keras.features.spectrogram import frame_params, log_spectrogram
+from ser_keras.features import frontend_ops
 
 MAX_COLUMNS = 4000  # spectrogram columns drawn; longer recordings are pooled down to this
 
@@ -17,9 +17,9 @@ MAX_COLUMNS = 4000  # spectrogram columns drawn; longer recordings are pooled do
 def _spectrogram(path, sample_rate: int, feature_config) -> tuple:
     """(log spectrogram (bins, columns) for display, seconds per column, top frequency in Hz)."""
     waveform = load_audio(path, sample_rate)
-    spec = log_spectrogram(waveform, feature_config, sample_rate)
-    _, hop = frame_params(feature_config, sample_rate)
-    seconds_per_column = hop / sample_rate
+    params = frontend_ops.spectrogram_params(feature_config, sample_rate)
+    spec = frontend_ops.raw_features(waveform, params)
+    seconds_per_column = params.hop / sample_rate
     if spec.shape[0] > MAX_COLUMNS:
         factor = int(np.ceil(spec.shape[0] / MAX_COLUMNS))
         usable = spec.shape[0] // factor * factor

@@ -1,7 +1,7 @@
 """Label audio files with a trained run or an export: ``ser-keras predict MODEL PATH...``.
 
 ``MODEL`` is a run directory (``ser-keras fit``; the fold's ``model.keras`` runs in-process
-after the NumPy front end) or an export directory (``ser-keras export``; the SavedModel is
+after the front end's ops) or an export directory (``ser-keras export``; the SavedModel is
 loaded with ``tf.saved_model.load`` and its ``serve`` endpoint does the front end). Both give
 the same numbers (see tests/test_export_parity.py).
 
@@ -24,7 +24,7 @@ Per file:
   uniform weights;
 - a recording shorter than one 20 ms frame is zero-padded to one frame (a defined result, with
   a warning);
-- ``speech``: whether the recording holds speech (``features.level.has_speech``: long enough,
+- ``speech``: whether the recording holds speech (``features.level``: long enough,
   loud enough, and with the level contrast of syllables and pauses; the thresholds are the
   run's ``features.speech_*``), decided per window as the export's ``speech`` output decides it
   per row. A window without speech gets uniform probabilities and no label (as the export's
@@ -32,7 +32,7 @@ Per file:
   and a recording with none has ``"speech": false``, ``"label": null``, uniform probabilities
   (the text output says "no speech").
 
-Normalisation (see ``export.serving``): by default every file is a recording on its own, with
+Normalisation (see ``docs/export_endpoints.md``): by default every file is a recording on its own, with
 no speaker context, normalised as the export's ``serve`` does (``serve_without_speaker``: the
 statistics pooled over the training speakers); for a speaker-normalised model ``fit``'s
 ``results.json["serving"]`` is the figure that applies. With ``same_speaker=True``
@@ -58,198 +58,17 @@ import sys
 import typing
 
 import numpy as np
-import tensorflow as tf
 
 from ser_keras.audio import AUDIO_SUFFIXES, load_audio
-from ser_keras.config import Config
 from ser_keras.errors import SerKerasError
-from ser_keras.export.bundle import attention_steps, load_fold
-from ser_keras.export.frontend import apply_stats_numpy
-from ser_keras.export.graph import speaker_adapted
-from ser_keras.export.plot import plot_results
-from ser_keras.export.serving import read_export_json
-from ser_keras.features.level import has_speech
-from ser_keras.features.llds import frame_llds
-from ser_keras.features.normalize import SPEAKER_MODES, mean_std_from_moments, serving_normalization
-from ser_keras.rundir import CONFIG_FILE, SAVED_MODEL_FILE, RunDir, load_run_config
+from ser_keras.inference.plot import plot_results
+from ser_keras.inference.predictors import Predictor, load_predictor
 
 EXIT_OK = 0
 # Nothing could be scored: every input was bad (missing, empty, corrupt) — an error the user
 # can fix, so the status of every other fixable error (cli.EXIT_USER_ERROR).
 EXIT_NOTHING_SCORED = 2
 MAX_BATCH = 32
-
-
-# ------------------------------------------------------------------------------ predictors
-
-
-class Predictor:
-    """Scores equal-length windows of a recording. Subclasses: ``RunPredictor``,
-    ``ExportPredictor``; ``load_predictor`` picks one from a directory."""
-
-    source: str
-    labels: list
-    sample_rate: int
-    frame: int
-    hop: int
-    step_frames: int
-    span_frames: int
-    window_frames: typing.Optional[int]
-    kind: str  # "spectrogram" | "lld"
-    feature_config: typing.Any
-    normalization: str = "pooled"  # how `score` normalises without given statistics: pooled | none
-    speaker_adapted: bool = False  # whether the model was trained on per-speaker statistics
-    std_floor: float = 1e-3
-
-    def frame_count(self, n_samples: int) -> int:
-        return 1 + (max(int(n_samples), self.frame) - self.frame) // self.hop
-
-    def steps(self, n_frames: int) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def prepare(self, waveform: np.ndarray):
-        """Whole-recording state the windows are cut from (the waveform, or its LLDs)."""
-        if self.kind == "lld":
-            return frame_llds(waveform, self.feature_config, self.sample_rate)
-        return waveform
-
-    def cut(self, prepared, start: int, n_frames: int) -> np.ndarray:
-        """The input of one window of `n_frames` frames from frame `start`."""
-        if self.kind == "lld":
-            return prepared[start:start + n_frames]
-        first = start * self.hop
-        return prepared[first:first + self.frame + (n_frames - 1) * self.hop]
-
-    def score(self, batch: np.ndarray, stats=None) -> tuple:  # pragma: no cover - abstract
-        """Equal-length window inputs ``[n, ...]`` -> (probabilities [n, C], alpha [n, steps]);
-        `stats` = (mean, std) normalise every window (else the predictor's own normalisation)."""
-        raise NotImplementedError
-
-    def moments(self, prepared) -> tuple:  # pragma: no cover - abstract
-        """(frames, sum, sum of squares), float64, of a whole recording's un-normalised features."""
-        raise NotImplementedError
-
-    def require_statistics(self) -> None:
-        """Raise SerKerasError when this predictor cannot normalise by given statistics."""
-
-    def statistics(self, moments: typing.Sequence[tuple]) -> tuple:
-        """(mean, std) float64 over the frames whose ``moments`` are given (std floored)."""
-        count = sum(float(m[0]) for m in moments)
-        total = sum(np.asarray(m[1], np.float64) for m in moments)
-        squares = sum(np.asarray(m[2], np.float64) for m in moments)
-        return mean_std_from_moments(count, total, squares, self.std_floor)
-
-
-class RunPredictor(Predictor):
-    """One fold of a run directory, in-process: NumPy front end + the fold's Keras model."""
-
-    def __init__(self, run_dir, fold=None):
-        self.bundle = bundle = load_fold(run_dir, fold)
-        self.source = f"{run_dir} (fold {bundle.fold})"
-        self.labels = list(bundle.labels)
-        p = bundle.params
-        self.sample_rate, self.frame, self.hop, self.kind = p.sample_rate, p.frame, p.hop, p.kind
-        self.step_frames, self.span_frames = bundle.step_frames, bundle.span_frames
-        self.window_frames = bundle.config.features.max_frames
-        self.feature_config = bundle.config.features
-        self.normalization = serving_normalization(bundle.config.features.normalization)
-        self.std_floor = p.std_floor
-        self.speaker_adapted = speaker_adapted(bundle.config)
-
-    def steps(self, n_frames: int) -> int:
-        return self.bundle.steps(n_frames)
-
-    def score(self, batch, stats=None):
-        if self.kind == "lld":
-            features = np.stack([apply_stats_numpy(x, self.bundle.params, stats) for x in batch])
-        else:
-            features = np.stack([self.bundle.features(w, stats) for w in batch])
-        return self.bundle.score(features)
-
-    def moments(self, prepared):
-        x = np.asarray(prepared if self.kind == "lld" else self.bundle.raw_features(prepared), np.float64)
-        return float(x.shape[0]), x.sum(axis=0), np.einsum("ij,ij->j", x, x)
-
-
-class ExportPredictor(Predictor):
-    """An export directory: ``tf.saved_model.load`` and its ``serve`` endpoint."""
-
-    def __init__(self, export_dir):
-        export_dir = pathlib.Path(export_dir)
-        self.meta = meta = read_export_json(export_dir)
-        try:
-            self.loaded = tf.saved_model.load(str(export_dir))
-        except (OSError, ValueError, tf.errors.OpError) as exc:
-            raise SerKerasError(f"{export_dir}: cannot load the SavedModel "
-                                f"({str(exc).splitlines()[0][:200]})") from None
-        self.source = str(export_dir)
-        self.labels = list(meta["labels"])
-        self.sample_rate = int(meta["sample_rate"])
-        self.kind = "lld" if meta["input"] == "lld" else "spectrogram"
-        if (export_dir / CONFIG_FILE).is_file():
-            self.config, _ = load_run_config(export_dir)
-        else:
-            self.config = Config()
-        self.feature_config = self.config.features
-        self.frame = int(round(meta["frame_s"] * self.sample_rate))
-        self.hop = int(round(meta["hop_s"] * self.sample_rate))
-        self.step_frames = int(round(meta["attention_step_s"] / meta["hop_s"]))
-        self.span_frames = int(round(meta["attention_span_s"] / meta["hop_s"]))
-        self.window_frames = meta.get("window_frames")
-        self._steps = attention_steps
-        # Exports before format 2 have no speaker endpoints (and say nothing: pooled statistics).
-        self.normalization = meta.get("serve_without_speaker", "pooled")
-        self.speaker_adapted = meta.get("normalization") in SPEAKER_MODES
-        self.std_floor = float(meta.get("norm_std_floor", 1e-3))
-        self.export_dir = export_dir
-
-    def steps(self, n_frames: int) -> int:
-        return self._steps(n_frames, self.config)
-
-    def require_statistics(self) -> None:
-        for name in ("speaker_statistics", "serve_with_statistics"):
-            self._endpoint(name)
-
-    def _endpoint(self, name: str):
-        if not hasattr(self.loaded, name):
-            raise SerKerasError(f"{self.export_dir}: this export has no '{name}' endpoint (export format "
-                                f"{self.meta.get('format_version')}); export the run again")
-        return getattr(self.loaded, name)
-
-    def score(self, batch, stats=None):
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if stats is None:
-            outputs = self.loaded.serve(batch)
-        else:
-            lengths = np.full(batch.shape[0], batch.shape[1], np.int32)
-            outputs = self._endpoint("serve_with_statistics")(
-                batch, lengths, np.asarray(stats[0], np.float32), np.asarray(stats[1], np.float32))
-        return outputs["probabilities"].numpy(), outputs["attention"].numpy()
-
-    def moments(self, prepared):
-        x = np.ascontiguousarray(prepared, dtype=np.float32)
-        if self.kind != "lld" and x.shape[0] < self.frame:  # as score_waveform pads a window
-            x = np.pad(x, (0, self.frame - x.shape[0]))
-        out = self._endpoint("speaker_statistics")(x[None], np.array([x.shape[0]], np.int32))
-        return float(out["frames"].numpy()), out["sum"].numpy(), out["sum_squares"].numpy()
-
-
-def load_predictor(model, fold=None) -> Predictor:
-    """A ``Predictor`` for a run directory or an export directory (or one already made)."""
-    if isinstance(model, Predictor):
-        return model
-    path = pathlib.Path(model)
-    if not path.is_dir():
-        raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
-    if (path / SAVED_MODEL_FILE).is_file():
-        if fold is not None:
-            raise SerKerasError(f"{path}: --fold selects a fold of a run directory; this is an export "
-                                "(it holds one fold already)")
-        return ExportPredictor(path)
-    if RunDir(path).is_run():
-        return RunPredictor(path, fold)
-    raise SerKerasError(f"{path}: neither a run directory (config.yaml + folds/) nor an export "
-                        "(saved_model.pb)")
 
 
 # ------------------------------------------------------------------------------ files
@@ -300,14 +119,12 @@ def _round(x, digits: int = 6):
     return float(round(float(x), digits))
 
 
-def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="default", stats=None,
-                   prepared=None) -> dict:
+def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="default", stats=None) -> dict:
     """Result dict (label, probabilities, windows, attention, ...) of one mono waveform at the
     predictor's sample rate (no ``path``).
 
     `stats`: (mean, std) to normalise every window with (the speaker's); None: the predictor's
-    own normalisation (pooled statistics). `prepared`: ``predictor.prepare(waveform)`` when the
-    caller has it already.
+    own normalisation (pooled statistics).
     """
     waveform = np.asarray(waveform, np.float32)
     sr = predictor.sample_rate
@@ -316,21 +133,18 @@ def score_waveform(predictor: Predictor, waveform: np.ndarray, window_frames="de
         window = max(int(window), predictor.span_frames, 1)
     n_frames = predictor.frame_count(waveform.shape[0])
     windows = window_starts(n_frames, window, predictor.step_frames)
-    if prepared is None:
-        prepared = predictor.prepare(waveform)
-    speech = [has_speech(waveform[start * predictor.hop:start * predictor.hop + predictor.frame
-                                  + (length - 1) * predictor.hop], predictor.feature_config, sr)
-              for start, length in windows]
     # Group equal-length windows into batches (all but maybe the last are full windows).
     outputs = [None] * len(windows)
+    cuts = [predictor.cut(waveform, start, length) for start, length in windows]
+    speech = [predictor.has_speech(cut) for cut in cuts]
     by_length: dict = {}
     for i, (_, length) in enumerate(windows):
-        by_length.setdefault(length, []).append(i)
-    for length, indices in by_length.items():
+        by_length.setdefault((length, len(cuts[i])), []).append(i)
+    for (length, _), indices in by_length.items():
         for chunk in range(0, len(indices), MAX_BATCH):
             part = indices[chunk:chunk + MAX_BATCH]
-            batch = np.stack([predictor.cut(prepared, windows[i][0], length) for i in part])
-            if predictor.kind != "lld" and batch.shape[1] < predictor.frame:
+            batch = np.stack([cuts[i] for i in part])
+            if batch.shape[1] < predictor.frame:
                 batch = np.pad(batch, [(0, 0), (0, predictor.frame - batch.shape[1])])
             probs, alpha = predictor.score(batch, stats)
             for row, i in enumerate(part):
@@ -416,21 +230,21 @@ def predict_files(model, paths: typing.Sequence, fold=None, window_frames="defau
     predictor = load_predictor(model, fold)
     files, errors = find_audio_files(paths)
 
-    def loaded():  # (path, waveform, prepared) per usable file, one at a time
+    def loaded():  # (path, waveform) per usable file, one at a time
         for path in files:
-            item = _guarded(path, errors, lambda: _load(predictor, path))
-            if item is not None:
-                yield (path, *item)
+            waveform = _guarded(path, errors, lambda: load_audio(path, predictor.sample_rate))
+            if waveform is not None:
+                yield path, waveform
 
     inputs, stats, normalization = loaded(), None, predictor.normalization
     if same_speaker and predictor.speaker_adapted:
         predictor.require_statistics()
         inputs, moments = [], []  # two passes: every file is held in memory
-        for path, waveform, prepared in loaded():
-            inputs.append((path, waveform, prepared))
-            if not has_speech(waveform, predictor.feature_config, predictor.sample_rate):
+        for path, waveform in loaded():
+            inputs.append((path, waveform))
+            if not predictor.has_speech(waveform):
                 continue  # silence or noise says nothing about the speaker (serve_speaker agrees)
-            value = _guarded(path, errors, lambda: predictor.moments(prepared))
+            value = _guarded(path, errors, lambda: predictor.moments(waveform))
             if value is not None:
                 moments.append(value)
             else:
@@ -438,9 +252,9 @@ def predict_files(model, paths: typing.Sequence, fold=None, window_frames="defau
         if moments:
             stats, normalization = predictor.statistics(moments), "speaker"
     results = []
-    for path, waveform, prepared in inputs:
+    for path, waveform in inputs:
         result = _guarded(path, errors, lambda: {
-            "path": str(path), **score_waveform(predictor, waveform, window_frames, stats, prepared)})
+            "path": str(path), **score_waveform(predictor, waveform, window_frames, stats)})
         if result is None:
             continue
         results.append(result)
@@ -448,11 +262,6 @@ def predict_files(model, paths: typing.Sequence, fold=None, window_frames="defau
             print(f"{path}: {result['label']}", file=sys.stderr)
     return {"model": predictor.source, "labels": list(predictor.labels), "sample_rate": predictor.sample_rate,
             "normalization": normalization, "results": results, "errors": errors}
-
-
-def _load(predictor: Predictor, path) -> tuple:
-    waveform = load_audio(path, predictor.sample_rate)
-    return waveform, predictor.prepare(waveform)
 
 
 def _guarded(path, errors: list, work):

@@ -4,7 +4,8 @@ A run directory (``rundir.RunDir``, written by ``ser-keras fit``) holds the reso
 and the label order, and per fold the Keras model and the fitted front end
 (``features.frontend.FittedFrontEnd``), whose serving arrays become ``FrontEndParams``. ``load_fold``
 turns one fold into a ``FoldModel`` that both the exporter and ``predict`` use, so the
-exported graph and the in-process pipeline are built from the very same pieces.
+exported graph and the in-process pipeline are built from the very same pieces (and the
+same front-end ops, ``features.frontend_ops``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import tensorflow as tf
 
 import ser_keras.layers  # noqa: F401  (registers the custom layers for load_model)
 from ser_keras.errors import SerKerasError
-from ser_keras.export import frontend as fe
+from ser_keras.features import frontend_ops as fe
 from ser_keras.features.frontend import FittedFrontEnd
-from ser_keras.features.level import level_normalize
-from ser_keras.features.llds import frame_llds
-from ser_keras.features.pitch import pitch_channels
-from ser_keras.features.spectrogram import log_spectrogram
+from ser_keras.features.normalize import SPEAKER_MODES
 from ser_keras.models import ATTENTION_LAYER, attention_model, attention_span_frames, attention_step_frames
 from ser_keras.rundir import RunDir, load_run_config
 
@@ -87,6 +85,12 @@ def attention_steps(n_frames: int, config) -> int:
         return n_frames
     windows = math.ceil(n_frames / config.model.pool_window)
     return 1 + max(0, -(-(windows - config.model.block_windows) // config.model.block_stride))
+
+
+def speaker_adapted(config) -> bool:
+    """Whether the run normalised every speaker by their own statistics (its serve_speaker
+    uses a speaker's statistics; otherwise serve_speaker is serve_lengths)."""
+    return config.features.normalization in SPEAKER_MODES
 
 
 def call_network(net, features):
@@ -155,27 +159,17 @@ class FoldModel:
 
     def raw_features(self, waveform: np.ndarray) -> np.ndarray:
         """The frame features of a waveform at `sample_rate` before the per-dimension
-        normalisation (NumPy front end; level-normalised when the run was; with the pitch
-        channels appended to the bins when the run had them)."""
-        if self.params.kind == "lld":
-            return frame_llds(waveform, self.config.features, self.sample_rate)
-        spectrogram = log_spectrogram(waveform, self.config.features, self.sample_rate)
-        if self.params.level_normalization:
-            spectrogram = level_normalize(spectrogram, self.params.level_floor_db)
-        if self.params.pitch_channels:  # as features.extract appends them: after the level step
-            channels = pitch_channels(waveform, self.config.features, self.sample_rate)
-            spectrogram = np.concatenate([spectrogram, channels.astype(spectrogram.dtype)], axis=1)
-        return spectrogram
+        normalisation (``frontend_ops.raw_features``)."""
+        return fe.raw_features(waveform, self.params)
 
     def features(self, waveform: np.ndarray, stats=None) -> np.ndarray:
-        """Model input of a waveform: front end, normalisation, PCA (NumPy): ``(frames, k)``, or
-        with test-time views ``(frames, views * k)``, the views side by side (as ``score`` takes
-        them).
+        """Model input of a waveform: ``(frames, k)``, or with test-time views
+        ``(frames, views * k)``, the views side by side (as ``score`` takes them).
 
         `stats`: (mean, std) of the speaker to normalise with; None: the pooled statistics, as
         the export's ``serve`` does.
         """
-        return fe.apply_stats_numpy(self.raw_features(waveform), self.params, stats)
+        return fe.apply_stats(self.raw_features(waveform)[None], self.params, stats).numpy()[0]
 
     def score(self, batch: np.ndarray) -> tuple:
         """``(batch, frames, views * k)`` equal-length features (``features``) ->
@@ -224,16 +218,9 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
                             f"({str(exc).splitlines()[0][:200]})") from None
     stats = FittedFrontEnd.read_serving_arrays(fold)
     kind = config.model.input_features
-    # The LLD count: from the statistics when the run saved any, else the model's input.
-    input_dim = None
-    if kind == "lld":
-        present = [fe._optional(stats, key) for key in ("norm_mean", "pca_mean")]
-        present = [value for value in present if value is not None]
-        input_dim = present[0].shape[0] if present else int(model.inputs[0].shape[-1])
     sample_rate = int(np.asarray(stats["sample_rate"])) if "sample_rate" in stats else config.data.sample_rate
     params = fe.params_from_arrays(config.features, stats, sample_rate=sample_rate, kind=kind,
-                                   input_dim=input_dim, source=str(fold.frontend),
-                                   std_floor=config.features.norm_std_floor)
+                                   source=str(fold.frontend), std_floor=config.features.norm_std_floor)
     model_dim = model.inputs[0].shape[-1]
     if model_dim is not None and int(model_dim) != params.output_dim:
         raise SerKerasError(f"{fold.frontend} gives {params.output_dim}-dim features but "
