@@ -1,16 +1,19 @@
-"""The export serves models trained with pitch channels (``features.pitch_channels``).
+"""The pitch channels in TensorFlow (``export.pitch.tf_pitch_channels``), and the export of a
+model trained with them (``features.pitch_channels``).
 
-``export.pitch.tf_pitch_channels`` is the twin of ``features.pitch.pitch_channels``: the same
-YIN, voicing gate and interpolation, in TensorFlow. Both run the FFT of YIN in float32
-(scipy.fft / tf.signal.rfft), so a dip that sits on the voicing threshold, or two lags within
-rounding of each other, could in principle flip; measured on 54 EMO-DB files (10746 frames)
-and 40 CASIA files (7699 frames): max |d log F0| 9.5e-7 and 2.9e-6, the voicing identical on
-every frame; at gain 0.05 max |d log F0| 1.1e-5, no voicing flip. The bounds below leave room
-for a rare flip (99.5 % of frames). End to end (13 files) max |dp| 6e-8, XLA export 3e-8.
+The reference for F0 is pYIN (``librosa.pyin``, 60-500 Hz) on real speech: on the frames that
+both call voiced, F0 within 5 % of pYIN's. Measured on 20 files of each corpus picked as the test
+picks its 8: EMO-DB 97.1 % of 2059 frames, CASIA 97.5 % of 1296 (the float64 YIN on the
+undecimated signal that was here before: 95.8 % and 95.1 %); of pYIN's voiced frames 78 % and
+70 % are voiced here (71 %, 67 % before), of the frames voiced here 95 % and 88 % are voiced for
+pYIN (97 %, 89 % before). The 8 files of the test: 97.7 % and 97.4 % (95.3 %, 95.7 % before).
+The frames off by more than 5 % are mostly 5-10 % off, where F0 moves fast (pYIN smooths the
+contour with an HMM), and a few octave errors.
 
 End to end: a hand-made pitch run (``--set features.pitch_channels=true``, untrained model,
 random statistics, block-diagonal PCA as ``FramePCA(passthrough=2)`` writes it) is exported
-and its SavedModel ``serve`` equals the NumPy predict path (``FoldModel``).
+and its SavedModel ``serve`` equals the in-process pipeline (``FoldModel``: the NumPy
+spectrogram, these pitch channels, the statistics, the Keras model).
 """
 
 import numpy as np
@@ -18,15 +21,22 @@ import pytest
 
 from ser_keras.config import FeatureConfig
 from ser_keras.export import frontend as fe
-from ser_keras.export.pitch import tf_pitch_channels
+from ser_keras.export.pitch import tf_pitch_channels, yin_geometry
 from ser_keras.features.level import level_normalize
-from ser_keras.features.pitch import PITCH_CHANNELS, pitch_channels
+from ser_keras.features.pitch import PITCH_CHANNELS, unvoiced_log_f0
 from ser_keras.features.spectrogram import log_spectrogram
 from tests.conftest import LABELS, SHARED_CORPORA, corpus_dir, tone
 
 RATE = 16000
-LOG_F0_ATOL = 1e-3
 MIN_AGREEMENT = 0.995
+# Against pYIN (see the module docstring): F0 within PYIN_RTOL on at least PYIN_WITHIN of the
+# frames both call voiced; at least PYIN_RECALL of pYIN's voiced frames voiced here and at
+# least PYIN_PRECISION of the frames voiced here voiced for pYIN.
+PYIN_RTOL = 0.05
+PYIN_WITHIN = 0.96
+PYIN_RECALL = 0.70
+PYIN_PRECISION = 0.90
+PYIN_FILES = 8
 # Spectrogram columns: float32 FFTs on both sides (see test_export_frontend.SPEC_ATOL).
 SPEC_ATOL = 2e-3
 MAX_DP = 1e-4
@@ -62,23 +72,110 @@ def _tf_channels(waveform, params) -> np.ndarray:
     return tf_pitch_channels(np.asarray(waveform, np.float32)[None], [frames], params).numpy()[0]
 
 
-def _agreement(got, expected) -> tuple:
-    """(fraction of frames with log F0 within LOG_F0_ATOL, fraction with equal voicing)."""
+def _agreement(got, expected, atol: float = 1e-3) -> tuple:
+    """(fraction of frames with log F0 within `atol`, fraction with equal voicing)."""
     assert got.shape == expected.shape
-    return (float(np.mean(np.abs(got[:, 0] - expected[:, 0]) <= LOG_F0_ATOL)),
+    return (float(np.mean(np.abs(got[:, 0] - expected[:, 0]) <= atol)),
             float(np.mean(got[:, 1] == expected[:, 1])))
 
 
-@pytest.mark.parametrize("name", ["synthetic", "emodb", "casia"])
-def test_tf_pitch_channels_match_numpy(name):
-    waveform = _speech(name)
-    config = _config()
-    expected = pitch_channels(waveform, config, RATE)
-    got = _tf_channels(waveform, _params(config))
-    assert got.dtype == np.float32 and got.shape == (len(expected), len(PITCH_CHANNELS))
-    assert expected[:, 1].mean() > 0.05, "the signal should hold voiced frames"
-    f0_agree, voicing_agree = _agreement(got, expected)
-    assert f0_agree >= MIN_AGREEMENT and voicing_agree >= MIN_AGREEMENT, (f0_agree, voicing_agree)
+def _harmonic(f0: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = sum(np.sin(2 * np.pi * k * f0 * t + k) / k for k in range(1, 9))
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+def _glide(start_hz: float, end_hz: float, seconds: float = 0.6) -> np.ndarray:
+    """A harmonic tone whose F0 moves linearly from start_hz to end_hz."""
+    phase = 2 * np.pi * np.cumsum(np.linspace(start_hz, end_hz, int(seconds * RATE))) / RATE
+    x = sum(np.sin(k * phase + k) / k for k in range(1, 9))
+    return (0.3 * x / np.abs(x).max()).astype(np.float32)
+
+
+# -- what the channels are ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("low,high", [(150.0, 250.0), (65.0, 110.0), (300.0, 480.0)])
+def test_channels_follow_tones_on_the_spectrogram_grid(low, high):
+    """Two tones between silences: F0 within 1 % inside each, unvoiced silence, log F0 held
+    before the first and after the last voiced frame and a straight line between the tones."""
+    silence = np.zeros(int(0.3 * RATE), np.float32)
+    waveform = np.concatenate([silence, _harmonic(low, 0.5), silence, _harmonic(high, 0.5), silence])
+    params = _params()
+    channels = _tf_channels(waveform, params)
+    assert channels.dtype == np.float32
+    assert channels.shape == (log_spectrogram(waveform, _config(), RATE).shape[0], len(PITCH_CHANNELS))
+    f0, voiced = np.exp(channels[:, 0]), channels[:, 1] > 0
+    assert set(np.unique(channels[:, 1])) == {0.0, 1.0}
+    first, second = slice(35, 75), slice(115, 155)  # well inside each tone (10 ms hop)
+    assert voiced[first].all() and voiced[second].all()
+    np.testing.assert_allclose(f0[first], low, rtol=0.01)
+    np.testing.assert_allclose(f0[second], high, rtol=0.01)
+    assert not voiced[:25].any() and not voiced[-25:].any()
+    assert np.allclose(f0[:25], f0[np.flatnonzero(voiced)[0]])
+    assert np.allclose(f0[-25:], f0[np.flatnonzero(voiced)[-1]])
+    gap = np.log(f0[85:105])
+    assert np.all(np.diff(gap) > 0) and np.allclose(np.diff(gap, 2), 0.0, atol=1e-5)
+
+
+def test_channels_follow_a_glide():
+    waveform = _glide(120.0, 220.0, seconds=1.0)
+    channels = _tf_channels(waveform, _params())
+    middle = slice(10, 90)
+    assert (channels[middle, 1] == 1).all()
+    # Frame i is centred on sample i * hop + frame / 2.
+    centres = (np.arange(channels.shape[0]) * 160 + 160) / RATE
+    np.testing.assert_allclose(np.exp(channels[middle, 0]), 120.0 + 100.0 * centres[middle], rtol=0.02)
+
+
+def _pyin_agreement(corpus: str) -> dict:
+    import librosa
+
+    from ser_keras.audio import load_audio
+
+    files = sorted(corpus_dir(corpus).rglob("*.wav"))
+    params = _params()
+    counts = dict(close=0, both=0, reference=0, ours=0)
+    for path in files[len(files) // (2 * PYIN_FILES)::len(files) // PYIN_FILES][:PYIN_FILES]:
+        waveform = load_audio(path, RATE)
+        channels = _tf_channels(waveform, params)
+        reference, reference_voiced, _ = librosa.pyin(waveform, fmin=60.0, fmax=500.0, sr=RATE, frame_length=1024,
+                                                      hop_length=params.hop, center=True)
+        # pYIN's frame j is centred on sample j * hop, ours i on i * hop + frame / 2 = (i + 1) * hop.
+        n = min(len(channels), len(reference) - 1)
+        f0, voiced = np.exp(channels[:n, 0]), channels[:n, 1] > 0
+        reference, reference_voiced = reference[1:n + 1], reference_voiced[1:n + 1]
+        both = voiced & reference_voiced
+        counts["close"] += int(np.sum(np.abs(f0[both] / reference[both] - 1.0) <= PYIN_RTOL))
+        counts["both"] += int(both.sum())
+        counts["reference"] += int(reference_voiced.sum())
+        counts["ours"] += int(voiced.sum())
+    return counts
+
+
+@pytest.mark.parametrize("corpus", ["emodb", "casia"])
+def test_f0_agrees_with_pyin_on_real_speech(corpus):
+    counts = _pyin_agreement(corpus)
+    assert counts["both"] > 300, counts
+    assert counts["close"] / counts["both"] >= PYIN_WITHIN, counts
+    assert counts["both"] / counts["reference"] >= PYIN_RECALL, counts
+    assert counts["both"] / counts["ours"] >= PYIN_PRECISION, counts
+
+
+def test_tracker_runs_on_a_decimated_signal_in_float32():
+    """At 16 kHz, 60-500 Hz: every second sample, lags 16 .. 134 of the 8 kHz signal; nothing in
+    the graph is float64 (LiteRT has no float64 kernels)."""
+    import tensorflow as tf
+
+    params = _params()
+    geometry = yin_geometry(params)
+    assert (geometry["q"], geometry["tau_min"], geometry["tau_max"]) == (2, 16, 134)
+    graph = tf.function(lambda x, n: tf_pitch_channels(x, n, params)).get_concrete_function(
+        tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)).graph
+    dtypes = {t.dtype for op in graph.get_operations() for t in op.outputs}
+    assert tf.float64 not in dtypes and tf.complex128 not in dtypes
+    # At 8 kHz the shortest period (500 Hz) is 16 samples already: no decimation.
+    assert yin_geometry(fe.params_from_arrays(_config(), {}, sample_rate=8000))["q"] == 1
 
 
 def test_tf_pitch_channels_of_silence_and_short_input():
@@ -86,8 +183,10 @@ def test_tf_pitch_channels_of_silence_and_short_input():
     config = _config()
     params = _params(config)
     for waveform in (np.zeros(4000, np.float32), 0.1 * tone(0.005)):
-        expected = pitch_channels(waveform, config, RATE)
-        np.testing.assert_allclose(_tf_channels(waveform, params), expected, atol=1e-6)
+        got = _tf_channels(waveform, params)
+        assert got.shape == (params.frame_count(len(waveform)), 2)
+        np.testing.assert_allclose(got[:, 0], unvoiced_log_f0(config), rtol=1e-6)
+        assert not got[:, 1].any()
 
 
 def test_batch_of_padded_rows_equals_row_by_row():
@@ -106,7 +205,7 @@ def test_batch_of_padded_rows_equals_row_by_row():
 def test_frames_past_n_frames_do_not_count():
     """A loud voice in the frames past ``n_frames`` (out of reach of every valid frame's YIN
     segment) neither raises the voicing gate nor bends the contour of the valid frames: they
-    are what the valid part alone gives, and what ``pitch_channels`` gives it."""
+    are what the valid part alone gives."""
     params = _params()
     quiet = 0.02 * tone(0.6, freq=180.0, seed=3)
     loud = tone(0.5, freq=300.0, seed=4)
@@ -114,7 +213,6 @@ def test_frames_past_n_frames_do_not_count():
     n = params.frame_count(len(quiet))
     got = tf_pitch_channels(row[None], [n], params).numpy()[0, :n]
     np.testing.assert_array_equal(got, _tf_channels(quiet, params))
-    assert _agreement(got, pitch_channels(quiet, _config(), RATE)) == (1.0, 1.0)
     assert got[:, 1].mean() > 0.5
 
 
@@ -123,26 +221,26 @@ def test_pitch_channels_ignore_gain(name):
     waveform = _speech(name)
     params = _params()
     base = _tf_channels(waveform, params)
-    quiet = _tf_channels(0.05 * waveform, params)
-    f0_agree, voicing_agree = _agreement(quiet, base)
-    assert f0_agree >= MIN_AGREEMENT and voicing_agree >= MIN_AGREEMENT, (f0_agree, voicing_agree)
+    assert base[:, 1].mean() > 0.05, "the signal should hold voiced frames"
+    for gain in (0.5, 0.05):
+        f0_agree, voicing_agree = _agreement(_tf_channels(gain * waveform, params), base)
+        assert f0_agree >= MIN_AGREEMENT and voicing_agree >= MIN_AGREEMENT, (gain, f0_agree, voicing_agree)
 
 
 def test_raw_features_append_pitch_after_level_normalisation():
-    """``tf_raw_features`` (batch and per-row paths) = the NumPy features of a pitch run:
-    level-normalised bins, then the two channels."""
+    """``tf_raw_features`` (batch and per-row paths) = the level-normalised bins (NumPy), then
+    the two channels."""
     config = _config(level_normalization=True, level_floor_db=60.0)
     params = _params(config)
     assert params.pitch_channels and params.input_dim == config.n_bins + 2
     waveform = _synthetic()
-    expected = np.concatenate([level_normalize(log_spectrogram(waveform, config, RATE), 60.0),
-                               pitch_channels(waveform, config, RATE)], axis=1)
+    bins = level_normalize(log_spectrogram(waveform, config, RATE), 60.0)
     batch = np.stack([waveform, np.roll(waveform, 4000)])
     paths = [fe.tf_raw_features(batch, params, per_row=per_row).numpy()[0] for per_row in (False, True)]
     for got in paths:
-        assert got.shape == expected.shape
-        assert np.abs(got[:, :-2] - expected[:, :-2]).max() <= SPEC_ATOL
-        assert _agreement(got[:, -2:], expected[:, -2:]) == (1.0, 1.0)
+        assert got.shape == (bins.shape[0], bins.shape[1] + 2)
+        assert np.abs(got[:, :-2] - bins).max() <= SPEC_ATOL
+        np.testing.assert_array_equal(got[:, -2:], _tf_channels(waveform, params))
     np.testing.assert_array_equal(paths[0][:, -2:], paths[1][:, -2:])
 
 
@@ -211,7 +309,7 @@ def _parity_waveforms() -> list:
     return waveforms
 
 
-def test_exported_pitch_model_matches_numpy_predict(pitch_export):
+def test_exported_pitch_model_matches_in_process_predict(pitch_export):
     import json
 
     import tensorflow as tf
@@ -227,7 +325,9 @@ def test_exported_pitch_model_matches_numpy_predict(pitch_export):
     waveforms = _parity_waveforms()
     worst = 0.0
     for waveform in waveforms:
-        expected, _ = bundle.score(bundle.features(waveform)[None])
+        raw = bundle.raw_features(waveform)
+        raw[:, -2:] = _tf_channels(waveform, bundle.params)  # the pitch channels of the graph
+        expected, _ = bundle.score(fe.apply_stats_numpy(raw, bundle.params)[None])
         got = loaded.serve(waveform[None].astype(np.float32))
         assert int(got["speech"].numpy()[0]) == 1
         worst = max(worst, float(np.abs(got["probabilities"].numpy() - expected).max()))
@@ -239,7 +339,8 @@ def test_exported_pitch_model_matches_numpy_predict(pitch_export):
     for i, row in enumerate(rows):
         batch[i, :len(row)] = row
     served = loaded.speaker_statistics(batch, np.array([len(r) for r in rows], np.int32))
-    raw = np.concatenate([bundle.raw_features(r) for r in rows]).astype(np.float64)
+    raw = np.concatenate([np.concatenate([bundle.raw_features(r)[:, :-2], _tf_channels(r, bundle.params)], axis=1)
+                          for r in rows]).astype(np.float64)
     assert float(served["frames"]) == raw.shape[0]
     np.testing.assert_allclose(served["mean"].numpy()[-2:], raw[:, -2:].mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(served["std"].numpy()[-2:], raw[:, -2:].std(axis=0), rtol=1e-4)
