@@ -1,35 +1,65 @@
-"""Inference speed of an exported SavedModel on this machine (issue #6).
+"""Inference speed of exported SavedModels on this machine, side by side (issue #6, #30).
 
-    python bench/inference.py --model EXPORT_DIR [--seconds 1,10,60] [--batches 1,32]
+    python bench/inference.py                               # the default's and exp4's demo exports
+    python bench/inference.py --model A --model B [--seconds 1,10] [--batches 1,32]
 
-For every (clip length, batch size) it calls the ``serve`` endpoint once (the first call,
-timed separately: with an XLA export it includes the compilation for that input shape), then
-warms up once more and reports the median of the timed repeats as
+Without ``--model`` it takes the demo runs ``runs/demo_<experiment>_loso`` of the default
+experiment and of exp4 (``ser-keras fit --corpus demo`` trains one that is missing, a few
+minutes each) and exports both into ``--work-dir`` (``ser-keras export``), so the figures are
+those of the code checked out.
+
+For every (clip length, batch size) it calls each model's ``serve`` endpoint once (the first
+call, timed separately: with an XLA export it includes the compilation for that input shape)
+and once more to warm up, then times the models in turns - one call of each per round - so
+that a load that comes and goes on a shared machine slows all of them alike, and reports
+per model the median of its timed calls as
 
     x real-time = (batch * clip seconds) / median wall seconds per call
 
-the CPU time of the call (all threads; on a loaded machine wall time grows, CPU time much less),
-plus the export's size on disk and the process's peak resident memory (``resource.getrusage``,
-which only grows: cases run from the smallest input to the largest, so the value after a case is
-close to that case's own peak). Only TensorFlow and NumPy are imported — the same as serving.
+and the ratio of each model's speed to the last model's (the median of the per-round
+ratios: the figure that holds on a noisy machine). Then, per model, the serving graph's time
+split by stage from a ``tf.profiler`` trace of a few calls (``stage_split``): ``pitch`` (ops
+under the ``pitch`` name scope of ``export.pitch``), ``network`` (ops under the Keras model's
+or one of its layers' names, and fused LSTM kernels) and ``front end`` (everything else:
+spectrogram, level, statistics, PCA, speech flags, input checks); the milliseconds shown are
+each stage's share of the median call. Last, each export's size on disk by part.
 
-Target (issue #6): >= 500x real-time for a 10 s clip at batch 1 on the 2-core CPU machine,
-export <= 5 MB.
+Only TensorFlow and NumPy are imported for the timing - the same as serving.
+
+Targets (issues #6 and #30): the default's export >= 500x real time on a 10 s clip at batch 1
+on the 2-core CPU machine, >= 0.8 of exp4's speed in the same run, <= 5 MB on disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TARGET_X = 500.0
+TARGET_RATIO = 0.8
+TARGET_MB = 5.0
+STAGES = ("front end", "pitch", "network")
+# Ops that only call other ops (their time is that of the ops inside them).
+CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf", "While", "StatelessWhile",
+            "Case", "StatelessCase"}
+# A trace event of an op is "<op name>:<op type>"; others ("ExecutorState::Process") are not ops.
+OP_EVENT = re.compile(r"([\w.\-/]+):(\w+)")
+FUSED_RNN_OPS = {"BlockLSTM", "BlockLSTMV2", "CudnnRNN", "CudnnRNNV2", "CudnnRNNV3", "LSTMBlockCell"}
 
 
 def _size_mb(path: pathlib.Path, include=None) -> float:
@@ -37,6 +67,15 @@ def _size_mb(path: pathlib.Path, include=None) -> float:
     if include is not None:
         files = [p for p in files if include(p.relative_to(path))]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def _size_parts(path: pathlib.Path) -> str:
+    """'saved_model.pb 2.23, variables 1.62, model.keras 1.70, ...' (MB)."""
+    parts = collections.Counter()
+    for p in path.rglob("*"):
+        if p.is_file():
+            parts[p.relative_to(path).parts[0]] += p.stat().st_size / 1e6
+    return ", ".join(f"{name} {mb:.2f}" for name, mb in parts.most_common() if mb >= 0.005)
 
 
 def _peak_rss_mb() -> float:
@@ -55,83 +94,258 @@ def _signal(np, samples: int, batch: int, rate: int):
     return np.asarray(rows, dtype=np.float32)
 
 
-def bench(model_dir: pathlib.Path, seconds: list, batches: list, min_repeats: int, min_time: float) -> list:
+# -- the exports ------------------------------------------------------------------------------
+
+
+def _cli(*args) -> None:
+    command = [sys.executable, "-m", "ser_keras.cli", *args]
+    print("$ ser-keras " + " ".join(args), flush=True)
+    if subprocess.run(command, cwd=REPO).returncode != 0:
+        raise SystemExit(f"bench/inference.py: 'ser-keras {' '.join(args)}' failed")
+
+
+def demo_exports(work_dir: pathlib.Path) -> list:
+    """The default experiment's and exp4's demo runs, exported now into `work_dir`."""
+    sys.path.insert(0, str(REPO))
+    from ser_keras.config import DEFAULT_EXPERIMENT
+
+    exports = []
+    for experiment in dict.fromkeys([DEFAULT_EXPERIMENT, "exp4"]):
+        run_dir = REPO / "runs" / f"demo_{experiment}_loso"
+        if not run_dir.is_dir():
+            _cli("fit", "--corpus", "demo", "--experiment", experiment, "--run-dir", str(run_dir), "--quiet")
+        out = work_dir / f"demo_{experiment}"
+        _cli("export", str(run_dir), "--out", str(out))
+        exports.append(out)
+    return exports
+
+
+class Model:
+    """One export: its ``serve`` endpoint, metadata, and the names its network's ops carry."""
+
+    def __init__(self, tf, path: pathlib.Path):
+        meta_path = path / "export.json"
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if self.meta.get("input", "waveform") != "waveform":
+            raise SystemExit(f"{path}: an exp2 export takes LLD features, not a waveform; "
+                             "this benchmark times waveform exports (exp3 and later)")
+        self.path = path
+        t0 = time.perf_counter()
+        self.loaded = tf.saved_model.load(str(path))
+        self.load_s = time.perf_counter() - t0
+        self.rate = int(self.loaded.signatures["metadata"]()["sample_rate"])
+        self.name = f"{self.meta.get('experiment', '?')}:{path.name}"
+        self.network_names = _network_names(path)
+
+    def call(self, x):
+        return self.loaded.serve(x)["probabilities"].numpy()
+
+
+def _network_names(path: pathlib.Path) -> set:
+    """The Keras model's name and its layers' names (from the export's model.keras)."""
+    try:
+        with zipfile.ZipFile(path / "model.keras") as archive:
+            config = json.loads(archive.read("config.json"))["config"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return set()
+    return {config.get("name", "")} | {layer["config"]["name"] for layer in config.get("layers", [])} - {""}
+
+
+def stage_of(op_name: str, op_type: str, network_names: set) -> str:
+    """'pitch', 'network' or 'front end' for an op of the serving graph (see the docstring)."""
+    scopes = op_name.split("/")[:-1]
+    if "pitch" in scopes:
+        return "pitch"
+    if op_type in FUSED_RNN_OPS:
+        return "network"
+    for scope in scopes:
+        # Keras names a layer's ops "<layer>/..." or "<layer>_<n>/...", a wrapper model "<model>_...";
+        # the front end's TensorFlow ops are CamelCase ("Pad", "Cumsum") or under other scopes.
+        if any(scope == name or scope.startswith(name + "_") for name in network_names):
+            return "network"
+    return "front end"
+
+
+def stage_split(tf, model: Model, x, calls: int = 3) -> dict:
+    """{stage: share of the wall time} of `calls` calls of ``serve`` on `x`, from a profiler
+    trace: every instant in which ops run is shared among the stages of the ops running then,
+    and a short pause between ops (the executor's own work, which dominates a loop of small
+    ops such as a Keras LSTM's) goes to the stage of the op that starts after it."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(calls):
+                model.call(x)
+        finally:
+            tf.profiler.experimental.stop()
+        traces = list(pathlib.Path(logdir).rglob("*.xplane.pb"))
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(traces[0].read_bytes())
+    intervals = []  # (start ps, end ps, stage)
+    for plane in space.planes:
+        names = {key: value.name for key, value in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                match = OP_EVENT.fullmatch(names.get(event.metadata_id, ""))
+                if match and match.group(2) not in CALL_OPS:
+                    op_name, op_type = match.groups()
+                    start = line.timestamp_ns * 1000 + event.offset_ps
+                    stage = stage_of(op_name, op_type, model.network_names)
+                    intervals.append((start, start + event.duration_ps, stage))
+    return _sweep(intervals)
+
+
+def _sweep(intervals: list, max_gap_ps: int = 10 ** 9) -> dict:
+    """Wall time per stage from op intervals (see ``stage_split``); gaps over `max_gap_ps`
+    (between calls) count for nobody."""
+    totals = collections.Counter()
+    boundaries = sorted({t for start, end, _ in intervals for t in (start, end)})
+    starts = sorted((start, stage) for start, _, stage in intervals)
+    events = sorted([(start, 1, stage) for start, _, stage in intervals]
+                    + [(end, -1, stage) for _, end, stage in intervals])
+    active = collections.Counter()
+    k = n = 0
+    for left, right in zip(boundaries, boundaries[1:]):
+        while k < len(events) and events[k][0] <= left:
+            active[events[k][2]] += events[k][1]
+            k += 1
+        running = [stage for stage, count in active.items() if count > 0]
+        if running:
+            for stage in running:
+                totals[stage] += (right - left) / len(running)
+        elif right - left <= max_gap_ps:
+            while n < len(starts) and starts[n][0] < right:
+                n += 1
+            if n < len(starts):
+                totals[starts[n][1]] += right - left
+    whole = sum(totals.values()) or 1
+    return {stage: totals[stage] / whole for stage in STAGES}
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+def time_case(np, tf, models: list, clip_s: float, batch: int, min_repeats: int, min_time: float) -> list:
+    """Per model: (first call s, timed call seconds); the models take turns, one call a round."""
+    x = tf.constant(_signal(np, int(round(clip_s * models[0].rate)), batch, models[0].rate))
+    firsts = []
+    for model in models:
+        t0 = time.perf_counter()
+        model.call(x)
+        firsts.append(time.perf_counter() - t0)
+        model.call(x)  # warm-up
+    times = [[] for _ in models]
+    started = time.perf_counter()
+    while len(times[0]) < min_repeats or (time.perf_counter() - started < min_time and len(times[0]) < 200):
+        for model, own in zip(models, times):
+            t0 = time.perf_counter()
+            model.call(x)
+            own.append(time.perf_counter() - t0)
+    return x, firsts, times
+
+
+def bench(paths: list, seconds: list, batches: list, min_repeats: int, min_time: float,
+          split: bool = True) -> list:
     import numpy as np
     import tensorflow as tf
 
-    meta_path = model_dir / "export.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    t0 = time.perf_counter()
-    loaded = tf.saved_model.load(str(model_dir))
-    load_s = time.perf_counter() - t0
-    rate = int(loaded.signatures["metadata"]()["sample_rate"])
-    if meta.get("input", "waveform") != "waveform":
-        raise SystemExit(f"{model_dir}: an exp2 export takes LLD features, not a waveform; "
-                         "this benchmark times waveform exports (exp3/exp4)")
-    rows = []
-    print(f"model      {model_dir} ({meta.get('experiment', '?')}, fold {meta.get('fold', '?')}, "
-          f"XLA {'on' if meta.get('jit_compile') else 'off'})")
+    models = [Model(tf, path) for path in paths]
+    if len({m.rate for m in models}) > 1:
+        raise SystemExit("bench/inference.py: the models take different sample rates; time them one by one")
     print(f"machine    {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"TensorFlow {tf.__version__}")
-    saved_model_parts = ("saved_model.pb", "variables", "assets", "fingerprint.pb")
-    saved_model_mb = _size_mb(model_dir, lambda p: p.parts[0] in saved_model_parts)
-    print(f"export     {_size_mb(model_dir):.2f} MB on disk (SavedModel alone {saved_model_mb:.2f} MB; "
-          "the rest: model.keras, frontend.npz, config.yaml, export.json)")
-    print(f"load       {load_s:.2f} s, peak RSS after load {_peak_rss_mb():.0f} MB")
+    for i, model in enumerate(models, 1):
+        meta = model.meta
+        print(f"model {i}    {model.path} ({meta.get('experiment', '?')}, fold {meta.get('fold', '?')}, "
+              f"XLA {'on' if meta.get('jit_compile') else 'off'}); loaded in {model.load_s:.2f} s")
+    print(f"peak RSS after loading: {_peak_rss_mb():.0f} MB")
+    names = [f"model {i}" for i in range(1, len(models) + 1)]
     print()
-    header = (f"{'clip':>6} {'batch':>5} {'first call':>11} {'median':>10} {'x real-time':>12} "
-              f"{'CPU/call':>10} {'repeats':>7} {'peak RSS':>9}")
+    header = (f"{'clip':>6} {'batch':>5} {'model':>8} {'first call':>11} {'median':>10} {'x real-time':>12} "
+              f"{'vs model ' + str(len(models)):>11} {'repeats':>7} {'peak RSS':>9}")
     print(header)
     print("-" * len(header))
+    rows = []
     cases = sorted(((s, b) for s in seconds for b in batches), key=lambda c: c[0] * c[1])
     for clip_s, batch in cases:
-        x = tf.constant(_signal(np, int(round(clip_s * rate)), batch, rate))
-        t0 = time.perf_counter()
-        loaded.serve(x)["probabilities"].numpy()
-        first = time.perf_counter() - t0
-        loaded.serve(x)["probabilities"].numpy()  # warm-up
-        times, cpu = [], []
-        started = time.perf_counter()
-        while len(times) < min_repeats or (time.perf_counter() - started < min_time and len(times) < 200):
-            t0, c0 = time.perf_counter(), time.process_time()
-            loaded.serve(x)["probabilities"].numpy()
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        median = statistics.median(times)
-        rt = clip_s * batch / median
-        row = {"clip_s": clip_s, "batch": batch, "first_call_s": first, "median_s": median,
-               "x_real_time": rt, "median_cpu_s": statistics.median(cpu), "repeats": len(times),
-               "peak_rss_mb": _peak_rss_mb()}
-        rows.append(row)
-        print(f"{clip_s:>5g}s {batch:>5d} {first:>10.3f}s {median * 1000:>8.2f}ms {rt:>11.0f}x "
-              f"{row['median_cpu_s'] * 1000:>8.2f}ms {len(times):>7d} {row['peak_rss_mb']:>7.0f}MB", flush=True)
+        x, firsts, times = time_case(np, tf, models, clip_s, batch, min_repeats, min_time)
+        rounds = list(zip(*times))
+        for i, (model, first, own) in enumerate(zip(models, firsts, times)):
+            median = statistics.median(own)
+            ratio = statistics.median(r[-1] / r[i] for r in rounds)  # speed over the last model's
+            row = {"model": str(model.path), "experiment": model.meta.get("experiment"), "clip_s": clip_s,
+                   "batch": batch, "first_call_s": first, "median_s": median,
+                   "x_real_time": clip_s * batch / median, "speed_vs_last": ratio, "repeats": len(own),
+                   "peak_rss_mb": _peak_rss_mb()}
+            rows.append(row)
+            print(f"{clip_s:>5g}s {batch:>5d} {names[i]:>8} {first:>10.3f}s {median * 1000:>8.2f}ms "
+                  f"{row['x_real_time']:>11.0f}x {ratio:>10.2f}x {len(own):>7d} {row['peak_rss_mb']:>7.0f}MB",
+                  flush=True)
+        if split:
+            for i, model in enumerate(models):
+                shares = stage_split(tf, model, x)
+                median = next(r["median_s"] for r in rows if r["model"] == str(model.path)
+                              and r["clip_s"] == clip_s and r["batch"] == batch)
+                text = ", ".join(f"{stage} {100 * shares[stage]:.0f} % ({shares[stage] * median * 1000:.1f} ms)"
+                                 for stage in STAGES)
+                print(f"{'':>12} {names[i]:>8} split: {text}")
+                rows[-len(models) + i]["split"] = shares
+    print()
+    for i, model in enumerate(models):
+        saved = _size_mb(model.path, lambda p: p.parts[0] in ("saved_model.pb", "variables", "assets",
+                                                              "fingerprint.pb"))
+        print(f"{names[i]} export {_size_mb(model.path):.2f} MB on disk (SavedModel alone {saved:.2f} MB): "
+              f"{_size_parts(model.path)}")
     return rows
+
+
+def verdict(rows: list, paths: list) -> None:
+    """The targets, for the first model against the last."""
+    first, last = str(paths[0]), str(paths[-1])
+    ten = [r for r in rows if r["clip_s"] == 10 and r["batch"] == 1 and r["model"] == first]
+    size = _size_mb(pathlib.Path(first))
+    if ten:
+        rt = ten[0]["x_real_time"]
+        print(f"\ntarget >= {TARGET_X:.0f}x real-time on a 10 s clip at batch 1: {rt:.0f}x "
+              f"({'met' if rt >= TARGET_X else 'NOT met'}) for model 1; export <= {TARGET_MB:g} MB: {size:.2f} MB "
+              f"({'met' if size <= TARGET_MB else 'NOT met'})")
+        if first != last:
+            ratio = ten[0]["speed_vs_last"]
+            print(f"target >= {TARGET_RATIO}x the last model's speed in the same run: {ratio:.2f}x "
+                  f"({'met' if ratio >= TARGET_RATIO else 'NOT met'})")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="an export directory (ser-keras export ... --out DIR)")
-    parser.add_argument("--seconds", default="1,10,60", help="clip lengths in seconds (comma separated)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="an export directory (ser-keras export ... --out DIR); repeat to compare, the "
+                             "last one is the reference. Default: the default experiment's and exp4's "
+                             "demo exports, made now")
+    parser.add_argument("--work-dir", default=str(REPO / "runs" / "bench_exports"),
+                        help="where the demo exports are written (without --model)")
+    parser.add_argument("--seconds", default="1,10", help="clip lengths in seconds (comma separated)")
     parser.add_argument("--batches", default="1,32", help="batch sizes (comma separated)")
-    parser.add_argument("--repeats", type=int, default=5, help="at least this many timed calls per case")
+    parser.add_argument("--repeats", type=int, default=5, help="at least this many timed calls per case and model")
     parser.add_argument("--min-time", type=float, default=2.0, help="keep repeating until this many seconds")
+    parser.add_argument("--no-split", action="store_true", help="skip the profile of the time per stage")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    model_dir = pathlib.Path(args.model)
-    if not (model_dir / "saved_model.pb").is_file():
-        print(f"bench/inference.py: {model_dir}: not a SavedModel directory (no saved_model.pb)", file=sys.stderr)
-        return 2
+    paths = [pathlib.Path(m) for m in args.model]
+    for path in paths:
+        if not (path / "saved_model.pb").is_file():
+            print(f"bench/inference.py: {path}: not a SavedModel directory (no saved_model.pb)", file=sys.stderr)
+            return 2
+    if not paths:
+        paths = demo_exports(pathlib.Path(args.work_dir))
     seconds = [float(s) for s in args.seconds.split(",") if s]
     batches = [int(b) for b in args.batches.split(",") if b]
-    rows = bench(model_dir, seconds, batches, args.repeats, args.min_time)
-    ten = [r for r in rows if r["clip_s"] == 10 and r["batch"] == 1]
-    if ten:
-        verdict = "met" if ten[0]["x_real_time"] >= 500 else "NOT met"
-        print(f"\ntarget >= 500x real-time on a 10 s clip at batch 1: {ten[0]['x_real_time']:.0f}x ({verdict}); "
-              f"export <= 5 MB: {_size_mb(model_dir):.2f} MB")
+    rows = bench(paths, seconds, batches, args.repeats, args.min_time, split=not args.no_split)
+    verdict(rows, paths)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"(1-minute load average at the end: {load:.2f} on {os.cpu_count()} cores; other processes "
-          "slow every figure above)")
+          "slow every figure above, the ratios much less)")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -24,6 +25,39 @@ from ser_keras.errors import SerKerasError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# Set by main() for the processes it starts (fold workers, feature extraction workers): "0"
+# quiet, "1" verbose. They inherit the environment but not Python's logger levels.
+VERBOSE_ENV = "SER_KERAS_VERBOSE"
+
+
+def configure_logging(verbose: bool) -> None:
+    """TensorFlow's, absl's and oneDNN's own log lines only with `verbose` (or when the user's
+    TF_CPP_MIN_LOG_LEVEL asks for them). Must run before TensorFlow is imported: its C++ side
+    reads TF_CPP_MIN_LOG_LEVEL once. Level 3 also hides its ERROR lines, such as oneDNN's
+    "supports DT_BOOL only on platforms with AVX-512", which are notes, not errors (a real
+    failure raises); what concerns the user, ser_keras says itself."""
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    _python_log_levels()
+
+
+def _python_log_levels() -> None:
+    """Quiet the Python loggers of TensorFlow and absl ("WARNING:tensorflow:...") when main()
+    said so, here or in a parent process."""
+    if os.environ.get(VERBOSE_ENV) != "0":
+        return
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+# A worker process started by main() (multiprocessing spawn / forkserver) imports this module
+# again through the `ser-keras` script, but does not run main().
+_python_log_levels()
 
 
 def _add_corpus_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -42,15 +76,21 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    verbose_help = "also print TensorFlow's own log lines (C++, absl, oneDNN) on stderr"
+    # --verbose before or after the subcommand; SUPPRESS: a subcommand without it leaves the
+    # value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     parser = argparse.ArgumentParser(
         prog="ser-keras",
         description="Speech emotion recognition: PCA spectrogram -> sparse-auto-encoder CNN -> "
                     "BLSTM -> attention pooling (He, Ren & He), with the paper's four experiments.",
     )
     parser.add_argument("--version", action="version", version=f"ser-keras {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    info = sub.add_parser("info", help="summarise a corpus: utterances, speakers, labels, duration",
+    info = sub.add_parser("info", parents=[common], help="summarise a corpus: utterances, speakers, labels, duration",
                           description="Summarise a corpus: utterances, speakers, utterances per label "
                                       "and per speaker, total duration.")
     _add_corpus_args(info)
@@ -60,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--cache-dir", help="where the demo corpus is generated (default ~/.cache/ser_keras)")
     info.set_defaults(handler=cmd_info)
 
-    fit = sub.add_parser("fit", help="train and evaluate an experiment under a named protocol",
+    fit = sub.add_parser("fit", parents=[common], help="train and evaluate an experiment under a named protocol",
                          description="Train an experiment on every fold of a protocol (or one fold), "
                                      "pool the test predictions and write results, TensorBoard logs, "
                                      "checkpoints and figures into the run directory. Re-running the "
@@ -87,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(fit)
     fit.set_defaults(handler=cmd_fit)
 
-    evaluate = sub.add_parser("evaluate", help="re-score a run, or evaluate it on another corpus",
+    evaluate = sub.add_parser("evaluate", parents=[common], help="re-score a run, or evaluate it on another corpus",
                               description="Re-score a finished run from its saved predictions; with "
                                           "--corpus/--data-dir, evaluate its models on another corpus over "
                                           "the labels the two share (cross-corpus).")
@@ -97,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress display")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="label audio files with a trained or exported model",
+    predict = sub.add_parser("predict", parents=[common], help="label audio files with a trained or exported model",
                              description="Predict the emotion of audio files (directories are searched "
                                          "recursively). Long recordings are scored in sliding windows with "
                                          "a per-window timeline. A bad file is reported by name and never "
@@ -116,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "on its own, without speaker context)")
     predict.set_defaults(handler=cmd_predict)
 
-    export = sub.add_parser("export", help="export a SavedModel that takes a raw waveform",
+    export = sub.add_parser("export", parents=[common], help="export a SavedModel that takes a raw waveform",
                             description="Write a Keras SavedModel whose 'serve' endpoint takes a float32 "
                                         "waveform [batch, samples] at the training sample rate and returns "
                                         "class probabilities and attention weights; also writes model.keras.")
@@ -129,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "exported model's accuracy (in export.json and the metadata endpoint)")
     export.set_defaults(handler=cmd_export)
 
-    reproduce = sub.add_parser("reproduce", help="run the paper's four experiments and write report.md",
+    reproduce = sub.add_parser("reproduce", parents=[common],
+                               help="run the paper's four experiments and write report.md",
                                description="Run exp1-exp4 under a named protocol, plus the LSTM-vs-BLSTM "
                                            "comparison and the context-frames sweep, and write report.md "
                                            "with figures next to the paper's numbers.")
@@ -284,10 +325,9 @@ def cmd_reproduce(args) -> int:
 
 
 def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
-    # TensorFlow's C++ start-up chatter is noise for a command-line user.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
