@@ -279,8 +279,9 @@ def tf_log_spectrogram(waveform, params: FrontEndParams):
     # Periodic Hann, computed in float64 then rounded once, like scipy/numpy would.
     window[:] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(params.frame) / params.frame)
     windowed = frames * tf.constant(window)
-    spectrum = tf.signal.rfft(windowed, fft_length=[params.n_fft])[..., : params.n_bins]
-    power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+    spectrum = tf.signal.rfft(windowed, fft_length=[params.n_fft])
+    # Sliced after the real/imaginary split: LiteRT has no strided slice of complex tensors.
+    power = (tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum)))[..., : params.n_bins]
     return tf.math.log(power + params.log_floor)
 
 

@@ -23,8 +23,6 @@ gate's maximum, so a row's channels do not depend on what else is in the batch. 
 
 from __future__ import annotations
 
-import scipy.fft
-
 from ser_keras.features import llds
 from ser_keras.features.pitch import VOICING_RELATIVE_DB, unvoiced_log_f0
 
@@ -35,7 +33,8 @@ def yin_geometry(params) -> dict:
     tau_min, tau_max, width, length, left = llds.yin_geometry(
         params.sample_rate, params.frame, params.f0_min_hz, params.f0_max_hz)
     return dict(tau_min=tau_min, tau_max=tau_max, width=width, length=length, left=left,
-                n_fft=int(scipy.fft.next_fast_len(length, real=True)))
+                # A power of two: LiteRT's FFT takes no other length (any n_fft >= length is exact).
+                n_fft=1 << (int(length) - 1).bit_length())
 
 
 def tf_pitch_channels(waveform, n_frames, params):
@@ -96,7 +95,11 @@ def _yin(padded, cumulative, total, params, g):
     segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
     spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
     head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
-    cross = tf.signal.irfft(tf.math.conj(head) * spectrum, fft_length=[g["n_fft"]])[:, :, :lags]
+    # irfft(conj(head) * spectrum)[:lags] in real arithmetic, the inverse transform as one product
+    # with constant tables of its first `lags` outputs: LiteRT has no inverse FFT nor complex maths.
+    hr, hi, sr, si = (part(x) for x in (head, spectrum) for part in (tf.math.real, tf.math.imag))
+    cos_table, sin_table = _inverse_tables(g["n_fft"], lags)
+    cross = tf.tensordot(hr * sr + hi * si, cos_table, 1) + tf.tensordot(hr * si - hi * sr, sin_table, 1)
     cross = tf.cast(cross, tf.float64)
 
     starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
@@ -138,6 +141,17 @@ def _yin(padded, cumulative, total, params, g):
     period = tf.cast(best, tf.float64) + tf.clip_by_value(shift, -1.0, 1.0)
     f0 = float(params.sample_rate) / period
     return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
+
+
+def _inverse_tables(n_fft: int, lags: int):
+    """float32 ``[n_fft // 2 + 1, lags]`` (cos, sin): ``irfft(X, n_fft)[:lags] = Re(X) @ cos +
+    Im(X) @ sin`` (the imaginary parts of the first and last bin count for nothing, as in irfft)."""
+    import numpy as np
+
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    weight = np.where((k == 0) | (k == n_fft // 2), 1.0, 2.0) / n_fft
+    angle = 2.0 * np.pi * k * np.arange(lags)[None, :] / n_fft
+    return (weight * np.cos(angle)).astype(np.float32), (-weight * np.sin(angle)).astype(np.float32)
 
 
 def _interpolated_log_f0(f0, voiced, fallback: float):

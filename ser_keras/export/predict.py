@@ -234,11 +234,16 @@ class ExportPredictor(Predictor):
         return float(out["frames"].numpy()), out["sum"].numpy(), out["sum_squares"].numpy()
 
 
-def load_predictor(model, fold=None) -> Predictor:
-    """A ``Predictor`` for a run directory or an export directory (or one already made)."""
+def load_predictor(model, fold=None, runtime: str = "savedmodel") -> Predictor:
+    """A ``Predictor`` for a run directory or an export directory (or one already made);
+    ``runtime="litert"`` or a ``.tflite`` file: the export's LiteRT model (``export.litert_predict``)."""
     if isinstance(model, Predictor):
         return model
     path = pathlib.Path(model)
+    if runtime == "litert" or path.suffix == ".tflite":
+        from ser_keras.export.litert_predict import LiteRTPredictor
+
+        return LiteRTPredictor(path)
     if not path.is_dir():
         raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
     if (path / SAVED_MODEL_FILE).is_file():
@@ -499,14 +504,14 @@ def format_result(result: dict) -> str:
 
 
 def run_predict_command(model, paths, as_json: bool = False, plot=None, fold=None,
-                        same_speaker: bool = False) -> int:
+                        same_speaker: bool = False, runtime: str = "savedmodel") -> int:
     """``ser-keras predict``: print a line per file (or one JSON object), report every bad file.
 
     Returns 0 when at least one file was scored, 2 (``EXIT_NOTHING_SCORED``) when none was
     (bad files are reported on stderr, and in the JSON's ``errors``, either way). Errors in
     MODEL itself raise ``SerKerasError`` (the CLI prints it and exits 2 as well).
     """
-    predictor = load_predictor(model, fold)
+    predictor = load_predictor(model, fold, runtime)
     report = predict_files(predictor, paths, same_speaker=same_speaker)
     if as_json:
         print(json.dumps(report, indent=2))
