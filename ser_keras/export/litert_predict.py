@@ -4,7 +4,6 @@ file as MODEL): the windows, speech and pooling of ``export.predict``, scored by
 
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 
@@ -53,4 +52,3 @@ class LiteRTPredictor(Predictor):
             self.require_statistics()
         outputs = [self.model.serve(row) for row in np.asarray(batch, np.float32)]
         return (np.stack([o["probabilities"] for o in outputs]), np.stack([o["attention"] for o in outputs]))
-
