@@ -7,7 +7,7 @@ valid part, step by step as there:
 1. YIN (``features.llds.yin``): a segment of ``length`` samples centred on every frame centre
    (``left`` zeros before the waveform, zeros after it), the cross term
    ``r(tau) = sum_{j<width} x_j x_{j+tau}`` by a float32 FFT of ``n_fft`` points, the energies
-   from one float64 running sum of squares, the cumulative-mean-normalised difference in
+   from a float64 running sum of squares within each segment, the cumulative-mean-normalised difference in
    float64, the first local minimum below ``voicing_threshold`` in ``[tau_min, tau_max]`` (else
    the global minimum, unvoiced), parabolic interpolation; voiced when a dip was found and F0
    lies in ``[f0_min_hz, f0_max_hz]``;
@@ -53,25 +53,29 @@ def tf_pitch_channels(waveform, n_frames, params):
     # Segment i covers padded[i * hop : i * hop + length], padded = left zeros + waveform + zeros.
     needed = (total - 1) * params.hop + g["length"]
     padded = tf.pad(waveform, [[0, 0], [g["left"], tf.maximum(needed - g["left"] - size, 0)]])[:, :needed]
-    cumulative = _running_energy(padded)
-    f0, dip = _yin(padded, cumulative, total, params, g)
+    segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
+    # Running sums of squares within each segment, not along the whole row: a difference of two
+    # sums over the row loses a quiet frame's energy to rounding unless it is float64, which
+    # LiteRT does not run; within a segment it is exact enough in float32.
+    cumulative = _running_energy(segments)
+    f0, dip = _yin(segments, cumulative, params, g)
 
-    # Mean square of each frame of the waveform (features.level.frame_powers): the same running
-    # sum, shifted by the left padding (zeros add nothing to it).
-    powers = tf.maximum(_every_hop(cumulative, g["left"] + params.frame, total, params.hop)
-                        - _every_hop(cumulative, g["left"], total, params.hop), 0.0) / float(params.frame)
+    # Mean square of each frame of the waveform (features.level.frame_powers): frame i lies at
+    # offset `left` of segment i.
+    powers = tf.maximum(cumulative[:, :, g["left"] + params.frame] - cumulative[:, :, g["left"]],
+                        0.0) / float(params.frame)
     loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
     voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
     log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
     return tf.cast(tf.stack([log_f0, tf.cast(voiced, tf.float64)], axis=2), tf.float32)
 
 
-def _running_energy(padded):
-    """``[B, P + 1]`` float64: 0 then the running sum of squares of each row."""
+def _running_energy(segments):
+    """``[B, T, length + 1]`` float64: 0 then the running sum of squares of each segment."""
     import tensorflow as tf
 
-    x = tf.cast(padded, tf.float64)
-    return tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
+    x = tf.cast(segments, tf.float64)
+    return tf.pad(tf.cumsum(x * x, axis=2), [[0, 0], [0, 0], [1, 0]])
 
 
 def _frames(values, length: int, hop: int, total):
@@ -81,18 +85,12 @@ def _frames(values, length: int, hop: int, total):
     return tf.signal.frame(values, length, hop, pad_end=False)[:, :total]
 
 
-def _every_hop(values, offset: int, total, hop: int):
-    """``values[:, offset + i * hop]`` for i < total (a strided slice)."""
-    return values[:, offset::hop][:, :total]
-
-
-def _yin(padded, cumulative, total, params, g):
+def _yin(segments, cumulative, params, g):
     """(f0 Hz float64 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): ``llds.yin`` on
-    every frame of the left-padded rows (``cumulative``: their ``_running_energy``)."""
+    every frame's segment (``cumulative``: their ``_running_energy``)."""
     import tensorflow as tf
 
     lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
-    segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
     spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
     head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
     # irfft(conj(head) * spectrum)[:lags] in real arithmetic, the inverse transform as one product
@@ -102,12 +100,10 @@ def _yin(padded, cumulative, total, params, g):
     cross = tf.tensordot(hr * sr + hi * si, cos_table, 1) + tf.tensordot(hr * si - hi * sr, sin_table, 1)
     cross = tf.cast(cross, tf.float64)
 
-    starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
-    ends = _frames(cumulative[:, g["width"]:], lags, params.hop, total)
-    energy_shifted = ends - starts  # sum_{j<width} x_{j+tau}^2
+    # sum_{j<width} x_{j+tau}^2 for every tau
+    energy_shifted = cumulative[:, :, g["width"]:g["width"] + lags] - cumulative[:, :, :lags]
     diff = tf.maximum(energy_shifted[:, :, :1] + energy_shifted - 2.0 * cross, 0.0)
-    total_energy = _every_hop(cumulative, g["length"], total, params.hop) - _every_hop(cumulative, 0, total,
-                                                                                       params.hop)
+    total_energy = cumulative[:, :, g["length"]]
 
     # Cumulative-mean-normalised difference d'(tau) = d(tau) * tau / sum_{1<=j<=tau} d(j).
     running = tf.cumsum(diff[:, :, 1:], axis=2)
