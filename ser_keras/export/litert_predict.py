@@ -12,6 +12,7 @@ from ser_keras.errors import SerKerasError
 from ser_keras.export.bundle import attention_steps
 from ser_keras.export.litert_runner import LiteRTModel
 from ser_keras.export.predict import Predictor
+from ser_keras.features.normalize import SPEAKER_MODES
 from ser_keras.rundir import CONFIG_FILE
 
 
@@ -37,7 +38,8 @@ class LiteRTPredictor(Predictor):
         self.span_frames = int(round(meta["attention_span_s"] / meta["hop_s"]))
         self.window_frames = meta.get("window_frames")
         self.normalization = meta.get("serve_without_speaker", "pooled")
-        self.speaker_adapted = False  # the LiteRT model has the serve endpoint only
+        # --same-speaker then asks for statistics, which the LiteRT model (serve only) refuses.
+        self.speaker_adapted = meta.get("normalization") in SPEAKER_MODES
         self.std_floor = float(meta.get("norm_std_floor", 1e-3))
 
     def steps(self, n_frames: int) -> int:

@@ -23,6 +23,8 @@ gate's maximum, so a row's channels do not depend on what else is in the batch. 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ser_keras.features import llds
 from ser_keras.features.pitch import VOICING_RELATIVE_DB, unvoiced_log_f0
 
@@ -93,11 +95,18 @@ def _yin(segments, cumulative, params, g):
     lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
     spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
     head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
-    # irfft(conj(head) * spectrum)[:lags] in real arithmetic, the inverse transform as one product
-    # with constant tables of its first `lags` outputs: LiteRT has no inverse FFT nor complex maths.
+    # irfft(conj(head) * spectrum)[:lags] with forward real FFTs (LiteRT has no inverse FFT nor
+    # complex maths): for the Hermitian X = re + i im, irfft(X) = Re(FFT(conj X)) / n_fft, and
+    # conj X over all n_fft bins is A + iB with A the even extension of re, B the odd one of -im,
+    # so irfft(X) = (Re rfft(A) - Im rfft(B)) / n_fft.
     hr, hi, sr, si = (part(x) for x in (head, spectrum) for part in (tf.math.real, tf.math.imag))
-    cos_table, sin_table = _inverse_tables(g["n_fft"], lags)
-    cross = tf.tensordot(hr * sr + hi * si, cos_table, 1) + tf.tensordot(hr * si - hi * sr, sin_table, 1)
+    half = g["n_fft"] // 2
+    real = hr * sr + hi * si
+    imag = (hr * si - hi * sr) * np.pad(np.ones(half - 1, np.float32), 1)  # irfft ignores DC/Nyquist imag
+    even = tf.concat([real, tf.reverse(real[:, :, 1:half], axis=[2])], axis=2)
+    odd = tf.concat([-imag, tf.reverse(imag[:, :, 1:half], axis=[2])], axis=2)
+    cross = (tf.math.real(tf.signal.rfft(even))[:, :, :lags]
+             - tf.math.imag(tf.signal.rfft(odd))[:, :, :lags]) / float(g["n_fft"])
     cross = tf.cast(cross, tf.float64)
 
     # sum_{j<width} x_{j+tau}^2 for every tau
@@ -137,17 +146,6 @@ def _yin(segments, cumulative, params, g):
     period = tf.cast(best, tf.float64) + tf.clip_by_value(shift, -1.0, 1.0)
     f0 = float(params.sample_rate) / period
     return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
-
-
-def _inverse_tables(n_fft: int, lags: int):
-    """float32 ``[n_fft // 2 + 1, lags]`` (cos, sin): ``irfft(X, n_fft)[:lags] = Re(X) @ cos +
-    Im(X) @ sin`` (the imaginary parts of the first and last bin count for nothing, as in irfft)."""
-    import numpy as np
-
-    k = np.arange(n_fft // 2 + 1)[:, None]
-    weight = np.where((k == 0) | (k == n_fft // 2), 1.0, 2.0) / n_fft
-    angle = 2.0 * np.pi * k * np.arange(lags)[None, :] / n_fft
-    return (weight * np.cos(angle)).astype(np.float32), (-weight * np.sin(angle)).astype(np.float32)
 
 
 def _interpolated_log_f0(f0, voiced, fallback: float):
