@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import soundfile
     import tensorflow as tf
 
+    from ser_keras.audio import load_audio
     from ser_keras.export.litert_runner import LiteRTModel
 
     model = LiteRTModel(args.model)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     files = _emodb_files(args.files)
     if files:
         loaded = tf.saved_model.load(str(args.model))
-        waves = [soundfile.read(str(f), dtype="float32")[0] for f in files]
+        waves = [load_audio(f, model.sample_rate) for f in files]  # mono, resampled as predict does
         lite = [model.serve(w) for w in waves]
         saved = [{k: v.numpy()[0] for k, v in loaded.serve(w[None]).items()} for w in waves]
         print(f"parity with the SavedModel on {len(files)} EMO-DB recordings: "

@@ -2,8 +2,8 @@
 
     python serve_litert.py EXPORT_DIR recording.wav
 
-EXPORT_DIR is what `ser-keras export` wrote (model.tflite + export.json). The recording must be
-mono at the export's sample rate (16 kHz by default); resample it first otherwise.
+EXPORT_DIR is what `ser-keras export` wrote (model.tflite + export.json). Any channel count (mixed
+to mono) and sample rate (resampled to the export's, 16 kHz by default).
 """
 
 import json
@@ -19,10 +19,18 @@ export_dir, wav = pathlib.Path(sys.argv[1]), sys.argv[2]
 meta = json.loads((export_dir / "export.json").read_text())
 runner = Interpreter(model_path=str(export_dir / "model.tflite")).get_signature_runner("serve")
 
+
+def resample(x, rate_in, rate_out):
+    """Band-limited resampling by FFT (ser-keras itself uses soxr: close, not identical)."""
+    n = int(round(len(x) * rate_out / rate_in))
+    spectrum = np.fft.rfft(x)[: n // 2 + 1]
+    return (np.fft.irfft(spectrum, n) * (n / len(x))).astype(np.float32)
+
+
 waveform, rate = soundfile.read(wav, dtype="float32", always_2d=True)
 waveform = waveform.mean(axis=1)  # mono
 if rate != meta["sample_rate"]:
-    sys.exit(f"{wav}: {rate} Hz; resample to {meta['sample_rate']} Hz first")
+    waveform = resample(waveform, rate, meta["sample_rate"])
 
 # One recording per call, any length: the runner resizes the input to it.
 out = runner(waveform=waveform[None])
