@@ -37,6 +37,7 @@ kernel supports it). Their deviation from float32 is measured in docs/litert.md.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import numpy as np
@@ -85,11 +86,16 @@ def convert_function(function, input_spec, quantize: str = "none") -> bytes:
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # the frozen-graph path is chosen on purpose: no deprecation warning
     try:
         model = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises several kinds
         lines = [line for line in str(exc).splitlines() if "error" in line.lower()]
         raise SerKerasError(f"LiteRT conversion failed ({(lines or [str(exc)])[0][:300]})") from None
+    finally:
+        absl.setLevel(level)
     return _with_signature(model, input_spec.name, names)
 
 
