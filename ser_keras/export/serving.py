@@ -7,6 +7,8 @@
   never heard of ser_keras, and by ``saved_model_cli`` / TF Serving;
 - ``model.keras`` — the fold's Keras model (features -> probabilities), plus the fold's fitted
   front end and ``config.yaml`` from the run, so the export can also be used in-process;
+- ``model.tflite`` — the ``serve`` endpoint as a LiteRT model, builtin operators only
+  (``export.litert``, waveform models; docs/litert.md), described in ``export.json["litert"]``;
 - ``export.json`` — labels, sample rate, attention step and span in seconds, experiment,
   protocol, fold, the normalisation (``normalization``, ``serve_without_speaker``,
   ``norm_std_floor``), ``feature_dim`` (``n_bins``, plus the ``pitch_channels`` it lists when
