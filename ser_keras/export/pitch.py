@@ -95,18 +95,18 @@ def _yin(segments, cumulative, params, g):
     lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
     spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
     head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
-    # irfft(conj(head) * spectrum)[:lags] with forward real FFTs (LiteRT has no inverse FFT nor
+    # irfft(conj(head) * spectrum)[:lags] with one forward real FFT (LiteRT has no inverse FFT nor
     # complex maths): for the Hermitian X = re + i im, irfft(X) = Re(FFT(conj X)) / n_fft, and
     # conj X over all n_fft bins is A + iB with A the even extension of re, B the odd one of -im,
-    # so irfft(X) = (Re rfft(A) - Im rfft(B)) / n_fft.
+    # so irfft(X) = (Re rfft(A) - Im rfft(B)) / n_fft; rfft(A) is real and rfft(B) imaginary (A
+    # even, B odd), so both are read from rfft(A + B).
     hr, hi, sr, si = (part(x) for x in (head, spectrum) for part in (tf.math.real, tf.math.imag))
     half = g["n_fft"] // 2
     real = hr * sr + hi * si
     imag = (hr * si - hi * sr) * np.pad(np.ones(half - 1, np.float32), 1)  # irfft ignores DC/Nyquist imag
-    even = tf.concat([real, tf.reverse(real[:, :, 1:half], axis=[2])], axis=2)
-    odd = tf.concat([-imag, tf.reverse(imag[:, :, 1:half], axis=[2])], axis=2)
-    cross = (tf.math.real(tf.signal.rfft(even))[:, :, :lags]
-             - tf.math.imag(tf.signal.rfft(odd))[:, :, :lags]) / float(g["n_fft"])
+    both = tf.signal.rfft(tf.concat([real - imag, tf.reverse(real[:, :, 1:half] + imag[:, :, 1:half], axis=[2])],
+                                    axis=2))
+    cross = (tf.math.real(both)[:, :, :lags] - tf.math.imag(both)[:, :, :lags]) / float(g["n_fft"])
     cross = tf.cast(cross, tf.float64)
 
     # sum_{j<width} x_{j+tau}^2 for every tau
