@@ -19,7 +19,7 @@ per model the median of its timed calls as
 and the ratio of each model's speed to the last model's (the median of the per-round
 ratios: the figure that holds on a noisy machine). Then, per model, the serving graph's time
 split by stage from a ``tf.profiler`` trace of a few calls (``stage_split``): ``pitch`` (ops
-under the ``pitch`` name scope of ``export.pitch``), ``network`` (ops under the Keras model's
+under the ``pitch`` name scope of ``features.pitch``), ``network`` (ops under the Keras model's
 or one of its layers' names, and fused LSTM kernels) and ``front end`` (everything else:
 spectrogram, level, statistics, PCA, speech flags, input checks); the milliseconds shown are
 each stage's share of the median call. Last, each export's size on disk by part.

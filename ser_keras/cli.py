@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="all files are recordings of ONE speaker: normalise them with the statistics "
                               "of all of their speech, as fit normalises a test speaker (default: every file "
                               "on its own, without speaker context)")
+    predict.add_argument("--runtime", choices=("savedmodel", "litert"), default="savedmodel",
+                         help="with an export directory: its SavedModel, or its LiteRT model (model.tflite; "
+                              "a .tflite file as MODEL runs LiteRT too)")
     predict.set_defaults(handler=cmd_predict)
 
     export = sub.add_parser("export", parents=[common], help="export a SavedModel that takes a raw waveform",
@@ -167,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--estimate-from", metavar="RUN2",
                         help="a loso/session/random run of the same config whose figures estimate the "
                              "exported model's accuracy (in export.json and the metadata endpoint)")
+    export.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
+                        help="weights of model.tflite, the LiteRT model: float32 (none), float16, or "
+                             "dynamic-range int8")
     export.set_defaults(handler=cmd_export)
 
     reproduce = sub.add_parser("reproduce", parents=[common],
@@ -298,13 +304,14 @@ def cmd_predict(args) -> int:
     from ser_keras.inference.predict import run_predict_command
 
     return run_predict_command(args.model, args.paths, as_json=args.json, plot=args.plot, fold=args.fold,
-                               same_speaker=args.same_speaker)
+                               same_speaker=args.same_speaker, runtime=args.runtime)
 
 
 def cmd_export(args) -> int:
     from ser_keras.export.serving import export_run
 
-    out = export_run(args.run_dir, args.out, fold=args.fold, estimate_from=args.estimate_from)
+    out = export_run(args.run_dir, args.out, fold=args.fold, estimate_from=args.estimate_from,
+                     quantize=args.quantize)
     print(f"exported SavedModel to {out}")
     return 0
 

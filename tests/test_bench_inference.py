@@ -38,12 +38,12 @@ def test_sweep_shares_overlaps_and_gives_short_pauses_to_the_next_op(bench):
 
 
 def test_two_exports_side_by_side(bench, tiny_run, exported, capsys):
-    fused = exported(tiny_run("exp4"))
-    keras_lstm = exported(tiny_run("exp4"), fused_lstm=False)
-    assert bench.main(["--model", str(keras_lstm), "--model", str(fused), "--seconds", "1", "--batches", "1,2",
+    first = exported(tiny_run("exp4"))
+    second = exported(tiny_run("exp4", seed=1))
+    assert bench.main(["--model", str(first), "--model", str(second), "--seconds", "1", "--batches", "1,2",
                        "--repeats", "2", "--min-time", "0"]) == 0
     out = capsys.readouterr().out
-    for i, path in ((1, keras_lstm), (2, fused)):
+    for i, path in ((1, first), (2, second)):
         assert f"model {i}    {path}" in out
         assert re.search(rf"model {i} export \d+\.\d\d MB on disk .*saved_model\.pb", out)
     rows = [line for line in out.splitlines() if re.match(r"\s+1s\s+[12]\s+model [12]", line)]

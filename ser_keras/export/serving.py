@@ -4,6 +4,8 @@
 takes a raw float32 waveform ``[batch, samples]``), the fold's ``model.keras``, fitted front
 end and ``config.yaml``, and ``export.json``. The files, the normalisation each endpoint
 applies and every endpoint's inputs and outputs are described in ``docs/export_endpoints.md``.
+The ``serve`` endpoint is also written as ``model.tflite``, a LiteRT model with builtin
+operators only (``export.litert``; docs/litert.md), described in ``export.json["litert"]``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ser_keras.errors import SerKerasError
 from ser_keras.evaluation.estimate import estimate_from as read_estimate
 from ser_keras.export.graph import ServingGraph
 from ser_keras.features.channels import PITCH_CHANNELS
+from ser_keras.export.litert import write_litert
 from ser_keras.features.llds import lld_names
 from ser_keras.features.normalize import serving_normalization
 from ser_keras.inference.fold import FoldModel, load_fold, speaker_adapted
@@ -168,7 +171,7 @@ def _prepare_out_dir(out_dir: pathlib.Path) -> None:
 
 
 def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_compile: bool = False,
-               estimate_from=None) -> pathlib.Path:
+               estimate_from=None, quantize: str = "none") -> pathlib.Path:
     """Export one fold of `run_dir` (default: the first) to `out_dir`; returns `out_dir`.
 
     Args:
@@ -180,6 +183,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
             to compile every new bucket.
         estimate_from: a run of the same config under a test protocol whose figures estimate
             the model's accuracy (``evaluation.estimate``); default: the run's estimate.json.
+        quantize: the LiteRT model's weights (``export.litert``): "none" (float32), "float16", "int8".
 
     Raises:
         SerKerasError: exp1 runs (an SVM, not a Keras model), a missing fold, a non-export
@@ -246,6 +250,8 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         bundle.model.save(staging / KERAS_MODEL_FILE)
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
+        if bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
+            meta["litert"] = write_litert(ServingGraph(bundle), staging, quantize)
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -88,9 +88,9 @@ def power_spectrum(waveform, params, n_bins=None):
 
     windowed = frames(waveform, params.frame, params.hop) * tf.constant(hann_window(params.frame))
     spectrum = tf.signal.rfft(windowed, fft_length=[params.n_fft])
-    if n_bins is not None:
-        spectrum = spectrum[..., :n_bins]
-    return tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+    power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+    # Sliced after the real/imaginary split: LiteRT has no strided slice of complex tensors.
+    return power if n_bins is None else power[..., :n_bins]
 
 
 def log_spectrogram(waveform, params):

@@ -308,14 +308,14 @@ def format_result(result: dict) -> str:
 
 
 def run_predict_command(model, paths, as_json: bool = False, plot=None, fold=None,
-                        same_speaker: bool = False) -> int:
+                        same_speaker: bool = False, runtime: str = "savedmodel") -> int:
     """``ser-keras predict``: print a line per file (or one JSON object), report every bad file.
 
     Returns 0 when at least one file was scored, 2 (``EXIT_NOTHING_SCORED``) when none was
     (bad files are reported on stderr, and in the JSON's ``errors``, either way). Errors in
     MODEL itself raise ``SerKerasError`` (the CLI prints it and exits 2 as well).
     """
-    predictor = load_predictor(model, fold)
+    predictor = load_predictor(model, fold, runtime)
     report = predict_files(predictor, paths, same_speaker=same_speaker)
     if as_json:
         print(json.dumps(report, indent=2))

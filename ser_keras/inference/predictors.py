@@ -187,11 +187,16 @@ class ExportPredictor(Predictor):
         return float(out["frames"].numpy()), out["sum"].numpy(), out["sum_squares"].numpy()
 
 
-def load_predictor(model, fold=None) -> Predictor:
-    """A ``Predictor`` for a run directory or an export directory (or one already made)."""
+def load_predictor(model, fold=None, runtime: str = "savedmodel") -> Predictor:
+    """A ``Predictor`` for a run directory or an export directory (or one already made);
+    ``runtime="litert"`` or a ``.tflite`` file: the export's LiteRT model (``inference.litert_predict``)."""
     if isinstance(model, Predictor):
         return model
     path = pathlib.Path(model)
+    if runtime == "litert" or path.suffix == ".tflite":
+        from ser_keras.inference.litert_predict import LiteRTPredictor
+
+        return LiteRTPredictor(path)
     if not path.is_dir():
         raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
     if (path / SAVED_MODEL_FILE).is_file():
