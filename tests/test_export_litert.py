@@ -12,7 +12,7 @@ pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (p
 import tensorflow as tf  # noqa: E402
 
 from ser_keras.errors import SerKerasError  # noqa: E402
-from ser_keras.export import predict  # noqa: E402
+from ser_keras.inference import predict  # noqa: E402
 from ser_keras.inference.litert_runner import LiteRTModel  # noqa: E402
 from tests.conftest import LABELS, REPO_ROOT, tone, write_wav  # noqa: E402
 
@@ -67,7 +67,7 @@ def test_the_conversion_itself_is_exact(trained_demo_run, trained_export, demo_f
     from ser_keras.export.graph import ServingGraph
     from ser_keras.export.litert import rewritten_function
 
-    graph = ServingGraph(load_fold(trained_demo_run))
+    graph = ServingGraph(load_fold(trained_demo_run), fused=False)
     function, names = rewritten_function(graph.serve, tf.TensorSpec([1, None], tf.float32, name="waveform"))
     model = LiteRTModel(trained_export)
     for waveform in _signals(demo_files)[:4]:

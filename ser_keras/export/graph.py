@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ser_keras.export.fused import fused_model
 from ser_keras.features import frontend_ops as fe
 from ser_keras.features.level import frame_counts, speech_flags
 from ser_keras.inference.fold import FoldModel, call_network, speaker_adapted
@@ -56,13 +57,22 @@ def bucket_batch(batch: int) -> int:
 
 
 class ServingGraph:
-    """The TensorFlow functions of the export, built from a loaded fold."""
+    """The TensorFlow functions of the export, built from a loaded fold.
 
-    def __init__(self, bundle: FoldModel, jit_compile: bool = False):
+    `fused` (default): the network's LSTMs run TensorFlow's fused sequence kernel
+    (``export.fused``: a clone of the Keras model sharing its weights), several times faster on
+    CPU than Keras' step-by-step loop, same outputs. ``fused=False`` keeps the plain Keras model:
+    the LiteRT conversion uses that, since the fused kernel is not a LiteRT builtin (nor an XLA
+    one: ``jit_compile`` keeps it too). Both come
+    from this same code; only the recurrent kernel differs.
+    """
+
+    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused: bool = True):
         self.tf = tf
         self.bundle = bundle
         self.params = bundle.params
-        self.net = bundle.network()
+        # XLA has no kernel for the fused LSTM op: a compiled graph keeps Keras' loop.
+        self.net = fused_model(bundle.network()) if fused and not jit_compile else bundle.network()
         self.has_attention = bundle.has_attention
         self.config = bundle.config
         self.grid = frame_buckets()

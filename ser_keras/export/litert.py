@@ -2,8 +2,10 @@
 
 ``write_litert(graph, out_dir, quantize="none")`` converts ``graph.serve`` — the function the
 SavedModel's ``serve`` signature runs: a raw waveform in; ``probabilities``, ``speech`` and
-``attention`` out — into ``out_dir/model.tflite``, with builtin operators only (no Flex
-delegate), so the ``ai-edge-litert`` wheel alone runs it (``inference.litert_runner``).
+``attention`` out — of a ``ServingGraph`` built with ``fused=False`` (the plain Keras LSTMs: the
+SavedModel's fused LSTM kernel, ``export.fused``, is no LiteRT builtin) into
+``out_dir/model.tflite``, with builtin operators only (no Flex delegate), so the
+``ai-edge-litert`` wheel alone runs it (``inference.litert_runner``).
 
 The model has one signature, ``serve``: ``waveform`` float32 ``[1, samples]`` (one recording at
 the export's sample rate; any length: the runner resizes the input before each call, and LiteRT

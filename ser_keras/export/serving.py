@@ -251,7 +251,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
         if bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
-            meta["litert"] = write_litert(ServingGraph(bundle), staging, quantize)
+            meta["litert"] = write_litert(ServingGraph(bundle, fused=False), staging, quantize)
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
