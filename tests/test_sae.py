@@ -325,7 +325,8 @@ def test_sae_on_casia_spectrogram_patches():
 
 @pytest.mark.corpus
 @pytest.mark.slow
-def test_sae_on_casia_at_default_settings():
+def test_sae_on_casia_at_full_scale():
     config = Config()
+    config.sae.patches_per_size, config.sae.epochs = 20000, 15  # 20k patches per kernel size, to convergence
     _, seconds = check_casia_sae(config)
     assert seconds < 120
