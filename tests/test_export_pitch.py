@@ -12,7 +12,7 @@ from ser_keras.config import FeatureConfig
 from ser_keras.features import frontend_ops as fe
 from ser_keras.features.channels import PITCH_CHANNELS, unvoiced_log_f0
 from ser_keras.features.level import level_normalize
-from ser_keras.features.pitch import tf_pitch_channels
+from ser_keras.features.pitch import tf_pitch_channels, yin_geometry
 from ser_keras.features.spectrogram import log_spectrogram
 from tests.conftest import LABELS, SHARED_CORPORA, corpus_dir, tone
 
@@ -57,6 +57,29 @@ def _agreement(got, expected) -> tuple:
     assert got.shape == expected.shape
     return (float(np.mean(np.abs(got[:, 0] - expected[:, 0]) <= LOG_F0_ATOL)),
             float(np.mean(got[:, 1] == expected[:, 1])))
+
+
+def test_tracker_runs_on_a_decimated_signal_in_float32_with_litert_ops():
+    """At 16 kHz, 60-500 Hz: every second sample, lags 16 .. 134 of the 8 kHz signal, a
+    power-of-two FFT; nothing in the graph is float64 or complex arithmetic, and no inverse FFT
+    (LiteRT's builtin ops have none of them)."""
+    import tensorflow as tf
+
+    params = _params()
+    geometry = yin_geometry(params)
+    assert (geometry["q"], geometry["tau_min"], geometry["tau_max"]) == (2, 16, 134)
+    assert geometry["n_fft"] & (geometry["n_fft"] - 1) == 0 and geometry["n_fft"] >= geometry["seg_blocks"] * 80
+    graph = tf.function(lambda x, n: tf_pitch_channels(x, n, params)).get_concrete_function(
+        tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)).graph
+    dtypes = {t.dtype for op in graph.get_operations() for t in op.outputs}
+    assert tf.float64 not in dtypes and tf.complex128 not in dtypes
+    types = {op.type for op in graph.get_operations()}
+    assert not types & {"IRFFT", "Conj", "Complex", "ComplexAbs"}, types
+    complex_users = {consumer.type for op in graph.get_operations() for t in op.outputs if t.dtype == tf.complex64
+                     for consumer in t.consumers()}
+    assert complex_users <= {"Real", "Imag"}, complex_users
+    # At 8 kHz the shortest period (500 Hz) is 16 samples already: no decimation.
+    assert yin_geometry(fe.params_from_arrays(_config(), {}, sample_rate=8000))["q"] == 1
 
 
 def test_tf_pitch_channels_of_silence_and_short_input():

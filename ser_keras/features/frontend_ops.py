@@ -227,14 +227,15 @@ def split_views(features, n_views: int) -> list:
 
 
 def standardize(x, mean, std):
-    """``(x - mean) / std`` in float64, float32 out; ``mean``/``std`` ``[D]`` or ``[batch, D]``
-    for ``x`` ``[batch, T, D]``."""
+    """``(x - mean) / std`` in float32 (LiteRT runs no float64; one subtraction and one division
+    lose nothing that matters); ``mean``/``std`` ``[D]`` or ``[batch, D]`` for ``x``
+    ``[batch, T, D]``."""
     import tensorflow as tf
 
-    mean, std = (tf.cast(v, tf.float64) for v in (mean, std))
+    mean, std = (tf.cast(v, tf.float32) for v in (mean, std))
     if mean.shape.rank == 2:
         mean, std = mean[:, None, :], std[:, None, :]
-    return tf.cast((tf.cast(x, tf.float64) - mean) / std, tf.float32)
+    return (tf.cast(x, tf.float32) - mean) / std
 
 
 def project(x, mean, weights, offset=None):
