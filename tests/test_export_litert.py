@@ -12,7 +12,7 @@ pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (p
 import tensorflow as tf  # noqa: E402
 
 from ser_keras.errors import SerKerasError  # noqa: E402
-from ser_keras.export import predict  # noqa: E402
+from ser_keras.inference import predict  # noqa: E402
 from ser_keras.inference.litert_runner import LiteRTModel  # noqa: E402
 from tests.conftest import LABELS, REPO_ROOT, tone, write_wav  # noqa: E402
 
