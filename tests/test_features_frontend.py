@@ -216,7 +216,8 @@ def test_level_reference_is_the_loudest_fifth_and_moves_by_the_log_gain(demo_fil
         # Padded frames do not enter the reference, and the reference is the loudest fifth's.
         x = raw[row, :n].astype(np.float64)
         loudest = np.sort(np.log(np.exp(x).mean(axis=1)))[::-1][:top_count(int(n))]
-        assert level_reference(raw[row, :n]) == pytest.approx(loudest.mean(), abs=1e-9)
+        # (float32, as the serving graph and LiteRT compute it)
+        assert level_reference(raw[row, :n]) == pytest.approx(loudest.mean(), abs=1e-5)
         assert top_count(int(n)) == -(-n // 5)
         np.testing.assert_allclose(got[row, :n], raw[row, :n] - loudest.mean(), atol=1e-5)
     # Shift-equivariant: a constant added to every bin moves the reference by exactly it.

@@ -227,15 +227,18 @@ def split_views(features, n_views: int) -> list:
 
 
 def standardize(x, mean, std):
-    """``(x - mean) / std`` in float32 (LiteRT runs no float64; one subtraction and one division
-    lose nothing that matters); ``mean``/``std`` ``[D]`` or ``[batch, D]`` for ``x``
-    ``[batch, T, D]``."""
+    """``(x - mean) / std``, float32 out; ``mean``/``std`` ``[D]`` or ``[batch, D]`` for ``x``
+    ``[batch, T, D]``. In float64 only for float64 ``x`` (NumPy callers, whose values may differ
+    below float32's resolution): the serving graph's float32 features stay float32 (LiteRT runs
+    no float64)."""
     import tensorflow as tf
 
-    mean, std = (tf.cast(v, tf.float32) for v in (mean, std))
+    x = tf.convert_to_tensor(x)
+    dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+    mean, std = (tf.cast(v, dtype) for v in (mean, std))
     if mean.shape.rank == 2:
         mean, std = mean[:, None, :], std[:, None, :]
-    return (tf.cast(x, tf.float32) - mean) / std
+    return tf.cast((tf.cast(x, dtype) - mean) / std, tf.float32)
 
 
 def project(x, mean, weights, offset=None):
