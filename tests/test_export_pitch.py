@@ -20,6 +20,15 @@ RATE = 16000
 LOG_F0_ATOL = 1e-3
 MIN_AGREEMENT = 0.995
 MAX_DP = 1e-5
+# Against pYIN (librosa.pyin, 60-500 Hz, a frame grid shifted to ours; test_features checks the
+# same tracker on its own grid): F0 within PYIN_RTOL on at least PYIN_WITHIN of the frames both
+# call voiced; at least PYIN_RECALL of pYIN's voiced frames voiced here and at least
+# PYIN_PRECISION of the frames voiced here voiced for pYIN.
+PYIN_RTOL = 0.05
+PYIN_WITHIN = 0.96
+PYIN_RECALL = 0.70
+PYIN_PRECISION = 0.90
+PYIN_FILES = 8
 
 
 def _config(**kwargs):
@@ -57,6 +66,41 @@ def _agreement(got, expected) -> tuple:
     assert got.shape == expected.shape
     return (float(np.mean(np.abs(got[:, 0] - expected[:, 0]) <= LOG_F0_ATOL)),
             float(np.mean(got[:, 1] == expected[:, 1])))
+
+
+def _pyin_agreement(corpus: str) -> dict:
+    import librosa
+
+    from ser_keras.audio import load_audio
+
+    files = sorted(corpus_dir(corpus).rglob("*.wav"))
+    params = _params()
+    counts = dict(close=0, both=0, reference=0, ours=0)
+    for path in files[len(files) // (2 * PYIN_FILES)::len(files) // PYIN_FILES][:PYIN_FILES]:
+        waveform = load_audio(path, RATE)
+        channels = _tf_channels(waveform, params)
+        reference, reference_voiced, _ = librosa.pyin(waveform, fmin=60.0, fmax=500.0, sr=RATE, frame_length=1024,
+                                                      hop_length=params.hop, center=True)
+        # pYIN's frame j is centred on sample j * hop, ours i on i * hop + frame / 2 = (i + 1) * hop.
+        n = min(len(channels), len(reference) - 1)
+        f0, voiced = np.exp(channels[:n, 0]), channels[:n, 1] > 0
+        reference, reference_voiced = reference[1:n + 1], reference_voiced[1:n + 1]
+        both = voiced & reference_voiced
+        counts["close"] += int(np.sum(np.abs(f0[both] / reference[both] - 1.0) <= PYIN_RTOL))
+        counts["both"] += int(both.sum())
+        counts["reference"] += int(reference_voiced.sum())
+        counts["ours"] += int(voiced.sum())
+    return counts
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("corpus", ["emodb", "casia"])
+def test_f0_agrees_with_pyin_on_real_speech(corpus):
+    counts = _pyin_agreement(corpus)
+    assert counts["both"] > 300, counts
+    assert counts["close"] / counts["both"] >= PYIN_WITHIN, counts
+    assert counts["both"] / counts["reference"] >= PYIN_RECALL, counts
+    assert counts["both"] / counts["ours"] >= PYIN_PRECISION, counts
 
 
 def test_tracker_runs_on_a_decimated_signal_in_float32_with_litert_ops():
