@@ -235,7 +235,8 @@ def standardize(x, mean, std):
 
     x = tf.convert_to_tensor(x)
     dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
-    mean, std = (tf.cast(v, dtype) for v in (mean, std))
+    # NumPy statistics become constants of `dtype` directly (no float64 constant in the graph).
+    mean, std = (tf.cast(v, dtype) if tf.is_tensor(v) else tf.constant(np.asarray(v), dtype) for v in (mean, std))
     if mean.shape.rank == 2:
         mean, std = mean[:, None, :], std[:, None, :]
     return tf.cast((tf.cast(x, dtype) - mean) / std, tf.float32)

@@ -67,7 +67,7 @@ def top_count(n_frames):
 
 def relative_floor(floor_db) -> typing.Optional[float]:
     """The natural-log value ``-floor_db`` dB below the reference is, or None without a floor."""
-    return None if floor_db is None else -float(floor_db) * np.log(10.0) / 10.0
+    return None if floor_db is None else float(-float(floor_db) * np.log(10.0) / 10.0)
 
 
 def frame_counts(lengths, params):
