@@ -12,7 +12,7 @@ from ser_keras.config import FeatureConfig
 from ser_keras.features import frontend_ops as fe
 from ser_keras.features.channels import PITCH_CHANNELS, unvoiced_log_f0
 from ser_keras.features.level import level_normalize
-from ser_keras.features.pitch import tf_pitch_channels
+from ser_keras.features.pitch import tf_pitch_channels, yin_geometry
 from ser_keras.features.spectrogram import log_spectrogram
 from tests.conftest import LABELS, SHARED_CORPORA, corpus_dir, tone
 
@@ -20,6 +20,15 @@ RATE = 16000
 LOG_F0_ATOL = 1e-3
 MIN_AGREEMENT = 0.995
 MAX_DP = 1e-5
+# Against pYIN (librosa.pyin, 60-500 Hz, a frame grid shifted to ours; test_features checks the
+# same tracker on its own grid): F0 within PYIN_RTOL on at least PYIN_WITHIN of the frames both
+# call voiced; at least PYIN_RECALL of pYIN's voiced frames voiced here and at least
+# PYIN_PRECISION of the frames voiced here voiced for pYIN.
+PYIN_RTOL = 0.05
+PYIN_WITHIN = 0.96
+PYIN_RECALL = 0.70
+PYIN_PRECISION = 0.90
+PYIN_FILES = 8
 
 
 def _config(**kwargs):
@@ -57,6 +66,64 @@ def _agreement(got, expected) -> tuple:
     assert got.shape == expected.shape
     return (float(np.mean(np.abs(got[:, 0] - expected[:, 0]) <= LOG_F0_ATOL)),
             float(np.mean(got[:, 1] == expected[:, 1])))
+
+
+def _pyin_agreement(corpus: str) -> dict:
+    import librosa
+
+    from ser_keras.audio import load_audio
+
+    files = sorted(corpus_dir(corpus).rglob("*.wav"))
+    params = _params()
+    counts = dict(close=0, both=0, reference=0, ours=0)
+    for path in files[len(files) // (2 * PYIN_FILES)::len(files) // PYIN_FILES][:PYIN_FILES]:
+        waveform = load_audio(path, RATE)
+        channels = _tf_channels(waveform, params)
+        reference, reference_voiced, _ = librosa.pyin(waveform, fmin=60.0, fmax=500.0, sr=RATE, frame_length=1024,
+                                                      hop_length=params.hop, center=True)
+        # pYIN's frame j is centred on sample j * hop, ours i on i * hop + frame / 2 = (i + 1) * hop.
+        n = min(len(channels), len(reference) - 1)
+        f0, voiced = np.exp(channels[:n, 0]), channels[:n, 1] > 0
+        reference, reference_voiced = reference[1:n + 1], reference_voiced[1:n + 1]
+        both = voiced & reference_voiced
+        counts["close"] += int(np.sum(np.abs(f0[both] / reference[both] - 1.0) <= PYIN_RTOL))
+        counts["both"] += int(both.sum())
+        counts["reference"] += int(reference_voiced.sum())
+        counts["ours"] += int(voiced.sum())
+    return counts
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("corpus", ["emodb", "casia"])
+def test_f0_agrees_with_pyin_on_real_speech(corpus):
+    counts = _pyin_agreement(corpus)
+    assert counts["both"] > 300, counts
+    assert counts["close"] / counts["both"] >= PYIN_WITHIN, counts
+    assert counts["both"] / counts["reference"] >= PYIN_RECALL, counts
+    assert counts["both"] / counts["ours"] >= PYIN_PRECISION, counts
+
+
+def test_tracker_runs_on_a_decimated_signal_in_float32_with_litert_ops():
+    """At 16 kHz, 60-500 Hz: every second sample, lags 16 .. 134 of the 8 kHz signal, a
+    power-of-two FFT; nothing in the graph is float64 or complex arithmetic, and no inverse FFT
+    (LiteRT's builtin ops have none of them)."""
+    import tensorflow as tf
+
+    params = _params()
+    geometry = yin_geometry(params)
+    assert (geometry["q"], geometry["tau_min"], geometry["tau_max"]) == (2, 16, 134)
+    assert geometry["n_fft"] & (geometry["n_fft"] - 1) == 0 and geometry["n_fft"] >= geometry["seg_blocks"] * 80
+    graph = tf.function(lambda x, n: tf_pitch_channels(x, n, params)).get_concrete_function(
+        tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)).graph
+    dtypes = {t.dtype for op in graph.get_operations() for t in op.outputs}
+    assert tf.float64 not in dtypes and tf.complex128 not in dtypes
+    types = {op.type for op in graph.get_operations()}
+    assert not types & {"IRFFT", "Conj", "Complex", "ComplexAbs"}, types
+    complex_users = {consumer.type for op in graph.get_operations() for t in op.outputs if t.dtype == tf.complex64
+                     for consumer in t.consumers()}
+    assert complex_users <= {"Real", "Imag"}, complex_users
+    # At 8 kHz the shortest period (500 Hz) is 16 samples already: no decimation.
+    assert yin_geometry(fe.params_from_arrays(_config(), {}, sample_rate=8000))["q"] == 1
 
 
 def test_tf_pitch_channels_of_silence_and_short_input():

@@ -216,7 +216,8 @@ def test_level_reference_is_the_loudest_fifth_and_moves_by_the_log_gain(demo_fil
         # Padded frames do not enter the reference, and the reference is the loudest fifth's.
         x = raw[row, :n].astype(np.float64)
         loudest = np.sort(np.log(np.exp(x).mean(axis=1)))[::-1][:top_count(int(n))]
-        assert level_reference(raw[row, :n]) == pytest.approx(loudest.mean(), abs=1e-9)
+        # (float32, as the serving graph and LiteRT compute it)
+        assert level_reference(raw[row, :n]) == pytest.approx(loudest.mean(), abs=1e-5)
         assert top_count(int(n)) == -(-n // 5)
         np.testing.assert_allclose(got[row, :n], raw[row, :n] - loudest.mean(), atol=1e-5)
     # Shift-equivariant: a constant added to every bin moves the reference by exactly it.
@@ -292,3 +293,22 @@ def test_speech_flags(demo_files):
     for i, (name, (waveform, expected)) in enumerate(cases.items()):
         assert fe.has_speech(waveform, params) is expected, name  # one recording alone
         assert bool(got[i]) is expected, name
+
+
+def test_serving_front_end_has_no_float64():
+    """The pooled-statistics front end and the speech flags (what ``serve`` runs, and LiteRT
+    converts) hold no float64 tensor, constants included."""
+    import tensorflow as tf
+
+    from ser_keras.features.level import speech_flags
+
+    config = FeatureConfig(pitch_channels=True, level_normalization=True, level_floor_db=60.0)
+    dim, rng = config.n_bins + 2, np.random.default_rng(0)
+    params = fe.params_from_arrays(config, dict(norm_mean=rng.normal(size=dim), norm_std=np.ones(dim),
+                                                pca_mean=np.zeros(dim), pca_components=rng.normal(size=(dim, 40))),
+                                   sample_rate=16000)
+    graph = tf.function(lambda x, n: (fe.tf_frontend(x, params, per_row=False, n_frames=n),
+                                      speech_flags(x, n * params.hop, params))).get_concrete_function(
+        tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)).graph
+    wide = [op.name for op in graph.get_operations() if any(t.dtype == tf.float64 for t in op.outputs)]
+    assert not wide, wide

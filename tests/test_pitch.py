@@ -1,6 +1,6 @@
 """Pitch channels (features/pitch.py, channels.py): log F0 contour and voicing beside the
 spectrogram. Their F0 is checked against pYIN on real speech in test_features.py (the LLDs'
-F0 column is the same tracker)."""
+F0 column is the same tracker) and in test_export_pitch.py on a shifted grid."""
 
 import numpy as np
 import pytest

@@ -40,7 +40,7 @@ import numpy as np
 
 from ser_keras import __version__
 
-FORMAT_VERSION = 2  # 2: the arrays come from the one TF front end (features.frontend_ops)
+FORMAT_VERSION = 3  # 2: arrays from the one TF front end (features.frontend_ops); 3: float32 YIN, decimated
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")

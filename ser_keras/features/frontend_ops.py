@@ -227,14 +227,19 @@ def split_views(features, n_views: int) -> list:
 
 
 def standardize(x, mean, std):
-    """``(x - mean) / std`` in float64, float32 out; ``mean``/``std`` ``[D]`` or ``[batch, D]``
-    for ``x`` ``[batch, T, D]``."""
+    """``(x - mean) / std``, float32 out; ``mean``/``std`` ``[D]`` or ``[batch, D]`` for ``x``
+    ``[batch, T, D]``. In float64 only for float64 ``x`` (NumPy callers, whose values may differ
+    below float32's resolution): the serving graph's float32 features stay float32 (LiteRT runs
+    no float64)."""
     import tensorflow as tf
 
-    mean, std = (tf.cast(v, tf.float64) for v in (mean, std))
+    x = tf.convert_to_tensor(x)
+    dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+    # NumPy statistics become constants of `dtype` directly (no float64 constant in the graph).
+    mean, std = (tf.cast(v, dtype) if tf.is_tensor(v) else tf.constant(np.asarray(v), dtype) for v in (mean, std))
     if mean.shape.rank == 2:
         mean, std = mean[:, None, :], std[:, None, :]
-    return tf.cast((tf.cast(x, tf.float64) - mean) / std, tf.float32)
+    return tf.cast((tf.cast(x, dtype) - mean) / std, tf.float32)
 
 
 def project(x, mean, weights, offset=None):

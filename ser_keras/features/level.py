@@ -67,7 +67,7 @@ def top_count(n_frames):
 
 def relative_floor(floor_db) -> typing.Optional[float]:
     """The natural-log value ``-floor_db`` dB below the reference is, or None without a floor."""
-    return None if floor_db is None else -float(floor_db) * np.log(10.0) / 10.0
+    return None if floor_db is None else float(-float(floor_db) * np.log(10.0) / 10.0)
 
 
 def frame_counts(lengths, params):
@@ -79,22 +79,22 @@ def frame_counts(lengths, params):
 
 
 def level_references(raw, n_frames):
-    """float64 ``[B]``: each row's level reference over its first ``n_frames[b]`` frames (at
+    """float32 ``[B]``: each row's level reference over its first ``n_frames[b]`` frames (at
     least one) of ``raw`` ``[B, T, bins]`` log spectrograms."""
     import tensorflow as tf
 
-    x = tf.cast(raw, tf.float64)
+    x = tf.cast(raw, tf.float32)
     peak = tf.reduce_max(x, axis=2, keepdims=True)
     # e_t, the log mean power of each frame (module docstring)
     per_frame = (peak[:, :, 0] + tf.math.log(tf.reduce_sum(tf.exp(x - peak), axis=2))
-                 - tf.math.log(tf.cast(tf.shape(x)[2], tf.float64)))  # [B, T]
+                 - tf.math.log(tf.cast(tf.shape(x)[2], tf.float32)))  # [B, T]
     total = tf.shape(per_frame)[1]
     n = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
-    lowest = tf.constant(np.finfo(np.float64).min, tf.float64)
+    lowest = tf.constant(np.finfo(np.float32).min, tf.float32)
     ranked = tf.sort(tf.where(tf.sequence_mask(n, total), per_frame, lowest), axis=1, direction="DESCENDING")
     k = top_count(n)
     top = tf.sequence_mask(k, total)
-    return tf.reduce_sum(tf.where(top, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
+    return tf.reduce_sum(tf.where(top, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float32)
 
 
 def level_normalize(raw, n_frames, floor_db=None):
@@ -115,36 +115,68 @@ def level_reference(log_spectrogram: np.ndarray) -> float:
     return float(level_references(x[None], [x.shape[0]])[0])
 
 
-def speech_flags(waveform, lengths, params):
-    """bool ``[B]``: whether each row's first ``lengths[b]`` samples hold speech (module
-    docstring; frame powers from a running sum of squares, float64). ``params``: frame, hop,
-    sample_rate and the ``speech_*`` settings (``FrontEndParams``)."""
+def fit_length(x, start: int, length):
+    """``x[:, start : start + length]`` of the zero-extended rows of ``x`` ``[B, samples]``
+    (``start`` may be negative, ``length`` may reach past the end)."""
     import tensorflow as tf
 
-    x = tf.cast(waveform, tf.float64)
+    before = max(-start, 0)
+    x = x[:, max(start, 0):]
+    return tf.pad(x, [[0, 0], [before, tf.maximum(length - before - tf.shape(x)[1], 0)]])[:, :length]
+
+
+def frame_powers(waveform, total, params):
+    """float32 ``[B, total]``: the mean square of each of the first ``total`` spectrogram frames
+    of the zero-extended rows of ``waveform`` ``[B, samples]``: sums of squares of whole hops
+    plus the part of a hop that a frame ends in. Per-hop sums, not a running sum along the
+    recording, whose differences float32 (all LiteRT runs) could not take for quiet frames."""
+    import tensorflow as tf
+
+    whole, part = divmod(params.frame, params.hop)
+    n_hops = total - 1 + whole + (1 if part else 0)
+    hops = tf.reshape(fit_length(tf.cast(waveform, tf.float32), 0, n_hops * params.hop),
+                      [tf.shape(waveform)[0], n_hops, params.hop])
+    squares = hops * hops
+    sums = 0.0
+    if whole:  # hops i .. i + whole - 1 of frame i
+        per_hop = tf.reduce_sum(squares, axis=2)
+        sums = shifted_sum(per_hop[:, :-1] if part else per_hop, whole)
+    if part:  # and the start of hop i + whole
+        sums += tf.reduce_sum(squares[:, whole:, :part], axis=2)
+    return sums / float(params.frame)
+
+
+def shifted_sum(values, shifts: int):
+    """``sum_{k < shifts} values[:, k : k + n - shifts + 1]`` for ``n = values.shape[1]``: static
+    slices (bounds from the end need no shape arithmetic in the graph)."""
+    import tensorflow as tf
+
+    return tf.add_n([values[:, k: k - shifts + 1 or None] for k in range(shifts)])
+
+
+def speech_flags(waveform, lengths, params):
+    """bool ``[B]``: whether each row's first ``lengths[b]`` samples hold speech (module
+    docstring; ``frame_powers``, float32). ``params``: frame, hop, sample_rate and the
+    ``speech_*`` settings (``FrontEndParams``)."""
+    import tensorflow as tf
+
+    x = tf.cast(waveform, tf.float32)
     lengths = tf.cast(lengths, tf.int32)
-    x = x * tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float64)
-    x = tf.pad(x, [[0, 0], [0, tf.maximum(params.frame - tf.shape(x)[1], 0)]])
-    size = tf.shape(x)[1]
-    cumulative = tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
+    x = x * tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
     n_frames = frame_counts(lengths, params)
     total = tf.maximum(tf.reduce_max(tf.concat([n_frames, [1]], 0)), 1)
-    starts = tf.range(total) * params.hop
-    ends = tf.minimum(starts + params.frame, size)
-    starts = tf.minimum(starts, size)
-    powers = tf.maximum(tf.gather(cumulative, ends, axis=1) - tf.gather(cumulative, starts, axis=1), 0.0)
-    powers = powers / float(params.frame)
+    powers = frame_powers(x, total, params)
     valid = tf.sequence_mask(n_frames, total)
     k = top_count(n_frames)
     take = tf.sequence_mask(k, total)
-    big = tf.constant(np.finfo(np.float64).max, tf.float64)
+    big = tf.constant(np.finfo(np.float32).max, tf.float32)
 
     def mean_of_first_k(ranked):
-        return tf.reduce_sum(tf.where(take, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float64)
+        return tf.reduce_sum(tf.where(take, ranked, tf.zeros_like(ranked)), axis=1) / tf.cast(k, tf.float32)
 
     top = mean_of_first_k(tf.sort(tf.where(valid, powers, -tf.ones_like(powers)), axis=1, direction="DESCENDING"))
     low = mean_of_first_k(tf.sort(tf.where(valid, powers, big * tf.ones_like(powers)), axis=1))
-    long_enough = tf.cast(lengths, tf.float64) >= params.speech_min_ms * params.sample_rate / 1000.0
+    long_enough = lengths >= int(np.ceil(params.speech_min_ms * params.sample_rate / 1000.0))
     loud = top >= 10.0 ** (params.speech_threshold_dbfs / 10.0)
     modulated = top >= low * 10.0 ** (params.speech_min_contrast_db / 10.0)
     return long_enough & loud & modulated

@@ -1,40 +1,60 @@
 """The pitch channels in TensorFlow ops: YIN, the voicing gate, the log F0 contour.
 
 ``tf_pitch_channels`` computes, for every row of a zero-padded ``(batch, samples)`` waveform,
-the ``(frames, 2)`` [log F0, voicing] of the row's valid part (``features.channels`` says
-what they are), step by step:
+the ``(frames, 2)`` [log F0, voicing] of the row's valid frames (``features.channels`` says
+what they are), in float32 throughout and with LiteRT's builtin ops only (no float64, no
+inverse FFT, no complex arithmetic, power-of-two FFT lengths):
 
-1. YIN (de Cheveigne & Kawahara 2002): a segment of ``length`` samples centred on every frame centre
-   (``left`` zeros before the waveform, zeros after it), the cross term
-   ``r(tau) = sum_{j<width} x_j x_{j+tau}`` by a float32 FFT of ``n_fft`` points, the energies
-   from one float64 running sum of squares, the cumulative-mean-normalised difference in
-   float64, the first local minimum below ``voicing_threshold`` in ``[tau_min, tau_max]`` (else
-   the global minimum, unvoiced), parabolic interpolation; voiced when a dip was found and F0
-   lies in ``[f0_min_hz, f0_max_hz]``;
-2. the relative voicing gate: a frame whose mean square is more than ``VOICING_RELATIVE_DB``
-   below the loudest valid frame of its row is unvoiced;
-3. log F0 linear between voiced frames (``np.interp``), held before the first and after the
-   last, ``unvoiced_log_f0`` on a row without a voiced frame.
+1. decimation: the waveform is low-passed (``box(q)`` convolved with itself
+   ``DECIMATION_ORDER`` times) and every ``q``-th sample kept (``channels.yin_geometry``);
+2. YIN (de Cheveigne & Kawahara 2002) on the decimated signal, over a window of ``blocks``
+   hops (at least ``WIDTH_PERIODS`` periods of ``f0_min_hz``) centred, with its lags, on the
+   frame's centre: the difference function
+   ``d(tau) = sum_{j<W} (x_j - x_{j+tau})^2 = E(0) + E(tau) - 2 r(tau)`` for the lags
+   ``0 .. tau_max + 1`` only, block by block: a frame's cross term ``r`` and energies ``E`` are
+   sums of per-hop terms that neighbouring frames share. Each hop's cross term comes from
+   small FFTs of the hop and of its segment (the hop and its lags); the energies from prefix
+   sums inside each hop (no running sum over the recording, which float32 could not difference);
+3. the cumulative-mean-normalised difference, the first local minimum below
+   ``voicing_threshold`` in ``[tau_min, tau_max]`` (else the global minimum, unvoiced),
+   parabolic interpolation; voiced when a dip was found and F0 lies in
+   ``[f0_min_hz, f0_max_hz]``;
+4. the relative voicing gate: a frame whose mean square (``level.frame_powers``, of the
+   full-band waveform) is more than ``VOICING_RELATIVE_DB`` below the loudest valid frame of
+   its row is unvoiced;
+5. log F0 linear between voiced frames (``np.interp``'s formula), held before the first and
+   after the last, ``unvoiced_log_f0`` on a row without a voiced frame.
 
 Frames past a row's ``n_frames[b]`` are padding: they never count as voiced and never enter the
 gate's maximum, so a row's channels do not depend on what else is in the batch. Every constant
-(YIN's lags, the FFT length) is fixed when the graph is built; serving needs no ser_keras.
+(the lags, the FFT length, the filter) is fixed when the graph is built, every shape is static
+given the input's (XLA compiles it); serving needs no ser_keras.
 """
 
 from __future__ import annotations
 
-import scipy.fft
+import numpy as np
 
-from ser_keras.features.channels import VOICING_RELATIVE_DB, unvoiced_log_f0, yin_geometry as _yin_geometry
+from ser_keras.features.channels import DECIMATION_ORDER, VOICING_RELATIVE_DB, unvoiced_log_f0
+from ser_keras.features.channels import yin_geometry as _yin_geometry
+from ser_keras.features.level import fit_length, frame_powers, shifted_sum
 
 
 def yin_geometry(params) -> dict:
     """YIN's integer constants for ``params`` (a ``FrontEndParams``): ``channels.yin_geometry``
-    and the FFT length."""
-    tau_min, tau_max, width, length, left = _yin_geometry(
-        params.sample_rate, params.frame, params.f0_min_hz, params.f0_max_hz)
-    return dict(tau_min=tau_min, tau_max=tau_max, width=width, length=length, left=left,
-                n_fft=int(scipy.fft.next_fast_len(length, real=True)))
+    and the FFT length, a power of two (LiteRT's FFT takes no other) that holds a hop's
+    segment, so that the circular correlation does not wrap onto the lags kept."""
+    g = _yin_geometry(params.sample_rate, params.frame, params.hop, params.f0_min_hz, params.f0_max_hz)
+    g["n_fft"] = 1 << (g["seg_blocks"] * g["hop"] - 1).bit_length()
+    return g
+
+
+def _decimation_taps(q: int) -> np.ndarray:
+    """The low-pass before keeping every q-th sample: box(q) ** DECIMATION_ORDER, sum 1."""
+    taps = np.ones(1)
+    for _ in range(DECIMATION_ORDER):
+        taps = np.convolve(taps, np.ones(q) / q)
+    return taps
 
 
 def tf_pitch_channels(waveform, n_frames, params):
@@ -43,75 +63,124 @@ def tf_pitch_channels(waveform, n_frames, params):
     spectrogram's frame count of ``samples`` (see the module docstring)."""
     import tensorflow as tf
 
-    g = yin_geometry(params)
-    waveform = tf.convert_to_tensor(waveform, tf.float32)
-    size = tf.shape(waveform)[1]
-    total = 1 + (tf.maximum(size, params.frame) - params.frame) // params.hop  # frames of the batch
-    n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
-    valid = tf.sequence_mask(n_frames, total)
+    with tf.name_scope("pitch"):
+        g = yin_geometry(params)
+        waveform = tf.convert_to_tensor(waveform, tf.float32)
+        size = tf.shape(waveform)[1]
+        total = 1 + (tf.maximum(size, params.frame) - params.frame) // params.hop  # frames of the batch
+        n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
+        valid = tf.sequence_mask(n_frames, total)
 
-    # Segment i covers padded[i * hop : i * hop + length], padded = left zeros + waveform + zeros.
-    needed = (total - 1) * params.hop + g["length"]
-    padded = tf.pad(waveform, [[0, 0], [g["left"], tf.maximum(needed - g["left"] - size, 0)]])[:, :needed]
-    cumulative = _running_energy(padded)
-    f0, dip = _yin(padded, cumulative, total, params, g)
-
-    # Mean square of each frame of the waveform (as features.level's speech flags): the same running
-    # sum, shifted by the left padding (zeros add nothing to it).
-    powers = tf.maximum(_every_hop(cumulative, g["left"] + params.frame, total, params.hop)
-                        - _every_hop(cumulative, g["left"], total, params.hop), 0.0) / float(params.frame)
-    loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
-    voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
-    log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
-    return tf.cast(tf.stack([log_f0, tf.cast(voiced, tf.float64)], axis=2), tf.float32)
+        f0, dip = _yin(_decimated_blocks(waveform, total, g), params, g)
+        powers = frame_powers(waveform, total, params)
+        loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
+        voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
+        log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
+        return tf.stack([log_f0, tf.cast(voiced, tf.float32)], axis=2)
 
 
-def _running_energy(padded):
-    """``[B, P + 1]`` float64: 0 then the running sum of squares of each row."""
+def _decimated_blocks(waveform, total, g):
+    """``[B, n_blocks, hop]``: the decimated signal in hops, hop m starting at decimated sample
+    ``m * hop - left``; enough hops for every frame's segments (zeros beyond the waveform)."""
     import tensorflow as tf
 
-    x = tf.cast(padded, tf.float64)
-    return tf.pad(tf.cumsum(x * x, axis=1), [[0, 0], [1, 0]])
+    q, hop = g["q"], g["hop"]
+    n_blocks = total + g["blocks"] - 1 + max(g["seg_blocks"], g["lag_blocks"] + 1) - 1
+    n = n_blocks * hop
+    taps = _decimation_taps(q)
+    centre = (len(taps) - 1) // 2  # symmetric taps: output k sits on input sample q * k
+    extra = -(-(len(taps) - 1) // q)
+    x = fit_length(waveform, -q * g["left"] - centre, q * (n + extra))
+    if q == 1:
+        decimated = x[:, :n]
+    else:
+        # Polyphase: phase p holds samples q * k + p; tap i reads phase i % q from k + i // q.
+        # (Strided slices of the waveform, one per tap, cost several times more.)
+        phases = tf.unstack(tf.reshape(x, [tf.shape(x)[0], n + extra, q]), axis=2)
+        decimated = tf.add_n([float(tap) * phases[i % q][:, i // q: i // q + n] for i, tap in enumerate(taps)])
+    return tf.reshape(decimated, [tf.shape(waveform)[0], n_blocks, hop])
 
 
-def _frames(values, length: int, hop: int, total):
-    """``[B, total, length]``: ``values[:, i * hop : i * hop + length]`` for i < total."""
+def _triangle(n: int, first_row: bool = True, strict: bool = False):
+    """``[n, n]`` float32: 1 where row <= column (row < column when ``strict``), else 0, row 0
+    zeroed without ``first_row``; made in the graph from a range (a constant would be stored
+    in every traced function of the export)."""
     import tensorflow as tf
 
-    return tf.signal.frame(values, length, hop, pad_end=False)[:, :total]
+    rows, columns = tf.range(n)[:, None], tf.range(n)[None, :]
+    ones = (rows < columns) if strict else (rows <= columns)
+    if not first_row:
+        ones = ones & (rows > 0)
+    return tf.cast(ones, tf.float32)
 
 
-def _every_hop(values, offset: int, total, hop: int):
-    """``values[:, offset + i * hop]`` for i < total (a strided slice)."""
-    return values[:, offset::hop][:, :total]
-
-
-def _yin(padded, cumulative, total, params, g):
-    """(f0 Hz float64 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): YIN on
-    every frame of the left-padded rows (``cumulative``: their ``_running_energy``)."""
+def _matmul(x, matrix):
+    """``[B, T, n] @ [n, m]`` as one 2-D product (the batched kernel is several times slower)."""
     import tensorflow as tf
 
-    lags = g["tau_max"] + 2  # taus 0 .. tau_max + 1
-    segments = _frames(padded, g["length"], params.hop, total)  # [B, T, length]
-    spectrum = tf.signal.rfft(segments, fft_length=[g["n_fft"]])
-    head = tf.signal.rfft(segments[:, :, : g["width"]], fft_length=[g["n_fft"]])
-    cross = tf.signal.irfft(tf.math.conj(head) * spectrum, fft_length=[g["n_fft"]])[:, :, :lags]
-    cross = tf.cast(cross, tf.float64)
+    shape = tf.shape(x)
+    product = tf.linalg.matmul(tf.reshape(x, [-1, shape[2]]), matrix)
+    return tf.reshape(product, [shape[0], shape[1], tf.shape(matrix)[1]])
 
-    starts = _frames(cumulative, lags, params.hop, total)  # S[i*hop + tau]
-    ends = _frames(cumulative[:, g["width"]:], lags, params.hop, total)
-    energy_shifted = ends - starts  # sum_{j<width} x_{j+tau}^2
-    diff = tf.maximum(energy_shifted[:, :, :1] + energy_shifted - 2.0 * cross, 0.0)
-    total_energy = _every_hop(cumulative, g["length"], total, params.hop) - _every_hop(cumulative, 0, total,
-                                                                                       params.hop)
 
-    # Cumulative-mean-normalised difference d'(tau) = d(tau) * tau / sum_{1<=j<=tau} d(j).
-    running = tf.cumsum(diff[:, :, 1:], axis=2)
-    taus = tf.range(1, lags, dtype=tf.float64)
-    safe = running > 1e-12 * (total_energy[:, :, None] + 1e-30)
-    tail = tf.where(safe, diff[:, :, 1:] * taus / tf.where(safe, running, tf.ones_like(running)),
-                    tf.ones_like(running))
-    cmnd = tf.concat([tf.ones_like(diff[:, :, :1]), tail], axis=2)
+def _correlation(head, segment, n_fft: int, lags: int):
+    """``[..., lags]``: ``sum_j head[..., j] * segment[..., j + tau]`` for tau < lags, i.e.
+    ``irfft(conj(rfft(head)) * rfft(segment))[:lags]``, with forward real FFTs and real
+    arithmetic only (LiteRT has no inverse FFT nor complex maths): for the Hermitian
+    ``X = re + i im``, ``irfft(X) = Re(FFT(conj X)) / n_fft``, and ``conj X`` over all ``n_fft``
+    bins is ``A + iB`` with A the even extension of re and B the odd one of -im, so
+    ``irfft(X) = (Re rfft(A) - Im rfft(B)) / n_fft``; ``rfft(A)`` is real and ``rfft(B)``
+    imaginary (A even, B odd), so both are read from ``rfft(A + B)``; past ``n_fft / 2`` the
+    symmetries of A and B give ``(Re + Im) rfft(A + B)`` at ``n_fft - tau``."""
+    import tensorflow as tf
+
+    h, s = tf.signal.rfft(head, fft_length=[n_fft]), tf.signal.rfft(segment, fft_length=[n_fft])
+    hr, hi, sr, si = tf.math.real(h), tf.math.imag(h), tf.math.real(s), tf.math.imag(s)
+    half = n_fft // 2
+    real = hr * sr + hi * si
+    imag = (hr * si - hi * sr) * np.pad(np.ones(half - 1, np.float32), 1)  # irfft ignores DC/Nyquist imag
+    both = tf.signal.rfft(tf.concat([real - imag, tf.reverse(real[..., 1:half] + imag[..., 1:half], axis=[-1])],
+                                    axis=-1))
+    re, im = tf.math.real(both), tf.math.imag(both)
+    cross = (re - im)[..., :min(lags, half + 1)]
+    if lags > half + 1:  # tau = half + 1 .. lags - 1 from bins half - 1 down to n_fft - lags + 1
+        cross = tf.concat([cross, tf.reverse((re + im)[..., n_fft - lags + 1: half], axis=[-1])], axis=-1)
+    return cross / float(n_fft)
+
+
+def _yin(blocks, params, g):
+    """(f0 Hz float32 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): YIN on every
+    frame, from the decimated hops (``_decimated_blocks``)."""
+    import tensorflow as tf
+
+    hop, lags, width = g["hop"], g["lags"], g["blocks"]
+    # blocks holds the hops that start a part of a frame's window, then `after` more.
+    after = max(g["seg_blocks"], g["lag_blocks"] + 1) - 1
+
+    # Per hop m: its difference function over its own samples,
+    # dd_m(tau) = sum_{j<hop} (x_{m,j} - x_{m,j+tau})^2 = e_m(0) + e_m(tau) - 2 c_m(tau); a
+    # frame's d(tau) is the sum of dd over the `width` hops of its window.
+    # c_m: the hop against the segment of seg_blocks hops that starts with it.
+    segment = tf.concat([blocks[:, j: j - after or None] for j in range(g["seg_blocks"])], axis=2)
+    cross = _correlation(blocks[:, :-after], segment, g["n_fft"], lags)
+    # e_m(tau) = sum_{j<hop} x_{m,j+tau}^2 = box[m * hop + tau], box the hop-long moving sum of
+    # squares: at offset r into hop n, the rest of hop n from r and the first r samples of hop
+    # n + 1 (prefix sums inside each hop, as a product with a triangle of ones).
+    squares = blocks * blocks
+    before = _matmul(squares, _triangle(hop, strict=True))  # sum_{j<r}
+    sums = tf.reduce_sum(squares, axis=2)
+    # (tf.expand_dims, not [..., None]: LiteRT's strided slice takes no new axis with an end bound)
+    box = tf.expand_dims(sums[:, :-1], 2) - before[:, :-1] + before[:, 1:]
+    energy = tf.concat([box[:, a: a - after + 1 or None] for a in range(g["lag_blocks"])], axis=2)[:, :, :lags]
+    diff = tf.maximum(shifted_sum(energy[:, :, :1] + energy - 2.0 * cross, width), 0.0)
+    scale = tf.expand_dims(shifted_sum(sums[:, :-after], width), 2)  # the window's energy, E(0)
+
+    # Cumulative-mean-normalised difference d'(tau) = d(tau) * tau / sum_{1<=j<=tau} d(j) (the
+    # triangle's first row zeroed: d(0) is not summed); a running sum at float32 rounding of the
+    # window's energy counts as zero (d' = 1), so d'(0) = 1.
+    running = _matmul(diff, _triangle(lags, first_row=False))
+    floor = 1e-6 * scale + 1e-30
+    cmnd = tf.where(running > floor, diff * tf.range(lags, dtype=tf.float32) / tf.maximum(running, floor), 1.0)
 
     # First local minimum below the threshold in [tau_min, tau_max]; else the global minimum.
     lo, hi = g["tau_min"], g["tau_max"] + 1
@@ -124,23 +193,22 @@ def _yin(padded, cumulative, total, params, g):
     # First True / first minimum (np.argmax / np.argmin take the first; tf.argmax may not).
     first_candidate = tf.reduce_min(tf.where(candidate, index, beyond), axis=2)
     lowest = tf.reduce_min(window, axis=2, keepdims=True)
-    first_lowest = tf.reduce_min(tf.where(window == lowest, index, beyond), axis=2)
+    first_lowest = tf.reduce_min(tf.where(tf.equal(window, lowest), index, beyond), axis=2)
     best = tf.where(has_candidate, first_candidate, tf.minimum(first_lowest, hi - lo - 1)) + lo
 
-    before = tf.gather(cmnd, best - 1, axis=2, batch_dims=2)
-    at = tf.gather(cmnd, best, axis=2, batch_dims=2)
-    after = tf.gather(cmnd, best + 1, axis=2, batch_dims=2)
+    around = tf.gather(cmnd, tf.expand_dims(best, 2) + tf.constant([-1, 0, 1]), axis=2, batch_dims=2)
+    before, at, after = around[:, :, 0], around[:, :, 1], around[:, :, 2]
     curvature = before - 2.0 * at + after
     curved = curvature > 1e-12
     shift = tf.where(curved, 0.5 * (before - after) / tf.where(curved, curvature, tf.ones_like(curvature)),
                      tf.zeros_like(curvature))
-    period = tf.cast(best, tf.float64) + tf.clip_by_value(shift, -1.0, 1.0)
-    f0 = float(params.sample_rate) / period
+    period = tf.cast(best, tf.float32) + tf.clip_by_value(shift, -1.0, 1.0)
+    f0 = float(params.sample_rate / g["q"]) / period
     return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
 
 
 def _interpolated_log_f0(f0, voiced, fallback: float):
-    """float64 ``[B, T]``: log F0 interpolated over every row's unvoiced frames (``np.interp``'s
+    """float32 ``[B, T]``: log F0 interpolated over every row's unvoiced frames (``np.interp``'s
     formula between the previous and the next voiced frame; held at the ends).
 
     Static shapes only (XLA compiles ``tf.where``'s data-dependent output for minutes): the
@@ -170,11 +238,11 @@ def _interpolated_log_f0(f0, voiced, fallback: float):
     def read(table_, index):
         return tf.gather(table_, tf.clip_by_value(index, 0, frames), axis=1, batch_dims=1)
 
-    t0, y0 = tf.cast(read(times, previous), tf.float64), read(values, previous)
-    t1, y1 = tf.cast(read(times, following), tf.float64), read(values, following)
-    t = tf.cast(t, tf.float64)
+    t0, y0 = tf.cast(read(times, previous), tf.float32), read(values, previous)
+    t1, y1 = tf.cast(read(times, following), tf.float32), read(values, following)
+    t = tf.cast(t, tf.float32)
     between = has_previous & has_following & (t1 > t0)
     slope = (y1 - y0) / tf.where(between, t1 - t0, tf.ones_like(t0))
     inner = tf.where(between, slope * (t - t0) + y0, y0)
-    outer = tf.where(has_previous, y0, tf.where(has_following, y1, tf.fill(shape, tf.constant(fallback, tf.float64))))
+    outer = tf.where(has_previous, y0, tf.where(has_following, y1, tf.fill(shape, tf.constant(fallback, tf.float32))))
     return tf.where(has_previous & has_following, inner, outer)
