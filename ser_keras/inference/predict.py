@@ -62,7 +62,8 @@ import numpy as np
 from ser_keras.audio import AUDIO_SUFFIXES, load_audio
 from ser_keras.errors import SerKerasError
 from ser_keras.inference.plot import plot_results
-from ser_keras.inference.predictors import Predictor, load_predictor
+from ser_keras.inference.predictors import ExportPredictor, Predictor, RunPredictor
+from ser_keras.rundir import SAVED_MODEL_FILE, RunDir
 
 EXIT_OK = 0
 # Nothing could be scored: every input was bad (missing, empty, corrupt) — an error the user
@@ -72,6 +73,29 @@ MAX_BATCH = 32
 
 
 # ------------------------------------------------------------------------------ files
+
+
+def load_predictor(model, fold=None, runtime: str = "savedmodel") -> Predictor:
+    """A ``Predictor`` for a run directory or an export directory (or one already made);
+    ``runtime="litert"`` or a ``.tflite`` file: the export's LiteRT model (``inference.litert_predict``)."""
+    if isinstance(model, Predictor):
+        return model
+    path = pathlib.Path(model)
+    if runtime == "litert" or path.suffix == ".tflite":
+        from ser_keras.inference.litert_predict import LiteRTPredictor
+
+        return LiteRTPredictor(path)
+    if not path.is_dir():
+        raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
+    if (path / SAVED_MODEL_FILE).is_file():
+        if fold is not None:
+            raise SerKerasError(f"{path}: --fold selects a fold of a run directory; this is an export "
+                                "(it holds one fold already)")
+        return ExportPredictor(path)
+    if RunDir(path).is_run():
+        return RunPredictor(path, fold)
+    raise SerKerasError(f"{path}: neither a run directory (config.yaml + folds/) nor an export "
+                        "(saved_model.pb)")
 
 
 def find_audio_files(paths: typing.Sequence) -> tuple:

@@ -17,7 +17,7 @@ from ser_keras.errors import SerKerasError
 from ser_keras.features import frontend_ops as fe
 from ser_keras.features.normalize import SPEAKER_MODES, mean_std_from_moments, serving_normalization
 from ser_keras.inference.fold import attention_steps, load_fold, speaker_adapted
-from ser_keras.rundir import CONFIG_FILE, EXPORT_FILE, SAVED_MODEL_FILE, RunDir, load_run_config
+from ser_keras.rundir import CONFIG_FILE, EXPORT_FILE, load_run_config
 
 EXPORT_FORMAT = "ser_keras-savedmodel"
 
@@ -185,26 +185,3 @@ class ExportPredictor(Predictor):
             x = np.pad(x, (0, self.frame - x.shape[0]))
         out = self._endpoint("speaker_statistics")(x[None], np.array([x.shape[0]], np.int32))
         return float(out["frames"].numpy()), out["sum"].numpy(), out["sum_squares"].numpy()
-
-
-def load_predictor(model, fold=None, runtime: str = "savedmodel") -> Predictor:
-    """A ``Predictor`` for a run directory or an export directory (or one already made);
-    ``runtime="litert"`` or a ``.tflite`` file: the export's LiteRT model (``inference.litert_predict``)."""
-    if isinstance(model, Predictor):
-        return model
-    path = pathlib.Path(model)
-    if runtime == "litert" or path.suffix == ".tflite":
-        from ser_keras.inference.litert_predict import LiteRTPredictor
-
-        return LiteRTPredictor(path)
-    if not path.is_dir():
-        raise SerKerasError(f"{path}: no such model directory (give a run or export directory)")
-    if (path / SAVED_MODEL_FILE).is_file():
-        if fold is not None:
-            raise SerKerasError(f"{path}: --fold selects a fold of a run directory; this is an export "
-                                "(it holds one fold already)")
-        return ExportPredictor(path)
-    if RunDir(path).is_run():
-        return RunPredictor(path, fold)
-    raise SerKerasError(f"{path}: neither a run directory (config.yaml + folds/) nor an export "
-                        "(saved_model.pb)")
