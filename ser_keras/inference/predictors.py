@@ -93,6 +93,22 @@ class Predictor:
         squares = sum(np.asarray(m[2], np.float64) for m in moments)
         return mean_std_from_moments(count, total, squares, self.std_floor)
 
+    def read_export_geometry(self, meta: dict, export_dir: pathlib.Path) -> None:
+        """Labels, frame and attention geometry and normalisation from an export's
+        ``export.json`` (`meta`) and the run config kept beside it."""
+        self.labels = list(meta["labels"])
+        self.sample_rate = int(meta["sample_rate"])
+        self.config = load_run_config(export_dir)[0] if (export_dir / CONFIG_FILE).is_file() else Config()
+        self.feature_config = self.config.features
+        self.frame = int(round(meta["frame_s"] * self.sample_rate))
+        self.hop = int(round(meta["hop_s"] * self.sample_rate))
+        self.step_frames = int(round(meta["attention_step_s"] / meta["hop_s"]))
+        self.span_frames = int(round(meta["attention_span_s"] / meta["hop_s"]))
+        self.window_frames = meta.get("window_frames")
+        self.normalization = meta.get("serve_without_speaker", "pooled")
+        self.speaker_adapted = meta.get("normalization") in SPEAKER_MODES
+        self.std_floor = float(meta.get("norm_std_floor", 1e-3))
+
 
 class RunPredictor(Predictor):
     """One fold of a run directory, in-process: the front end's ops + the fold's Keras model."""
@@ -136,24 +152,9 @@ class ExportPredictor(Predictor):
             raise SerKerasError(f"{export_dir}: cannot load the SavedModel "
                                 f"({str(exc).splitlines()[0][:200]})") from None
         self.source = str(export_dir)
-        self.labels = list(meta["labels"])
-        self.sample_rate = int(meta["sample_rate"])
         self.kind = meta.get("features", "spectrogram")
-        if (export_dir / CONFIG_FILE).is_file():
-            self.config, _ = load_run_config(export_dir)
-        else:
-            self.config = Config()
-        self.feature_config = self.config.features
-        self.frame = int(round(meta["frame_s"] * self.sample_rate))
-        self.hop = int(round(meta["hop_s"] * self.sample_rate))
-        self.step_frames = int(round(meta["attention_step_s"] / meta["hop_s"]))
-        self.span_frames = int(round(meta["attention_span_s"] / meta["hop_s"]))
-        self.window_frames = meta.get("window_frames")
+        self.read_export_geometry(meta, export_dir)
         self._steps = attention_steps
-        # Exports before format 2 have no speaker endpoints (and say nothing: pooled statistics).
-        self.normalization = meta.get("serve_without_speaker", "pooled")
-        self.speaker_adapted = meta.get("normalization") in SPEAKER_MODES
-        self.std_floor = float(meta.get("norm_std_floor", 1e-3))
         self.export_dir = export_dir
 
     def steps(self, n_frames: int) -> int:
