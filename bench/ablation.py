@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from accuracy import print_table, run_row  # noqa: E402
+from accuracy import print_table, run_rows  # noqa: E402
 
 # Each lever of the shipped default, turned off (or, for a lever it does not use, on).
 LEVERS = {
@@ -35,6 +35,8 @@ LEVERS = {
     "ema": ["train.ema_momentum=0.95"],
     "no_test_warps": ["features.test_warp_factors=[]"],
     "test_warps": ["features.test_warp_factors=[0.9,1.1]"],
+    "no_functionals": ["model.functionals_weights=[]"],
+    "equal_weights": ["model.functionals_weights=[0.5]"],
 }
 # Levers measured and not adopted (SpecAugment masks, tempo and noise versions, speaker adversary,
 # mixup, a statistics head, percentile and voiced statistics) left the code; docs/ gives their
@@ -74,8 +76,8 @@ def main(argv=None) -> int:
         for name in [n.strip() for n in args.levers.split(",") if n.strip()]:
             if name not in levers:
                 parser.error(f"unknown lever {name!r}: choose from {', '.join(levers)}")
-            rows.append(run_row(args.corpus, args.data_dir, args.experiment, args.protocol, levers[name],
-                                out / f"{args.experiment}_{args.protocol}_{name}", jobs, args.quiet, name=name))
+            rows += run_rows(args.corpus, args.data_dir, args.experiment, args.protocol, levers[name],
+                             out / f"{args.experiment}_{args.protocol}_{name}", jobs, args.quiet, name=name)
     except SerKerasError as exc:
         print(f"bench/ablation.py: error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,9 @@ Runs every (experiment, protocol) pair as a normal ``fit`` run directory under `
 (default ``runs/bench_<corpus>``; re-running resumes / reuses finished runs) and prints one
 table: WA and UA of the test folds (pooled), the mean validation UA of the folds (held-out
 training speakers or utterances: what settings are chosen on), the served single-recording UA
-where the run reports one, and the time. By default the shipped default experiment runs beside
+where the run reports one, and the time; for a run that fuses the network with the functionals
+classifier (exp5) also a row for each of the two alone ("... network", "... functionals"), with
+their own validation UA. By default the shipped default experiment runs beside
 the paper's exp1 (the SVM baseline) and exp4 (its headline model). ``random`` is the seeded
 stratified 10-fold split (``train.folds``). Extra ``--set key=value`` overrides apply to every
 run. Folds train ``--jobs`` at a time (default: one per CPU core; ``runtime.jobs``). With
@@ -29,9 +31,9 @@ import time
 import numpy as np
 
 
-def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, run_dir: pathlib.Path,
-            jobs: int, quiet: bool, name: str = None) -> dict:
-    """Fit (or resume / re-read) one run and return its table row."""
+def run_rows(corpus: str, data_dir, experiment: str, protocol: str, overrides, run_dir: pathlib.Path,
+             jobs: int, quiet: bool, name: str = None) -> list:
+    """Fit (or resume / re-read) one run and return its table rows (with its components')."""
     from ser_keras.config import load_config
     from ser_keras.data.splits import describe_protocol
     from ser_keras.evaluation.fit import fit
@@ -42,16 +44,15 @@ def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, ru
     config = load_config(experiment=experiment, corpus=corpus, overrides=settings)
     started = time.time()
     results = fit(config, run_dir, progress=not quiet)
-    validation = [fold.get("best_val_ua", fold.get("val_ua")) for fold in results["folds"]]
-    validation = [v for v in validation if v is not None]
     serving = results.get("serving") or {}
+    validation = _validation(results["folds"], "fused")
     row = {
         "name": name or experiment,
         "experiment": experiment,
         "protocol": describe_protocol(protocol, config.train.folds),
         "wa": results["pooled"]["wa"],
         "ua": results["pooled"]["ua"],
-        "val_ua": float(np.mean(validation)) if validation else None,
+        "val_ua": _mean(validation),
         "serving_ua": serving.get("ua"),
         "folds": f"{len(results['folds'])}/{results['n_folds']}",
         "fold_s": results.get("wall_time_s", 0.0),
@@ -59,7 +60,33 @@ def run_row(corpus: str, data_dir, experiment: str, protocol: str, overrides, ru
     }
     print(f"{row['name']:12s} {row['protocol']:40s} WA {100 * row['wa']:6.2f}  UA {100 * row['ua']:6.2f}  "
           f"({row['wall_s']:.0f} s wall)", flush=True)
-    return row
+    rows = [row]
+    for component, figures in (results.get("components") or {}).items():
+        alone = (serving.get("components") or {}).get(component, {})
+        rows.append({**row, "name": f"{row['name']} {component}", "wa": figures["wa"], "ua": figures["ua"],
+                     "val_ua": _mean(_validation(results["folds"], component)), "serving_ua": alone.get("ua")})
+    return rows
+
+
+def _validation(folds: list, which: str) -> list:
+    """Per fold, the validation UA of the kept network, of the functionals classifier (speaker
+    condition) or, for a fused run, of the fusion with the chosen weight (else the network's)."""
+    values = []
+    for fold in folds:
+        chosen = fold.get("functionals") or {}
+        if which == "functionals":
+            value = (chosen.get("speaker") or {}).get("val_ua")
+        elif which == "fused" and chosen.get("fused_val_ua"):
+            value = chosen["fused_val_ua"].get(str(chosen["weight"]))
+        else:
+            value = fold.get("best_val_ua", fold.get("val_ua"))
+        if value is not None:
+            values.append(value)
+    return values
+
+
+def _mean(values: list):
+    return float(np.mean(values)) if values else None
 
 
 def baseline_rows(corpus: str, data_dir, protocol: str, overrides, out_dir: pathlib.Path) -> list:
@@ -138,8 +165,8 @@ def main(argv=None) -> int:
     try:
         for protocol in protocols:
             for experiment in experiments:
-                rows.append(run_row(args.corpus, args.data_dir, experiment, protocol, args.overrides,
-                                    out / f"{experiment}_{protocol}", jobs, args.quiet))
+                rows += run_rows(args.corpus, args.data_dir, experiment, protocol, args.overrides,
+                                 out / f"{experiment}_{protocol}", jobs, args.quiet)
             if args.baseline:
                 rows += baseline_rows(args.corpus, args.data_dir, protocol, args.overrides,
                                       out / f"baseline_{protocol}")

@@ -10,7 +10,7 @@ Extracts ``features.functionals.extract_functionals`` for every recording once (
 run of the protocol: each fold's training + validation part trains, its test part is scored),
 under two normalisations:
 
-- ``spk``: every speaker z-normalised by all of their own utterances (``baseline.speaker_normalise``);
+- ``spk``: every speaker z-normalised by all of their own utterances (``models.functionals.speaker_znorm``);
 - ``raw``: standardisation over the training part only (what one served recording can use).
 
 Classifiers: ``rbf`` is the exp1 SVM (``models.build_svm``, exactly as the baseline scores
@@ -130,13 +130,13 @@ def fit_predict(kind: str, config, x_train, y_train, s_train, x_test, inner_fold
 
 def score(x, kind: str, normalisation: str, config, manifest, folds, labels, inner_folds: int = 0,
           c_grid=LINEAR_C) -> dict:
-    from ser_keras.evaluation.baseline import speaker_normalise
+    from ser_keras.models.functionals import speaker_znorm
     from ser_keras.metrics import summarize
 
     index = {label: i for i, label in enumerate(labels)}
     y = manifest["label"].map(index).to_numpy()
     speakers = manifest["speaker"].astype(str).to_numpy()
-    x = speaker_normalise(x, speakers) if normalisation == "spk" else x
+    x = speaker_znorm(x, speakers) if normalisation == "spk" else x
     predicted, chosen = np.full(len(y), -1), []
     started = time.time()
     for fold in folds:

@@ -94,6 +94,17 @@ def validate_config(config) -> None:
                             f"features.f0_max_hz ({features.f0_max_hz})")
     if features.level_floor_db is not None and features.level_floor_db <= 0:
         raise SerKerasError(f"features.level_floor_db: must be positive dB (or null), got {features.level_floor_db}")
+    for weight in model.functionals_weights:
+        if not 0 < weight <= 1:
+            raise SerKerasError(f"model.functionals_weights: {weight} must be in (0, 1] (an empty list: no fusion)")
+    if model.functionals_weights and model.classifier != NETWORK:
+        raise SerKerasError(f"model.functionals_weights: {model.functionals_weights} fuses a functionals classifier "
+                            "with a network; exp1 is an SVM already (set it to [])")
+    if model.functionals_weights and (not model.functionals_c_grid or min(model.functionals_c_grid) <= 0):
+        raise SerKerasError(f"model.functionals_c_grid: {model.functionals_c_grid} must hold positive values")
+    if model.functionals_weights and rate != 16000:
+        raise SerKerasError(f"model.functionals_weights: the wide functionals are computed at 16 kHz, not "
+                            f"data.sample_rate {rate} (set it to [])")
     for name in ("warp_factors", "test_warp_factors"):
         for factor in getattr(features, name):
             if not 0.5 <= factor <= 2.0 or factor == 1.0:

@@ -154,6 +154,7 @@ class FoldDir(_Directory):
     frontend = property(lambda self: self.path / FRONTEND_FILE)
     normalizer = property(lambda self: self.path / NORMALIZER_FILE)
     sae_kernels = property(lambda self: self.path / "sae_kernels.npz")
+    functionals = property(lambda self: self.path / "functionals.npz")
     predictions = property(lambda self: self.path / PREDICTIONS_FILE)
     serving_predictions = property(lambda self: self.path / SERVING_PREDICTIONS_FILE)
     result = property(lambda self: self.path / FOLD_RESULT_FILE)

@@ -1,8 +1,9 @@
-"""The field's standard classical baseline: openSMILE functionals + SVM.
+"""The field's standard classical baseline: openSMILE functionals + SVM, and ours beside it.
 
 eGeMAPS (v02, 88 functionals) and ComParE 2016 (6373 functionals) from the optional
-``opensmile`` package (``pip install 'ser_keras[opensmile]'``), each scored twice on the same
-folds as the deep models:
+``opensmile`` package (``pip install 'ser_keras[opensmile]'``), and the package's own wide
+functionals in TensorFlow ops (``features.functionals``, what exp5's functionals classifier
+reads; "in-graph"), each scored twice on the same folds as the deep models:
 
 - ``raw``: standardisation on the training fold (inside the SVM pipeline) only;
 - ``speaker``: first every speaker's features are z-normalised with the mean/std of all of that
@@ -88,18 +89,6 @@ def _functionals(paths: list, feature_set: str, progress: bool) -> list:
     return rows
 
 
-def speaker_normalise(features: np.ndarray, speakers: typing.Sequence[str]) -> np.ndarray:
-    """z-normalise each speaker's rows with that speaker's own mean/std (labels unused)."""
-    out = np.empty_like(features, dtype=np.float64)
-    speakers = np.asarray(speakers)
-    for speaker in np.unique(speakers):
-        rows = speakers == speaker
-        mean = features[rows].mean(axis=0)
-        std = features[rows].std(axis=0)
-        out[rows] = (features[rows] - mean) / np.where(std > 1e-8, std, 1.0)
-    return out.astype(np.float32)
-
-
 def run_config_baseline(config, out_dir: pathlib.Path, progress: bool = False) -> list:
     """`run_baseline` on the corpus, protocol and folds that `fit` makes of `config` (its
     data, train.protocol/folds/seed/validation settings and runtime.fold)."""
@@ -112,21 +101,27 @@ def run_config_baseline(config, out_dir: pathlib.Path, progress: bool = False) -
 
 def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[str], out_dir: pathlib.Path,
                  progress: bool = False) -> list:
-    """Score eGeMAPS/ComParE x raw/speaker-normalised on `folds`; one dict per variant."""
-    from ser_keras.models import build_svm  # imports TensorFlow (see the module docstring)
+    """Score in-graph/eGeMAPS/ComParE x raw/speaker-normalised on `folds`; one dict per variant."""
+    # These import TensorFlow (see the module docstring).
+    from ser_keras.features.extract import extract_wide_functionals
+    from ser_keras.models import build_svm
+    from ser_keras.models.functionals import speaker_znorm
 
     out_dir = pathlib.Path(out_dir)
     index = {label: i for i, label in enumerate(labels)}
     y = manifest["label"].map(index).to_numpy()
     speakers = manifest["speaker"].astype(str).to_numpy()
     rows = []
-    for name in FEATURE_SETS:
+    for name in ("in-graph", *FEATURE_SETS):
         started = time.time()
-        features = extract_opensmile(manifest, name, out_dir / f"opensmile_{name}.npz", progress)
+        if name == "in-graph":
+            features = np.nan_to_num(extract_wide_functionals(config, manifest, progress)[0])
+        else:
+            features = extract_opensmile(manifest, name, out_dir / f"opensmile_{name}.npz", progress)
         extraction_s = time.time() - started
         for variant in ("raw", "speaker"):
             started = time.time()
-            x = speaker_normalise(features, speakers) if variant == "speaker" else features
+            x = speaker_znorm(features, speakers) if variant == "speaker" else features
             predicted = np.full(len(y), -1)
             for fold in folds:
                 train = np.concatenate([fold.train, fold.validation])
@@ -137,7 +132,8 @@ def run_baseline(config, manifest: pd.DataFrame, folds, labels: typing.Sequence[
                 predicted[fold.test] = model.predict(x[fold.test])
             tested = predicted >= 0
             summary = summarize(y[tested], predicted[tested], labels)
-            rows.append({"name": f"openSMILE {name} + SVM", "feature_set": name, "normalisation": variant,
+            rows.append({"name": f"{'ser_keras' if name == 'in-graph' else 'openSMILE'} {name} + SVM",
+                         "feature_set": name, "normalisation": variant,
                          "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"], "n_folds": len(folds),
                          "n_features": int(features.shape[1]),
                          "wall_time_s": round(time.time() - started + extraction_s, 1)})

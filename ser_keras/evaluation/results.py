@@ -97,6 +97,9 @@ def write_run_results(
         pooled = score_predictions(pooled_frame, labels)
         results["n_per_class"] = pooled["n_per_class"]
         results["pooled"] = pooled
+        components = component_figures(pooled_frame, labels)
+        if components:
+            results["components"] = components
         results["mean_over_folds"] = {
             "wa": float(np.nanmean([f["wa"] for f in fold_results])),
             "ua": float(np.nanmean([f["ua"] for f in fold_results])),
@@ -110,6 +113,19 @@ def write_run_results(
         results.update(extra)
     run.results.write_text(json.dumps(results, indent=2))
     return results
+
+
+def component_figures(frame: pd.DataFrame, labels: typing.Sequence[str]) -> typing.Optional[dict]:
+    """WA/UA of the network alone and of the functionals classifier alone, for a run whose
+    predictions are their fusion (``network_predicted``, ``functionals_predicted`` columns)."""
+    names = {"network": "network_predicted", "functionals": "functionals_predicted"}
+    if not all(column in frame.columns for column in names.values()):
+        return None
+    out = {}
+    for name, column in names.items():
+        summary = score_predictions(frame.assign(predicted=frame[column]), labels)
+        out[name] = {"wa": summary["wa"], "ua": summary["ua"]}
+    return out
 
 
 def collect_results(config: Config, run_dir, labels: list, folds: typing.Sequence,
@@ -165,8 +181,10 @@ def serving_results(config: Config, run: RunDir, labels: list,
     pooled = pd.concat(frames, ignore_index=True)
     pooled.to_csv(run.serving_predictions, index=False)
     summary = score_predictions(pooled, labels)
+    components = component_figures(pooled, labels)
     return {
         "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
+        **({"components": components} if components else {}),
         "normalization": serving_mode(config),
         "folds": names,
         "description": "the same models on the same test folds, each test utterance on its own (no speaker "

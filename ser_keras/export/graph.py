@@ -23,8 +23,11 @@ import tensorflow as tf
 
 from ser_keras.export.fused import fused_model
 from ser_keras.features import frontend_ops as fe
+from ser_keras.features.functionals import FEATURE_NAMES
+from ser_keras.features.functionals import functionals_of_waveform as wide_functionals
 from ser_keras.features.level import frame_counts, speech_flags
 from ser_keras.inference.fold import FoldModel, call_network, speaker_adapted
+from ser_keras.models.functionals import SPEAKER_STD_FLOOR
 
 BUCKETS_PER_OCTAVE = 4
 MIN_BUCKET_FRAMES = 16
@@ -63,11 +66,19 @@ class ServingGraph:
     (``export.fused``: a clone of the Keras model sharing its weights), several times faster on
     CPU than Keras' step-by-step loop, same outputs. ``fused=False`` keeps the plain Keras model:
     the LiteRT conversion uses that, since the fused kernel is not a LiteRT builtin (nor an XLA
-    one: ``jit_compile`` keeps it too). Both come
-    from this same code; only the recurrent kernel differs.
+    one: ``jit_compile`` keeps it too). Both come from this same code; only the recurrent
+    kernel differs.
+
+    A fold with a functionals classifier (``bundle.functionals``) fuses its probabilities with
+    the network's in every scoring endpoint: the wide functionals of each row's valid samples
+    (``features.functionals``, the ops extraction runs), the ``speaker`` head on functionals
+    z-normalised over the batch's rows with speech for ``serve_speaker``, the ``pooled`` head
+    otherwise. ``with_functionals=False`` leaves them out (the LiteRT model: the formants' root
+    finding is no LiteRT builtin).
     """
 
-    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused: bool = True):
+    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused: bool = True,
+                 with_functionals: bool = True):
         self.tf = tf
         self.bundle = bundle
         self.params = bundle.params
@@ -80,6 +91,7 @@ class ServingGraph:
         self.core = tf.function(self._core, jit_compile=jit_compile, reduce_retracing=True)
         self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
         self.speaker_adapted = speaker_adapted(bundle.config)
+        self.functionals = bundle.functionals if with_functionals else None
 
     # -- shape arithmetic (TF versions of inference.fold.attention_steps / bucket_*) --------
 
@@ -212,16 +224,40 @@ class ServingGraph:
             probabilities, alpha = self.core(inputs, n_frames_b, tf.cast(mean, tf.float32),
                                              tf.cast(std, tf.float32))
         elif stats is not None:
-            probabilities, alpha = self.core(inputs, n_frames_b, *stats)
+            probabilities, alpha = self.core(inputs, n_frames_b, *stats[:2])
         else:
             probabilities, alpha = self.core(inputs, n_frames_b)
         steps = self._steps(longest)
         probabilities = probabilities[:batch]
+        if self.functionals is not None:
+            by_speaker = tuple(stats[2:]) if isinstance(stats, tuple) and len(stats) == 4 else stats == "speaker"
+            probabilities = self._fuse_functionals(probabilities, inputs[:batch], lengths, speech, by_speaker)
         # No speech, no emotion: uniform probabilities, so no label is confident.
         uniform = tf.fill(tf.shape(probabilities), 1.0 / len(self.bundle.labels))
         probabilities = tf.where(speech[:, None], probabilities, uniform)
         return {"probabilities": probabilities, "attention": alpha[:batch, :steps],
                 "speech": tf.cast(speech, tf.int32)}
+
+    def _fuse_functionals(self, probabilities, inputs, lengths, speech, by_speaker):
+        """(1 - w) * network + w * the functionals classifier's probabilities (class docstring).
+        `by_speaker`: False (the pooled head), True (the speaker head, z-normalised over the
+        batch's rows with speech) or a speaker's functionals (mean, std) for the speaker head."""
+        tf = self.tf
+        x = self._row_functionals(inputs, lengths)
+        head = self.functionals.heads["pooled" if by_speaker is False else "speaker"]
+        if isinstance(by_speaker, tuple):  # a speaker's (mean, std), from predict --same-speaker
+            x = tf.cast((tf.cast(x, tf.float64) - tf.cast(by_speaker[0], tf.float64))
+                        / tf.cast(by_speaker[1], tf.float64), tf.float32)
+        elif by_speaker:  # one speaker: z-normalised over the rows with speech (models.functionals)
+            weights = tf.cast(speech, tf.float64)[:, None]
+            x64 = tf.cast(x, tf.float64)
+            count = tf.maximum(tf.reduce_sum(weights), 1.0)
+            mean = tf.reduce_sum(x64 * weights, axis=0) / count
+            std = tf.sqrt(tf.reduce_sum(tf.square(x64 - mean) * weights, axis=0) / count)
+            x = tf.cast((x64 - mean) / tf.where(std > SPEAKER_STD_FLOOR, std, tf.ones_like(std)), tf.float32)
+        logits = tf.matmul(x, tf.constant(head.kernel)) + tf.constant(head.bias)
+        weight = self.functionals.weight
+        return (1.0 - weight) * probabilities + weight * tf.nn.softmax(logits, axis=-1)
 
     def input_spec(self):
         return self.tf.TensorSpec([None, None], self.tf.float32, name="waveform")
@@ -264,6 +300,19 @@ class ServingGraph:
         return {"mean": tf.cast(mean, tf.float32), "std": tf.cast(std, tf.float32),
                 "frames": frames, "sum": total, "sum_squares": squares, "speech": tf.cast(speech, tf.int32)}
 
-    def serve_with_statistics(self, inputs, lengths, mean, std):
+    def serve_with_statistics(self, inputs, lengths, mean, std, functionals_mean=None, functionals_std=None):
         inputs, lengths, mean, std = self._checked(inputs, lengths, mean, std)
-        return self.run(inputs, lengths, stats=(mean, std))
+        if functionals_mean is None:
+            return self.run(inputs, lengths, stats=(mean, std))
+        return self.run(inputs, lengths, stats=(mean, std, functionals_mean, functionals_std))
+
+    def wide_functionals(self, inputs, lengths):
+        """The wide functionals of each row's valid samples (what the functionals classifier reads)."""
+        tf = self.tf
+        inputs, lengths = self._checked(inputs, lengths)
+        lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, tf.shape(inputs)[1])
+        return {"functionals": self._row_functionals(inputs, lengths)}
+
+    def _row_functionals(self, inputs, lengths):
+        return self.tf.map_fn(lambda row: wide_functionals(row[0][:row[1]]), (inputs, lengths),
+                              fn_output_signature=self.tf.TensorSpec([len(FEATURE_NAMES)], self.tf.float32))

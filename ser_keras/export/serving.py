@@ -28,6 +28,7 @@ from ser_keras.evaluation.estimate import estimate_from as read_estimate
 from ser_keras.export.graph import ServingGraph
 from ser_keras.features.channels import PITCH_CHANNELS
 from ser_keras.export.litert import write_litert
+from ser_keras.features.functionals import FEATURE_NAMES
 from ser_keras.features.llds import lld_names
 from ser_keras.features.normalize import serving_normalization
 from ser_keras.inference.fold import FoldModel, load_fold, speaker_adapted
@@ -74,6 +75,12 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "serve_without_speaker_note": _SERVE_NOTES[serving_normalization(config.features.normalization)],
         "norm_std_floor": p.std_floor,
         "feature_dim": p.input_dim,
+        # The functionals classifier fused with the network (models.functionals), if any.
+        "functionals": None if bundle.functionals is None else {
+            "dim": len(FEATURE_NAMES), "weight": bundle.functionals.weight,
+            "rule": "probabilities = (1 - weight) * network + weight * softmax(functionals @ kernel + bias); "
+                    "serve_speaker z-normalises the functionals over the batch's rows with speech, "
+                    "serve/serve_lengths use them as computed"},
         "level_normalization": bool(p.level_normalization),
         # feature_dim counts them: n_bins + 2 (the last two columns of mean/std are theirs).
         "pitch_channels": list(PITCH_CHANNELS) if p.pitch_channels else [],
@@ -97,7 +104,11 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
                                   "sum_squares float64 (to add up over calls), over the rows with speech; "
                                   "speech int32 [batch]",
             "serve_with_statistics": "as serve_lengths, plus mean, std float32 [feature_dim]: every row "
-                                     "normalised with these (a speaker's, from speaker_statistics)",
+                                     "normalised with these (a speaker's, from speaker_statistics); with "
+                                     "a functionals classifier also functionals_mean, functionals_std "
+                                     "[functionals_dim] (of the speaker's wide_functionals rows)",
+            "wide_functionals": "with a functionals classifier only: waveform, lengths -> functionals "
+                                "float32 [batch, functionals_dim]",
             "labels": "labels string [classes], labels_file (assets/labels.txt)",
             "metadata": "sample_rate, attention_step_s, attention_span_s, corpus, protocol, fold, "
                         "training_speakers, n_training_utterances, level_normalization; with an accuracy "
@@ -228,9 +239,13 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         archive.add_endpoint("speaker_statistics", graph.speaker_statistics,
                              input_signature=[spec, lengths_spec])
         dim = bundle.params.input_dim
-        archive.add_endpoint("serve_with_statistics", graph.serve_with_statistics, input_signature=[
-            spec, lengths_spec, tf.TensorSpec([dim], tf.float32, name="mean"),
-            tf.TensorSpec([dim], tf.float32, name="std")])
+        statistics_specs = [spec, lengths_spec, tf.TensorSpec([dim], tf.float32, name="mean"),
+                            tf.TensorSpec([dim], tf.float32, name="std")]
+        if graph.functionals is not None:  # and the speaker's functionals statistics
+            statistics_specs += [tf.TensorSpec([len(FEATURE_NAMES)], tf.float32, name="functionals_mean"),
+                                 tf.TensorSpec([len(FEATURE_NAMES)], tf.float32, name="functionals_std")]
+            archive.add_endpoint("wide_functionals", graph.wide_functionals, input_signature=[spec, lengths_spec])
+        archive.add_endpoint("serve_with_statistics", graph.serve_with_statistics, input_signature=statistics_specs)
         labels = list(bundle.labels)
         archive.add_endpoint("labels", lambda: {"labels": tf.constant(labels, tf.string),
                                                 "labels_file": labels_asset.asset_path},
@@ -251,7 +266,9 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
         if bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
-            meta["litert"] = write_litert(ServingGraph(bundle, fused=False), staging, quantize)
+            meta["litert"] = write_litert(ServingGraph(bundle, fused=False, with_functionals=False), staging,
+                                          quantize)
+            meta["litert"]["functionals"] = False
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

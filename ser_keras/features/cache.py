@@ -68,6 +68,8 @@ PITCH_FIELDS = frozenset({"f0_min_hz", "f0_max_hz", "voicing_threshold"})
 def shaping_fields(config, kind: str) -> dict:
     """The FeatureConfig fields that shape features of `kind` (part of the cache key)."""
     values = dataclasses.asdict(config)
+    if kind == "wide_functionals":  # features.functionals fixes its own frame grid and settings
+        return {}
     if kind == "spectrogram":
         skip = set(NOT_SHAPING) | LLD_ONLY
     elif kind == "pitch":

@@ -7,7 +7,9 @@
 - ``"functionals"``: ``llds.functionals`` of the LLDs (len(functional_names),) -- the LLDs are
   cached on the way, so a later ``"lld"`` extraction is free;
 - ``"pitch"``: the pitch channels (frames, 2), which ``extract_for_model`` appends to the
-  spectrogram with ``features.pitch_channels``.
+  spectrogram with ``features.pitch_channels``;
+- ``"wide_functionals"``: ``features.functionals`` of the waveform (len(FEATURE_NAMES),), what
+  the functionals classifier fused with the network reads (``model.functionals_weights``).
 
 Every array comes from the one front end (``features.frontend_ops``: TF ops, the same the
 export graph runs), one ``tf.function`` per setting traced once for any length. Misses are
@@ -33,12 +35,14 @@ from ser_keras import audio
 from ser_keras.config import INPUT_FEATURES, FeatureConfig
 from ser_keras.config import cache_root as config_cache_root
 from ser_keras.errors import SerKerasError
-from ser_keras.features import frontend_ops, llds
+from ser_keras.features import frontend_ops, functionals, llds
 from ser_keras.features.cache import FeatureCache, file_identity
 from ser_keras.features.channels import pitch_channel_count
 
-# The feature kinds: what a model reads (model.input_features), and the pitch channels.
-KINDS = INPUT_FEATURES + ("pitch",)
+# The feature kinds: what a model reads (model.input_features), the pitch channels and the wide
+# functionals.
+WIDE_FUNCTIONALS = "wide_functionals"
+KINDS = INPUT_FEATURES + ("pitch", WIDE_FUNCTIONALS)
 
 
 @dataclasses.dataclass
@@ -63,6 +67,8 @@ def compute_features(waveform: np.ndarray, kind: str, config, sample_rate: int) 
         return llds.functionals(compute_features(waveform, "lld", config, sample_rate), config)
     if kind == "pitch":
         return frontend_ops.pitch_track(waveform, frontend_ops.params_for(config, sample_rate))
+    if kind == WIDE_FUNCTIONALS:
+        return functionals.extract_functionals(np.asarray(waveform, np.float32)).numpy()
     raise SerKerasError(f"feature kind '{kind}' is not one of {', '.join(KINDS)}")
 
 
@@ -78,7 +84,7 @@ def extract_features(manifest, kind: str, config, cache_dir=None, progress: bool
 
     Args:
         manifest: rows to extract, in order.
-        kind: "spectrogram", "lld", "functionals" or "pitch".
+        kind: one of ``KINDS``.
         config: the full ``Config`` (features, data.sample_rate, data.corpus, runtime.cache_dir).
         cache_dir: cache root; None -> ``default_cache_dir(config)``; False -> no caching.
         progress: show a tqdm progress bar on stderr.
@@ -268,3 +274,14 @@ def _with_pitch(features: list, failures: dict, manifest, config, progress: bool
             raise SerKerasError(f"pitch channels have {channels.shape[0]} frames, the spectrogram {x.shape[0]}")
         out.append(np.concatenate([x, channels.astype(x.dtype)], axis=1))
     return out
+
+
+def extract_wide_functionals(config, manifest, progress: bool) -> tuple:
+    """((rows, len(FEATURE_NAMES)) wide functionals of every manifest row, cached on disk, NaN
+    rows where a file failed; the failures {path: message})."""
+    extraction = extract_features(manifest, WIDE_FUNCTIONALS, config, progress=progress)
+    out = np.full((len(extraction.features), len(functionals.FEATURE_NAMES)), np.nan, np.float32)
+    for row, array in enumerate(extraction.features):
+        if array is not None:
+            out[row] = array
+    return out, dict(extraction.failures)

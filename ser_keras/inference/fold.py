@@ -23,9 +23,11 @@ import tensorflow as tf
 import ser_keras.layers  # noqa: F401  (registers the custom layers for load_model)
 from ser_keras.errors import SerKerasError
 from ser_keras.features import frontend_ops as fe
+from ser_keras.features import functionals
 from ser_keras.features.frontend import FittedFrontEnd
 from ser_keras.features.normalize import SPEAKER_MODES
 from ser_keras.models import ATTENTION_LAYER, attention_model, attention_span_frames, attention_step_frames
+from ser_keras.models.functionals import FunctionalsClassifier
 from ser_keras.rundir import RunDir, load_run_config
 
 
@@ -109,6 +111,8 @@ class FoldModel:
         labels: class names in model output order.
         model: the fold's Keras model (features -> probabilities).
         params: the front end (frame grid, normalisation and PCA statistics).
+        functionals: the functionals classifier fused with the network (``models.functionals``),
+            or None for a model without one.
     """
 
     run_dir: pathlib.Path
@@ -118,6 +122,7 @@ class FoldModel:
     labels: list
     model: typing.Any
     params: fe.FrontEndParams
+    functionals: typing.Optional[FunctionalsClassifier] = None
     _attention_net: typing.Any = None
     _compiled: typing.Any = None
 
@@ -170,6 +175,19 @@ class FoldModel:
         the export's ``serve`` does.
         """
         return fe.apply_stats(self.raw_features(waveform)[None], self.params, stats).numpy()[0]
+
+    def wide_functionals(self, waveforms) -> np.ndarray:
+        """``(len(waveforms), D)`` wide functionals (``features.functionals``)."""
+        return np.stack([functionals.extract_functionals(np.asarray(w, np.float32)).numpy() for w in waveforms])
+
+    def functionals_probabilities(self, waveforms, speaker=None) -> np.ndarray:
+        """The functionals classifier's probabilities ``(len(waveforms), classes)``: each
+        waveform on its own (the pooled head), or with `speaker` = the speaker's functionals
+        (mean, std) the speaker head on the functionals z-normalised by them."""
+        x = self.wide_functionals(waveforms)
+        if not speaker:
+            return self.functionals.heads["pooled"].probabilities(x)
+        return self.functionals.heads["speaker"].probabilities((x - speaker[0]) / speaker[1])
 
     def score(self, batch: np.ndarray) -> tuple:
         """``(batch, frames, views * k)`` equal-length features (``features``) ->
@@ -229,5 +247,11 @@ def load_fold(run_dir, fold: typing.Union[int, str, None] = None) -> FoldModel:
     if n_out is not None and int(n_out) != len(labels):
         raise SerKerasError(f"{fold_dir}: model.keras has {n_out} outputs but config.yaml lists "
                             f"{len(labels)} labels")
+    functionals = None
+    if config.model.functionals_weights:
+        if not fold.functionals.is_file():
+            raise SerKerasError(f"{fold.functionals}: missing; this fold's model is fused with a functionals "
+                                "classifier (model.functionals_weights) that was never saved: run fit again")
+        functionals = FunctionalsClassifier.load(fold.functionals)
     return FoldModel(run_dir=run_dir, fold=name, fold_dir=fold_dir, config=config, labels=list(labels),
-                     model=model, params=params)
+                     model=model, params=params, functionals=functionals)

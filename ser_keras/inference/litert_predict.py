@@ -4,6 +4,8 @@ file as MODEL): the windows, speech and pooling of ``inference.predict``, scored
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ser_keras.errors import SerKerasError
@@ -26,6 +28,10 @@ class LiteRTPredictor(Predictor):
         # speaker_adapted models then ask for statistics with --same-speaker, which the LiteRT
         # model (serve only) refuses in require_statistics.
         self.read_export_geometry(meta, model.path.parent)
+        if meta.get("functionals") and not meta.get("litert", {}).get("functionals"):
+            print(f"{model.path}: holds the network only; the functionals classifier fused with it in the "
+                  "SavedModel is not in it (its formants' root finding is no LiteRT builtin), so its answers "
+                  "differ from the SavedModel's", file=sys.stderr, flush=True)
 
     def steps(self, n_frames: int) -> int:
         return attention_steps(n_frames, self.config)

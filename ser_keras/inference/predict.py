@@ -263,18 +263,25 @@ def predict_files(model, paths: typing.Sequence, fold=None, window_frames="defau
     inputs, stats, normalization = loaded(), None, predictor.normalization
     if same_speaker and predictor.speaker_adapted:
         predictor.require_statistics()
-        inputs, moments = [], []  # two passes: every file is held in memory
+        inputs, moments, functionals = [], [], []  # two passes: every file is held in memory
         for path, waveform in loaded():
             inputs.append((path, waveform))
             if not predictor.has_speech(waveform):
                 continue  # silence or noise says nothing about the speaker (serve_speaker agrees)
             value = _guarded(path, errors, lambda: predictor.moments(waveform))
+            if value is not None and predictor.fuses_functionals:
+                # The functionals classifier's speaker statistics: over whole recordings, as fit's.
+                row = _guarded(path, errors, lambda: predictor.functionals(waveform))
+                value = None if row is None else value
+                if row is not None:
+                    functionals.append(row)
             if value is not None:
                 moments.append(value)
             else:
                 inputs.pop()
         if moments:
-            stats, normalization = predictor.statistics(moments), "speaker"
+            stats = predictor.statistics(moments, functionals if predictor.fuses_functionals else None)
+            normalization = "speaker"
     results = []
     for path, waveform in inputs:
         result = _guarded(path, errors, lambda: {

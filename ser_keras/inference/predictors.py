@@ -17,6 +17,7 @@ from ser_keras.errors import SerKerasError
 from ser_keras.features import frontend_ops as fe
 from ser_keras.features.normalize import SPEAKER_MODES, mean_std_from_moments, serving_normalization
 from ser_keras.inference.fold import attention_steps, load_fold, speaker_adapted
+from ser_keras.models.functionals import znorm_statistics
 from ser_keras.rundir import CONFIG_FILE, EXPORT_FILE, load_run_config
 
 EXPORT_FORMAT = "ser_keras-savedmodel"
@@ -52,6 +53,7 @@ class Predictor:
     feature_config: typing.Any
     normalization: str = "pooled"  # how `score` normalises without given statistics: pooled | none
     speaker_adapted: bool = False  # whether the model was trained on per-speaker statistics
+    fuses_functionals: bool = False  # whether a functionals classifier is fused with the network
     std_floor: float = 1e-3
 
     def frame_count(self, n_samples: int) -> int:
@@ -86,12 +88,20 @@ class Predictor:
     def require_statistics(self) -> None:
         """Raise SerKerasError when this predictor cannot normalise by given statistics."""
 
-    def statistics(self, moments: typing.Sequence[tuple]) -> tuple:
-        """(mean, std) float64 over the frames whose ``moments`` are given (std floored)."""
+    def functionals(self, waveform) -> np.ndarray:  # pragma: no cover - abstract
+        """The wide functionals of a whole recording (a model with a functionals classifier)."""
+        raise NotImplementedError
+
+    def statistics(self, moments: typing.Sequence[tuple], functionals=None) -> tuple:
+        """(mean, std) float64 over the frames whose ``moments`` are given (std floored); with
+        the recordings' `functionals` rows also their (mean, std) (``models.functionals``)."""
         count = sum(float(m[0]) for m in moments)
         total = sum(np.asarray(m[1], np.float64) for m in moments)
         squares = sum(np.asarray(m[2], np.float64) for m in moments)
-        return mean_std_from_moments(count, total, squares, self.std_floor)
+        stats = mean_std_from_moments(count, total, squares, self.std_floor)
+        if functionals is None:
+            return stats
+        return stats + znorm_statistics(np.stack(functionals))
 
     def read_export_geometry(self, meta: dict, export_dir: pathlib.Path) -> None:
         """Labels, frame and attention geometry and normalisation from an export's
@@ -125,12 +135,21 @@ class RunPredictor(Predictor):
         self.normalization = serving_normalization(bundle.config.features.normalization)
         self.std_floor = p.std_floor
         self.speaker_adapted = speaker_adapted(bundle.config)
+        self.fuses_functionals = bundle.functionals is not None
 
     def steps(self, n_frames: int) -> int:
         return self.bundle.steps(n_frames)
 
+    def functionals(self, waveform) -> np.ndarray:
+        return self.bundle.wide_functionals([waveform])[0]
+
     def score(self, batch, stats=None):
-        return self.bundle.score(np.stack([self.bundle.features(w, stats) for w in batch]))
+        network_stats = None if stats is None else stats[:2]
+        probabilities, alpha = self.bundle.score(np.stack([self.bundle.features(w, network_stats) for w in batch]))
+        if self.bundle.functionals is not None:  # as the export's serve / serve_with_statistics
+            probabilities = self.bundle.functionals.fuse(
+                probabilities, self.bundle.functionals_probabilities(batch, None if stats is None else stats[2:]))
+        return probabilities, alpha
 
     def moments(self, waveform):
         x = np.asarray(self.bundle.raw_features(waveform), np.float64)
@@ -156,6 +175,7 @@ class ExportPredictor(Predictor):
         self.read_export_geometry(meta, export_dir)
         self._steps = attention_steps
         self.export_dir = export_dir
+        self.fuses_functionals = bool(meta.get("functionals"))
 
     def steps(self, n_frames: int) -> int:
         return self._steps(n_frames, self.config)
@@ -177,8 +197,13 @@ class ExportPredictor(Predictor):
         else:
             lengths = np.full(batch.shape[0], batch.shape[1], np.int32)
             outputs = self._endpoint("serve_with_statistics")(
-                batch, lengths, np.asarray(stats[0], np.float32), np.asarray(stats[1], np.float32))
+                batch, lengths, *(np.asarray(s, np.float32) for s in stats))
         return outputs["probabilities"].numpy(), outputs["attention"].numpy()
+
+    def functionals(self, waveform):
+        x = np.ascontiguousarray(waveform, dtype=np.float32)
+        out = self._endpoint("wide_functionals")(x[None], np.array([x.shape[0]], np.int32))
+        return out["functionals"].numpy()[0]
 
     def moments(self, waveform):
         x = np.ascontiguousarray(waveform, dtype=np.float32)

@@ -8,9 +8,13 @@
    directory for evaluation and export;
 2. a network (``training.network``: SAE kernels, Keras ``fit`` with the callbacks of
    ``training.callbacks``, early stopping, optional refit) or an SVM (``training.svm``);
-3. the test predictions (``predictions.csv``; for speaker-normalised models also each test
+3. with ``model.functionals_weights`` (exp5), the functionals classifier
+   (``training.functionals``), whose probabilities are averaged with the network's;
+4. the test predictions (``predictions.csv``; for speaker-normalised models also each test
    recording served alone, ``serving_predictions.csv``) and, last, ``result.json``, written
-   atomically: a fold is done once it exists.
+   atomically: a fold is done once it exists. With the functionals classifier both files hold
+   the fused probabilities and name what the network and the classifier each predicted
+   (``network_predicted``, ``functionals_predicted``).
 
 Every fold's ``result.json`` names what its final model was trained on (``training_speakers``,
 ``n_training_utterances``) and the ``validation_speakers``; the export reports them.
@@ -31,10 +35,12 @@ import tensorflow as tf
 from ser_keras.config import NETWORK, PROTOCOL_ALL, SVM, Config
 from ser_keras.data.splits import Fold, describe_protocol
 from ser_keras.errors import SerKerasError
+from ser_keras.features.extract import extract_wide_functionals
 from ser_keras.features.frontend import FittedFrontEnd, reports_serving, serving_mode, uses_pca
 from ser_keras.metrics import predictions_frame, score_predictions
 from ser_keras.rundir import FoldDir, RunDir, atomic_write_json
 from ser_keras.training.distribute import make_strategy
+from ser_keras.training.functionals import fuses_functionals, train_functionals
 from ser_keras.training.network import elapsed_seconds, refits, train_network
 from ser_keras.training.svm import train_svm
 
@@ -57,6 +63,9 @@ class RunContext:
     epoch_lines: bool = False
     # Compiled models kept for the next fold, by (n_classes, input_dim): see `network.fold_model`.
     models: dict = dataclasses.field(default_factory=dict)
+    # (rows, D) wide functionals per manifest row (NaN where extraction failed), when the
+    # network is fused with a functionals classifier (model.functionals_weights).
+    functionals: typing.Optional[np.ndarray] = None
 
     def part(self, indices: np.ndarray) -> tuple:
         """(features, speakers) of the utterances at `indices`, for the front end."""
@@ -74,13 +83,16 @@ def configure_determinism(seed: int) -> None:
 
 
 def make_context(config: Config, run_dir: pathlib.Path, manifest: pd.DataFrame, labels: list,
-                 features: list, progress: bool) -> RunContext:
+                 features: list, progress: bool, functionals: typing.Optional[np.ndarray] = None) -> RunContext:
     """The state the folds of one run share (in the `fit` process, or in a fold worker)."""
     label_index = {label: i for i, label in enumerate(labels)}
+    if fuses_functionals(config) and functionals is None:
+        functionals, _ = extract_wide_functionals(config, manifest, progress)
     context = RunContext(
         config=config, run_dir=run_dir, manifest=manifest, labels=labels, features=features,
         y=manifest["label"].map(label_index).to_numpy(np.int64),
         protocol_name=describe_protocol(config.train.protocol, config.train.folds), progress=progress,
+        functionals=functionals,
     )
     if config.model.classifier == NETWORK:
         context.strategy = make_strategy(config.runtime.strategy)
@@ -94,7 +106,10 @@ def fold_header(config: Config, fold: Fold, position: str) -> str:
 
 
 def _usable(context: RunContext, indices: np.ndarray) -> np.ndarray:
-    return np.array([i for i in indices if context.features[i] is not None], dtype=np.int64)
+    usable = [i for i in indices if context.features[i] is not None]
+    if context.functionals is not None:
+        usable = [i for i in usable if np.isfinite(context.functionals[i]).all()]
+    return np.array(usable, dtype=np.int64)
 
 
 def run_fold(context: RunContext, fold: Fold) -> dict:
@@ -131,6 +146,19 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
         outcome = train_network(context, fold, fold_dir, x, train, validation, test)
     probabilities, predicted = outcome.pop("probabilities"), outcome.pop("predicted")
     serving_probabilities = outcome.pop("serving_probabilities", None)
+    components = {}
+    network_validation = outcome.pop("validation_probabilities", None)
+    if fuses_functionals(context.config):
+        fused = train_functionals(context, fold_dir, train, validation, test, network_validation)
+        classifier = fused["classifier"]
+        components = {"network": probabilities.argmax(axis=1), "functionals": fused["test"]}
+        probabilities = classifier.fuse(probabilities, fused["test"])
+        predicted = probabilities.argmax(axis=1)
+        if serving_probabilities is not None:
+            components["serving_network"] = serving_probabilities.argmax(axis=1)
+            serving_probabilities = classifier.fuse(serving_probabilities, fused["serving"])
+        if fused["summary"]:
+            outcome["functionals"] = fused["summary"]
     wall = previous + (time.time() - started)
     speakers = context.manifest["speaker"].astype(str)
     # What the final model was fitted on: after a refit (and exp1's SVM) validation too.
@@ -149,6 +177,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
         return result
     frame = predictions_frame(fold.name, context.manifest.iloc[test], probabilities,
                               context.labels, predicted)
+    if components:
+        _name_components(frame, context.labels, components["network"], components["functionals"])
     frame.to_csv(fold_dir.predictions, index=False)
     summary = score_predictions(frame, context.labels)
     result = {"name": fold.name, "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
@@ -160,6 +190,9 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     if serving_probabilities is not None:
         serving_frame = predictions_frame(fold.name, context.manifest.iloc[test], serving_probabilities,
                                           context.labels)
+        if components:
+            _name_components(serving_frame, context.labels, components["serving_network"],
+                             fused["serving"])
         serving_frame.to_csv(fold_dir.serving_predictions, index=False)
         serving = score_predictions(serving_frame, context.labels)
         result.update(serving_wa=serving["wa"], serving_ua=serving["ua"],
@@ -171,6 +204,12 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
         print(f"fold {fold.name}: test WA {100 * summary['wa']:.2f} %  UA {100 * summary['ua']:.2f} % "
               f"({summary['n']} utterances, {wall:.0f} s){serving_line}")
     return result
+
+
+def _name_components(frame: pd.DataFrame, labels: list, network: np.ndarray, functionals: np.ndarray) -> None:
+    """What the network and the functionals classifier each predicted, beside the fused row."""
+    frame["network_predicted"] = [labels[i] for i in network]
+    frame["functionals_predicted"] = [labels[i] for i in np.asarray(functionals).argmax(axis=1)]
 
 
 def fold_frontend(context: RunContext, fold_dir: FoldDir, train: np.ndarray) -> FittedFrontEnd:

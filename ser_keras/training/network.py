@@ -84,6 +84,10 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
     else:  # protocol "all": nothing to test
         probabilities = np.zeros((0, len(context.labels)), np.float32)
     serving = {}
+    if validation_ds is not None and not refit_epochs:
+        # What the kept model gives the validation part (which chose its epoch): the
+        # functionals classifier's weight in the fusion is chosen on it (training.functionals).
+        serving["validation_probabilities"] = predict_views(make_predictor(model), validation_ds)
     if "serving" in x["views"]:  # the same model on single recordings, normalised as serve does
         serving["serving_probabilities"] = predict_views(make_predictor(model), datasets(x["views"]["serving"]))
     return {

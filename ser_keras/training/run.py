@@ -45,11 +45,12 @@ import pandas as pd
 from ser_keras.config import Config
 from ser_keras.corpora import label_order, run_manifest, unmatched_line
 from ser_keras.data.splits import Fold, describe_protocol, make_folds, select_folds
-from ser_keras.features.extract import extract_for_model
+from ser_keras.features.extract import extract_for_model, extract_wide_functionals
 from ser_keras.rundir import RunDir, common_root, relative_path
 from ser_keras.training import resume
 from ser_keras.training.distribute import is_chief, worker_role
 from ser_keras.training.fold import configure_determinism, fold_header, make_context, run_fold
+from ser_keras.training.functionals import fuses_functionals
 from ser_keras.training.parallel import run_folds_in_processes
 
 
@@ -102,12 +103,19 @@ def train_folds(config: Config, run_dir, progress: bool = True) -> TrainedRun:
     failures: dict = {}
     if pending:
         features, failures = extract_for_model(config, manifest, progress)
+        functionals = None
+        if fuses_functionals(config):  # before any fold worker starts, so they read them cached
+            functionals, more = extract_wide_functionals(config, manifest, progress)
+            for path, message in more.items():
+                if path not in failures:
+                    print(f"wide functionals failed, left out: {message}", file=sys.stderr, flush=True)
+                    failures[path] = message
         jobs = min(int(config.runtime.jobs), len(pending))
         if jobs > 1:
             del features  # the fold workers read them from the feature cache
             run_folds_in_processes(config, run_dir, pending, jobs, progress)
         else:
-            context = make_context(config, run_dir, manifest, labels, features, progress)
+            context = make_context(config, run_dir, manifest, labels, features, progress, functionals)
             for position, fold in enumerate(pending):
                 if progress:
                     print(fold_header(config, fold, f"{position + 1}/{len(pending)} to run"))

@@ -1,0 +1,100 @@
+"""The functionals classifier as it is saved, served and fused: an affine map and a softmax.
+
+``training.functionals`` fits a linear SVM on standardised wide functionals
+(``features.functionals``) and a softmax temperature on validation speakers; the
+standardisation, the SVM's decision function and the temperature fold exactly into one
+``kernel [D, classes]`` and ``bias [classes]``: probabilities = softmax(x @ kernel + bias) of the
+raw (or per-speaker z-normalised) functionals x. One such head per condition:
+
+- ``speaker``: x z-normalised with the mean/std of all of the speaker's recordings (the
+  protocol's figure; the export's ``serve_speaker``);
+- ``pooled``: x as computed (a single served recording, no speaker context).
+
+Saved as ``folds/<fold>/functionals.npz`` (``rundir.FoldDir.functionals``); NumPy here, the same
+two ops in the export's graph (``export.graph``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+
+import numpy as np
+
+from ser_keras.errors import SerKerasError
+
+CONDITIONS = ("speaker", "pooled")
+# A functional that does not vary over a speaker's recordings is left at 0, not divided by ~0.
+SPEAKER_STD_FLOOR = 1e-8
+
+
+@dataclasses.dataclass
+class FunctionalsHead:
+    """One condition's head: probabilities = softmax(x @ kernel + bias)."""
+
+    kernel: np.ndarray  # [features, classes] float32
+    bias: np.ndarray  # [classes] float32
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        logits = np.asarray(x, np.float64) @ self.kernel.astype(np.float64) + self.bias.astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class FunctionalsClassifier:
+    """The fold's heads by condition and the weight its probabilities get in the fused output."""
+
+    heads: typing.Dict[str, FunctionalsHead]
+    weight: float
+
+    def save(self, path: pathlib.Path) -> None:
+        arrays = {"weight": np.float32(self.weight)}
+        for condition, head in self.heads.items():
+            arrays[f"{condition}_kernel"] = head.kernel.astype(np.float32)
+            arrays[f"{condition}_bias"] = head.bias.astype(np.float32)
+        tmp = pathlib.Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> "FunctionalsClassifier":
+        try:
+            with np.load(path) as data:
+                heads = {c: FunctionalsHead(data[f"{c}_kernel"], data[f"{c}_bias"]) for c in CONDITIONS}
+                return cls(heads=heads, weight=float(data["weight"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise SerKerasError(f"{path}: not a functionals classifier ({exc})") from None
+
+    def fuse(self, network: np.ndarray, functionals: np.ndarray) -> np.ndarray:
+        """(1 - weight) * network + weight * functionals probabilities."""
+        return ((1.0 - self.weight) * np.asarray(network, np.float32)
+                + self.weight * np.asarray(functionals, np.float32))
+
+
+def speaker_znorm(x: np.ndarray, speakers: typing.Sequence[str]) -> np.ndarray:
+    """Each speaker's rows z-normalised with that speaker's own mean/std (labels unused)."""
+    x = np.asarray(x, np.float64)
+    out = np.empty_like(x)
+    speakers = np.asarray(speakers)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        out[rows] = znorm(x[rows])
+    return out.astype(np.float32)
+
+
+def znorm(x: np.ndarray) -> np.ndarray:
+    """Rows of one speaker z-normalised with their own mean/std."""
+    mean, std = znorm_statistics(x)
+    return (np.asarray(x, np.float64) - mean) / std
+
+
+def znorm_statistics(x: np.ndarray) -> tuple:
+    """(mean, std) float64 of one speaker's functionals rows, a std at or below the floor
+    replaced by 1 (what ``znorm`` divides by; ``predict --same-speaker`` hands them to the
+    export's ``serve_with_statistics``)."""
+    x = np.asarray(x, np.float64)
+    std = x.std(axis=0)
+    return x.mean(axis=0), np.where(std > SPEAKER_STD_FLOOR, std, 1.0)

@@ -1,0 +1,188 @@
+"""The functionals classifier of a fold, fused with its network (``model.functionals_weights``).
+
+Functionals of the whole recording carry to new voices better than the network's frames, and
+a max-margin classifier on them generalises from few speakers; averaged with the network it
+beats either alone (docs/results.md). Per fold, on the wide functionals of every recording
+(``features.functionals``, cached by extraction), one classifier per condition
+(``models.functionals``): ``speaker`` (each speaker z-normalised by all of their recordings, a
+test speaker by their own, as the network's speaker normalisation) and ``pooled`` (as computed,
+for a single served recording). Each is a linear SVM on functionals standardised over its
+training data:
+
+1. C from ``model.functionals_c_grid``: the one with the highest UA on the validation part when
+   trained on the training part (ties: the smaller C);
+2. the softmax temperature applied to its decision values: the one with the highest
+   likelihood of the validation part's labels (a grid), so its probabilities are calibrated to
+   average with the network's;
+3. the classifier refitted with that C on training + validation (like exp1's SVM: more
+   speakers; the network keeps early stopping's use of the validation part).
+
+Without a validation part: the middle C of the grid and temperature 1. The fused output is
+(1 - w) * network + w * functionals, w from ``model.functionals_weights``: the one whose fusion
+scores the highest UA on the validation part (speaker condition; the network's validation
+probabilities are its kept model's, whose epoch that part chose, so they flatter it a little),
+used in both conditions. The classifier, folded into one affine map per condition, and w are
+saved as ``functionals.npz`` (read back on resume, by ``evaluate`` and by ``export``).
+"""
+
+from __future__ import annotations
+
+import typing
+import warnings
+
+import numpy as np
+
+from ser_keras.errors import SerKerasError
+from ser_keras.models.functionals import CONDITIONS, FunctionalsClassifier, FunctionalsHead, speaker_znorm
+from ser_keras.rundir import FoldDir
+
+TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(100.0), 61))
+
+
+def fuses_functionals(config) -> bool:
+    return bool(config.model.functionals_weights) and config.model.classifier == "network"
+
+
+def condition_inputs(functionals: np.ndarray, speakers, condition: str) -> np.ndarray:
+    """What a condition's classifier reads of the (rows, D) raw functionals; rows of files
+    whose functionals failed (NaN) stay zero and enter no speaker's statistics."""
+    x = np.asarray(functionals, np.float32)
+    ok = np.isfinite(x).all(axis=1)
+    out = np.zeros_like(x)
+    out[ok] = speaker_znorm(x[ok], np.asarray(speakers)[ok]) if condition == "speaker" else x[ok]
+    return out
+
+
+def train_functionals(context, fold_dir: FoldDir, train: np.ndarray, validation: np.ndarray,
+                      test: np.ndarray, network_validation: typing.Optional[np.ndarray]) -> dict:
+    """The fold's classifier (fitted, or loaded on resume) and its probabilities: ``test``
+    (speaker condition), ``serving`` (pooled), ``summary`` (C, temperature, validation UA per
+    condition, the weight and the fused validation UA per weight, when fitted here).
+    `network_validation`: the network's probabilities of the validation part, to choose the
+    weight on (None: after a refit the network has trained on it; the middle weight then)."""
+    config = context.config
+    speakers = context.manifest["speaker"].astype(str).to_numpy()
+    inputs = {c: condition_inputs(context.functionals, speakers, c) for c in CONDITIONS}
+    summary = {}
+    if fold_dir.functionals.is_file():
+        classifier = FunctionalsClassifier.load(fold_dir.functionals)
+    else:
+        heads, validation_probabilities = {}, {}
+        for condition in CONDITIONS:
+            heads[condition], summary[condition], validation_probabilities[condition] = fit_head(
+                inputs[condition], context.y, len(context.labels), train, validation,
+                config.model.functionals_c_grid, int(config.train.seed))
+        weight, summary["fused_val_ua"] = choose_weight(
+            config.model.functionals_weights, network_validation, validation_probabilities["speaker"],
+            context.y[validation])
+        summary["weight"] = weight
+        classifier = FunctionalsClassifier(heads=heads, weight=weight)
+        classifier.save(fold_dir.functionals)
+    return {"classifier": classifier, "summary": summary,
+            "test": classifier.heads["speaker"].probabilities(inputs["speaker"][test]),
+            "serving": classifier.heads["pooled"].probabilities(inputs["pooled"][test])}
+
+
+def choose_weight(weights, network: typing.Optional[np.ndarray], functionals: typing.Optional[np.ndarray],
+                  y: np.ndarray) -> tuple:
+    """(the weight of `weights` whose fusion scores the highest UA on the validation part, ties
+    to the one nearest 0.5; {weight: UA}); the middle weight when there is nothing to choose on."""
+    weights = sorted(float(w) for w in weights)
+    if len(weights) == 1 or network is None or functionals is None or not len(y):
+        return weights[len(weights) // 2], {}
+    scores = {w: _unweighted_accuracy(y, ((1 - w) * network + w * functionals).argmax(axis=1)) for w in weights}
+    best = max(scores.values())
+    weight = min((w for w in weights if scores[w] == best), key=lambda w: abs(w - 0.5))
+    return weight, {str(w): round(s, 4) for w, s in scores.items()}
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, validation: np.ndarray, c_grid,
+             seed: int) -> tuple:
+    """(FunctionalsHead, {"c", "temperature", "val_ua"}, the validation part's probabilities
+    from the classifier trained on the training part, or None) of one condition (module
+    docstring)."""
+    c_grid = sorted(float(c) for c in c_grid)
+    c, temperature, val_ua, validation_probabilities = c_grid[len(c_grid) // 2], 1.0, None, None
+    if len(validation) and len(np.unique(y[train])) > 1:
+        best = None
+        for candidate in c_grid:
+            model, mean, scale = _fit_svm(x[train], y[train], candidate, seed)
+            decision = _decision(model, x[validation], mean, scale, n_classes)
+            ua = _unweighted_accuracy(y[validation], decision.argmax(axis=1))
+            if best is None or ua > best[0]:
+                best = (ua, candidate, decision)
+        val_ua, c, decision = best
+        temperature = _temperature(decision, y[validation])
+        validation_probabilities = _softmax(temperature * decision)
+    everything = np.concatenate([train, validation])
+    model, mean, scale = _fit_svm(x[everything], y[everything], c, seed)
+    kernel, bias = _folded(model, mean, scale, temperature, n_classes)
+    return (FunctionalsHead(kernel, bias), {"c": c, "temperature": round(float(temperature), 4),
+                                            "val_ua": None if val_ua is None else float(val_ua)},
+            validation_probabilities)
+
+
+def _fit_svm(x, y, c: float, seed: int):
+    from sklearn.svm import LinearSVC
+
+    if len(np.unique(y)) < 2:
+        raise SerKerasError("model.functionals_weight: the functionals classifier needs training recordings of "
+                            "at least two emotions")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    model = LinearSVC(C=c, dual=True, max_iter=5000, random_state=seed)
+    with warnings.catch_warnings():  # a small C converges slowly; its solution is still the margin's
+        warnings.simplefilter("ignore")
+        model.fit((x - mean) / scale, y)
+    return model, mean, scale
+
+
+def _class_weights(model, n_classes: int) -> tuple:
+    """(coef [classes, D], intercept [classes]) over all `n_classes`: a class absent from the
+    training data gets a decision value that never wins."""
+    coef = np.zeros((n_classes, model.coef_.shape[1]))
+    intercept = np.full(n_classes, -1e3)
+    classes = model.classes_
+    if len(classes) == 2:  # scikit-learn keeps one row for two classes: +decision is classes[1]
+        coef[classes[1]], intercept[classes[1]] = model.coef_[0], model.intercept_[0]
+        coef[classes[0]], intercept[classes[0]] = -model.coef_[0], -model.intercept_[0]
+    else:
+        coef[classes], intercept[classes] = model.coef_, model.intercept_
+    return coef, intercept
+
+
+def _decision(model, x, mean, scale, n_classes: int) -> np.ndarray:
+    coef, intercept = _class_weights(model, n_classes)
+    return ((x - mean) / scale) @ coef.T + intercept
+
+
+def _folded(model, mean, scale, temperature: float, n_classes: int) -> tuple:
+    """softmax(T * (coef @ ((x - mean) / scale) + intercept)) as x @ kernel + bias."""
+    coef, intercept = _class_weights(model, n_classes)
+    kernel = temperature * (coef / scale).T
+    bias = temperature * (intercept - coef @ (mean / scale))
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _temperature(decision: np.ndarray, y: np.ndarray) -> float:
+    """The grid temperature whose softmax gives the validation labels the highest likelihood."""
+    best, best_nll = 1.0, np.inf
+    for t in TEMPERATURES:
+        logits = t * decision
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        nll = -log_p[np.arange(len(y)), y].mean()
+        if nll < best_nll:
+            best, best_nll = float(t), nll
+    return best
+
+
+def _unweighted_accuracy(y_true, y_pred) -> float:
+    classes = np.unique(y_true)
+    return float(np.mean([np.mean(y_pred[y_true == k] == k) for k in classes]))
