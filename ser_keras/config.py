@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 from ser_keras.config_checks import (  # noqa: F401 - the choice values: read from ser_keras.config
     ADAM, CLASSIFIERS, CLASS_WEIGHTS, CLASS_WEIGHT_BALANCED, CLASS_WEIGHT_NONE, DENSE, FALLBACK_GLOBAL,
-    FALLBACK_SPEAKER_ALL, FRONTENDS, FUNCTIONALS, INPUT_FEATURES, LLD, NETWORK, NORMALIZATIONS, NORM_NEUTRAL_GLOBAL,
-    NORM_NEUTRAL_SPEAKER, NORM_NONE, NORM_SPEAKER, OPTIMIZERS, PROTOCOLS, PROTOCOL_ALL, PROTOCOL_LOSO,
-    PROTOCOL_RANDOM, PROTOCOL_SESSION, SAE_CONV, SGD, SPEAKER_FALLBACKS, SPECTROGRAM, SPLIT_AUTO, SPLIT_SPEAKERS,
-    SPLIT_UTTERANCES, STRATEGIES, STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER, SVM, VALIDATION_SPLITS,
+    FALLBACK_SPEAKER_ALL, FRONTENDS, FUNCTIONALS, INPUT_FEATURES, KERNELS, LINEAR, LLD, NETWORK, NORMALIZATIONS,
+    NORM_NEUTRAL_GLOBAL, NORM_NEUTRAL_SPEAKER, NORM_NONE, NORM_SPEAKER, OPTIMIZERS, PROTOCOLS, PROTOCOL_ALL,
+    PROTOCOL_LOSO, PROTOCOL_RANDOM, PROTOCOL_SESSION, RBF, SAE_CONV, SGD, SPEAKER_FALLBACKS, SPECTROGRAM, SPLIT_AUTO,
+    SPLIT_SPEAKERS, SPLIT_UTTERANCES, STRATEGIES, STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER, SVM,
+    VALIDATION_SPLITS,
     validate_config,
 )
 from ser_keras.config_yaml import apply_values, load_experiment_yaml, load_yaml, nest, parse_override
@@ -209,6 +210,8 @@ class ModelConfig:
     # such classifier.
     functionals_weights: typing.List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     functionals_c_grid: typing.List[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    # "linear" or "rbf" (one class against the rest per class; its C from the same grid).
+    functionals_kernel: str = LINEAR
     dropout: float = 0.5
     # Gaussian input noise: the paper's 0.1 (exp2.yaml); 0.5 for the unwhitened PCA channels (exp3.yaml).
     input_noise: float = 0.5

@@ -32,6 +32,8 @@ CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED = "none", "balanced"
 CLASS_WEIGHTS = (CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED)
 STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER = "default", "mirrored", "multi-worker"
 STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTI_WORKER)
+LINEAR, RBF = "linear", "rbf"
+KERNELS = (LINEAR, RBF)
 
 # The choice fields, each with its tuple of allowed values.
 _CHOICES = {
@@ -39,6 +41,7 @@ _CHOICES = {
     "features.normalization": NORMALIZATIONS, "features.speaker_fallback": SPEAKER_FALLBACKS,
     "train.protocol": PROTOCOLS, "train.validation_split": VALIDATION_SPLITS,
     "train.optimizer": OPTIMIZERS, "train.class_weight": CLASS_WEIGHTS, "runtime.strategy": STRATEGIES,
+    "model.functionals_kernel": KERNELS,
 }
 # The numeric fields, each with the test its value must pass and how to say it.
 _BOUNDS = {

@@ -33,13 +33,15 @@ from ser_keras.data.pipeline import make_dataset
 from ser_keras.errors import SerKerasError
 from ser_keras.evaluation.plots import save_confusion_png
 from ser_keras.evaluation.results import collect_results
-from ser_keras.features.extract import extract_for_model
+from ser_keras.features.extract import extract_for_model, extract_wide_functionals
 from ser_keras.features.frontend import FittedFrontEnd, uses_pca
 from ser_keras.metrics import predictions_frame, score_predictions, summarize
+from ser_keras.models.functionals import FunctionalsClassifier, speaker_znorm
 from ser_keras.models.predictor import make_predictor, predict_views
 from ser_keras.models.svm import svm_scores
 from ser_keras.rundir import (CONFUSION_FILE, PREDICTIONS_FILE, RESULTS_FILE, FoldDir, RunDir, atomic_write_json,
                               common_root, load_run_config, relative_path)
+from ser_keras.training.functionals import fuses_functionals
 
 # Emotion names across corpora -> one canonical name (cross-corpus label matching).
 CANONICAL = {
@@ -100,6 +102,7 @@ def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
     root = common_root(manifest["path"])
     relative = {relative_path(p, root): i for i, p in enumerate(manifest["path"])}
     features, _ = extract_for_model(config, manifest, progress)
+    functionals = extract_wide_functionals(config, manifest, progress)[0] if fuses_functionals(config) else None
     for fold in folds:
         if fold["name"] not in fold_names:
             continue
@@ -108,7 +111,8 @@ def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
             continue
         fold_dir = run.fold(fold["name"])
         probabilities = predict_with_fold(fold_dir, config, [features[i] for i in rows],
-                                          manifest["speaker"].iloc[rows].tolist(), n_classes=len(labels))
+                                          manifest["speaker"].iloc[rows].tolist(), n_classes=len(labels),
+                                          functionals=None if functionals is None else functionals[rows])
         frame = predictions_frame(fold["name"], manifest.iloc[rows], probabilities, labels)
         frame.to_csv(fold_dir.predictions, index=False)
         summary = score_predictions(frame, labels)
@@ -121,11 +125,13 @@ def _repredict_folds(run_dir, config, labels, fold_names, progress) -> None:
 
 
 def predict_with_fold(fold_dir, config, features: list, speakers: list, model=None,
-                      n_classes: typing.Optional[int] = None) -> np.ndarray:
+                      n_classes: typing.Optional[int] = None, functionals=None) -> np.ndarray:
     """Class probabilities of one fold's model for raw per-utterance features (as extracted),
     normalised and projected with that fold's saved front end. All utterances of a speaker must
     be passed together (an unseen speaker is normalised with statistics of all of them).
-    `n_classes` (an SVM's output width): default, the run's label count."""
+    `n_classes` (an SVM's output width): default, the run's label count. `functionals`: the
+    utterances' wide functionals (``extract_wide_functionals``), which a model fused with a
+    functionals classifier needs (its speaker head, each speaker z-normalised as fit does)."""
     fold_dir = FoldDir(fold_dir)
     frontend = FittedFrontEnd.load(fold_dir, pca=uses_pca(config))
     if config.model.classifier == SVM:
@@ -138,9 +144,17 @@ def predict_with_fold(fold_dir, config, features: list, speakers: list, model=No
     model = model or keras.models.load_model(fold_dir.keras_model, compile=False)
     # Scored as fit scores it: averaged over the test-time views (features.test_warp_factors).
     views = frontend.transform_views(features, speakers, config.features)
-    return predict_views(make_predictor(model), [
+    probabilities = predict_views(make_predictor(model), [
         make_dataset(view, None, int(config.train.batch_size), training=False, seed=int(config.train.seed))
         for view in views])
+    if not config.model.functionals_weights:
+        return probabilities
+    if functionals is None:
+        raise SerKerasError(f"{fold_dir.path}: this model is fused with a functionals classifier; "
+                            "predict_with_fold needs the utterances' wide functionals")
+    classifier = FunctionalsClassifier.load(fold_dir.functionals)
+    x = speaker_znorm(np.nan_to_num(np.asarray(functionals, np.float32)), speakers)
+    return classifier.fuse(probabilities, classifier.heads["speaker"].probabilities(x))
 
 
 # ---------------------------------------------------------------------------- cross-corpus
@@ -165,9 +179,15 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     shared = [label for label in labels if label in set(label_map.values())]
     manifest = manifest[manifest["label"].isin(label_map)].reset_index(drop=True)
     features, failures = extract_for_model(target_config, manifest, progress)
+    functionals = None
+    if fuses_functionals(config):
+        functionals, more = extract_wide_functionals(target_config, manifest, progress)
+        features = [f if np.isfinite(row).all() else None for f, row in zip(features, functionals)]
+        failures = {**more, **failures}
     keep = [i for i, f in enumerate(features) if f is not None]
     manifest = manifest.iloc[keep].reset_index(drop=True)
     features = [features[i] for i in keep]
+    functionals = None if functionals is None else functionals[keep]
     speakers = manifest["speaker"].tolist()
     model_folds = [n for n in fold_names if run.fold(n).model(config.model.classifier).is_file()]
     if not model_folds:
@@ -179,7 +199,8 @@ def _cross_corpus(run_dir, config, labels, fold_names, corpus, data_dir, progres
     for name in model_folds:
         if progress:
             print(f"cross-corpus: fold model {name} on {corpus} ({len(manifest)} utterances)")
-        probabilities = predict_with_fold(run.fold(name), config, features, speakers, n_classes=len(labels))
+        probabilities = predict_with_fold(run.fold(name), config, features, speakers, n_classes=len(labels),
+                                          functionals=functionals)
         total += probabilities
         restricted = probabilities[:, shared_index]
         summary = summarize(y_true, restricted.argmax(axis=1), shared)

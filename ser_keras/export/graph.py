@@ -92,6 +92,11 @@ class ServingGraph:
         self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
         self.speaker_adapted = speaker_adapted(bundle.config)
         self.functionals = bundle.functionals if with_functionals else None
+        # The heads' arrays as variables: saved once, not once per endpoint that reads them.
+        self.heads = {} if self.functionals is None else {
+            condition: {name: tf.Variable(value, trainable=False, name=f"functionals_{condition}_{name}")
+                        for name, value in vars(head).items() if isinstance(value, np.ndarray)}
+            for condition, head in self.functionals.heads.items()}
 
     # -- shape arithmetic (TF versions of inference.fold.attention_steps / bucket_*) --------
 
@@ -244,7 +249,8 @@ class ServingGraph:
         batch's rows with speech) or a speaker's functionals (mean, std) for the speaker head."""
         tf = self.tf
         x = self._row_functionals(inputs, lengths)
-        head = self.functionals.heads["pooled" if by_speaker is False else "speaker"]
+        condition = "pooled" if by_speaker is False else "speaker"
+        head, arrays = self.functionals.heads[condition], self.heads[condition]
         if isinstance(by_speaker, tuple):  # a speaker's (mean, std), from predict --same-speaker
             x = tf.cast((tf.cast(x, tf.float64) - tf.cast(by_speaker[0], tf.float64))
                         / tf.cast(by_speaker[1], tf.float64), tf.float32)
@@ -255,7 +261,13 @@ class ServingGraph:
             mean = tf.reduce_sum(x64 * weights, axis=0) / count
             std = tf.sqrt(tf.reduce_sum(tf.square(x64 - mean) * weights, axis=0) / count)
             x = tf.cast((x64 - mean) / tf.where(std > SPEAKER_STD_FLOOR, std, tf.ones_like(std)), tf.float32)
-        logits = tf.matmul(x, tf.constant(head.kernel)) + tf.constant(head.bias)
+        if head.support is not None:  # the RBF basis (models.functionals.rbf_basis)
+            z = (tf.cast(x, tf.float64) - tf.cast(arrays["mean"], tf.float64)) / tf.cast(arrays["scale"], tf.float64)
+            support = tf.cast(arrays["support"], tf.float64)
+            squared = (tf.reduce_sum(z * z, axis=1)[:, None] - 2.0 * tf.matmul(z, support, transpose_b=True)
+                       + tf.reduce_sum(support * support, axis=1)[None, :])
+            x = tf.cast(tf.exp(-head.gamma * tf.maximum(squared, 0.0)), tf.float32)
+        logits = tf.matmul(x, arrays["kernel"]) + arrays["bias"]
         weight = self.functionals.weight
         return (1.0 - weight) * probabilities + weight * tf.nn.softmax(logits, axis=-1)
 

@@ -1,10 +1,12 @@
 """The functionals classifier as it is saved, served and fused: an affine map and a softmax.
 
-``training.functionals`` fits a linear SVM on standardised wide functionals
-(``features.functionals``) and a softmax temperature on validation speakers; the
-standardisation, the SVM's decision function and the temperature fold exactly into one
-``kernel [D, classes]`` and ``bias [classes]``: probabilities = softmax(x @ kernel + bias) of the
-raw (or per-speaker z-normalised) functionals x. One such head per condition:
+``training.functionals`` fits an SVM on standardised wide functionals (``features.functionals``)
+and a softmax temperature on validation speakers. For a linear SVM the standardisation, the
+decision function and the temperature fold exactly into one ``kernel [D, classes]`` and ``bias
+[classes]``: probabilities = softmax(x @ kernel + bias) of the raw (or per-speaker
+z-normalised) functionals x. For an RBF SVM (one class against the rest, per class) x is first
+standardised (``mean``, ``scale``) and mapped onto its basis, exp(-gamma * |z - s|^2) for every
+support vector s (``support [n, D]``), and ``kernel`` is ``[n, classes]``. One head per condition:
 
 - ``speaker``: x z-normalised with the mean/std of all of the speaker's recordings (the
   protocol's figure; the export's ``serve_speaker``);
@@ -33,11 +35,23 @@ SPEAKER_STD_FLOOR = 1e-8
 class FunctionalsHead:
     """One condition's head: probabilities = softmax(x @ kernel + bias)."""
 
-    kernel: np.ndarray  # [features, classes] float32
+    kernel: np.ndarray  # [features or support vectors, classes] float32
     bias: np.ndarray  # [classes] float32
+    # An RBF head's basis (None for a linear one): the standardisation and the support vectors.
+    support: typing.Optional[np.ndarray] = None
+    mean: typing.Optional[np.ndarray] = None
+    scale: typing.Optional[np.ndarray] = None
+    gamma: float = 0.0
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """What ``kernel`` multiplies: x itself, or its RBF basis."""
+        x = np.asarray(x, np.float64)
+        if self.support is None:
+            return x
+        return rbf_basis((x - self.mean) / self.scale, self.support, self.gamma)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        logits = np.asarray(x, np.float64) @ self.kernel.astype(np.float64) + self.bias.astype(np.float64)
+        logits = self.features(x) @ self.kernel.astype(np.float64) + self.bias.astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -55,6 +69,10 @@ class FunctionalsClassifier:
         for condition, head in self.heads.items():
             arrays[f"{condition}_kernel"] = head.kernel.astype(np.float32)
             arrays[f"{condition}_bias"] = head.bias.astype(np.float32)
+            if head.support is not None:
+                for name in ("support", "mean", "scale"):
+                    arrays[f"{condition}_{name}"] = getattr(head, name).astype(np.float32)
+                arrays[f"{condition}_gamma"] = np.float64(head.gamma)
         tmp = pathlib.Path(path).with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
@@ -63,7 +81,13 @@ class FunctionalsClassifier:
     def load(cls, path: pathlib.Path) -> "FunctionalsClassifier":
         try:
             with np.load(path) as data:
-                heads = {c: FunctionalsHead(data[f"{c}_kernel"], data[f"{c}_bias"]) for c in CONDITIONS}
+                heads = {}
+                for c in CONDITIONS:
+                    basis = {}
+                    if f"{c}_support" in data.files:
+                        basis = {name: data[f"{c}_{name}"] for name in ("support", "mean", "scale")}
+                        basis["gamma"] = float(data[f"{c}_gamma"])
+                    heads[c] = FunctionalsHead(data[f"{c}_kernel"], data[f"{c}_bias"], **basis)
                 return cls(heads=heads, weight=float(data["weight"]))
         except (OSError, KeyError, ValueError) as exc:
             raise SerKerasError(f"{path}: not a functionals classifier ({exc})") from None
@@ -72,6 +96,14 @@ class FunctionalsClassifier:
         """(1 - weight) * network + weight * functionals probabilities."""
         return ((1.0 - self.weight) * np.asarray(network, np.float32)
                 + self.weight * np.asarray(functionals, np.float32))
+
+
+def rbf_basis(z: np.ndarray, support: np.ndarray, gamma: float) -> np.ndarray:
+    """exp(-gamma * |z_i - s_j|^2), ``[len(z), len(support)]``, in float64 (the export's graph
+    computes the same expansion)."""
+    z, support = np.asarray(z, np.float64), np.asarray(support, np.float64)
+    squared = (z * z).sum(axis=1)[:, None] - 2.0 * z @ support.T + (support * support).sum(axis=1)[None, :]
+    return np.exp(-gamma * np.maximum(squared, 0.0))
 
 
 def speaker_znorm(x: np.ndarray, speakers: typing.Sequence[str]) -> np.ndarray:

@@ -33,9 +33,11 @@ import warnings
 import numpy as np
 
 from ser_keras.errors import SerKerasError
-from ser_keras.models.functionals import CONDITIONS, FunctionalsClassifier, FunctionalsHead, speaker_znorm
+from ser_keras.config import LINEAR
+from ser_keras.models.functionals import CONDITIONS, FunctionalsClassifier, FunctionalsHead, rbf_basis, speaker_znorm
 from ser_keras.rundir import FoldDir
 
+ABSENT_CLASS_LOGIT = -1e3
 TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(100.0), 61))
 
 
@@ -71,7 +73,7 @@ def train_functionals(context, fold_dir: FoldDir, train: np.ndarray, validation:
         for condition in CONDITIONS:
             heads[condition], summary[condition], validation_probabilities[condition] = fit_head(
                 inputs[condition], context.y, len(context.labels), train, validation,
-                config.model.functionals_c_grid, int(config.train.seed))
+                config.model.functionals_c_grid, int(config.train.seed), config.model.functionals_kernel)
         weight, summary["fused_val_ua"] = choose_weight(
             config.model.functionals_weights, network_validation, validation_probabilities["speaker"],
             context.y[validation])
@@ -97,7 +99,7 @@ def choose_weight(weights, network: typing.Optional[np.ndarray], functionals: ty
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, validation: np.ndarray, c_grid,
-             seed: int) -> tuple:
+             seed: int, kernel: str = LINEAR) -> tuple:
     """(FunctionalsHead, {"c", "temperature", "val_ua"}, the validation part's probabilities
     from the classifier trained on the training part, or None) of one condition (module
     docstring)."""
@@ -106,8 +108,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, va
     if len(validation) and len(np.unique(y[train])) > 1:
         best = None
         for candidate in c_grid:
-            model, mean, scale = _fit_svm(x[train], y[train], candidate, seed)
-            decision = _decision(model, x[validation], mean, scale, n_classes)
+            decision = _Fitted(x[train], y[train], candidate, seed, kernel, n_classes).decision(x[validation])
             ua = _unweighted_accuracy(y[validation], decision.argmax(axis=1))
             if best is None or ua > best[0]:
                 best = (ua, candidate, decision)
@@ -115,54 +116,69 @@ def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, va
         temperature = _temperature(decision, y[validation])
         validation_probabilities = _softmax(temperature * decision)
     everything = np.concatenate([train, validation])
-    model, mean, scale = _fit_svm(x[everything], y[everything], c, seed)
-    kernel, bias = _folded(model, mean, scale, temperature, n_classes)
-    return (FunctionalsHead(kernel, bias), {"c": c, "temperature": round(float(temperature), 4),
-                                            "val_ua": None if val_ua is None else float(val_ua)},
-            validation_probabilities)
+    head = _Fitted(x[everything], y[everything], c, seed, kernel, n_classes).head(temperature)
+    summary = {"c": c, "temperature": round(float(temperature), 4), "val_ua": None if val_ua is None else float(val_ua)}
+    return head, summary, validation_probabilities
 
 
-def _fit_svm(x, y, c: float, seed: int):
-    from sklearn.svm import LinearSVC
+class _Fitted:
+    """One condition's SVM on standardised functionals: its decision values and, with a
+    temperature, its head (``models.functionals.FunctionalsHead``)."""
 
-    if len(np.unique(y)) < 2:
-        raise SerKerasError("model.functionals_weight: the functionals classifier needs training recordings of "
-                            "at least two emotions")
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    model = LinearSVC(C=c, dual=True, max_iter=5000, random_state=seed)
-    with warnings.catch_warnings():  # a small C converges slowly; its solution is still the margin's
-        warnings.simplefilter("ignore")
-        model.fit((x - mean) / scale, y)
-    return model, mean, scale
+    def __init__(self, x, y, c: float, seed: int, kernel: str, n_classes: int):
+        from sklearn.svm import SVC, LinearSVC
 
+        if len(np.unique(y)) < 2:
+            raise SerKerasError("model.functionals_weights: the functionals classifier needs training recordings of "
+                                "at least two emotions")
+        self.mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        self.scale = np.where(scale > 0, scale, 1.0)
+        z = (x - self.mean) / self.scale
+        self.kernel = kernel
+        self.weights = np.zeros((n_classes, z.shape[1] if kernel == LINEAR else len(z)))
+        self.intercept = np.full(n_classes, ABSENT_CLASS_LOGIT)  # a class the data lacks never wins
+        with warnings.catch_warnings():  # a small C converges slowly; its solution is still the margin's
+            warnings.simplefilter("ignore")
+            if kernel == LINEAR:
+                model = LinearSVC(C=c, dual=True, max_iter=5000, random_state=seed).fit(z, y)
+                classes = model.classes_
+                if len(classes) == 2:  # one row for two classes: +decision is classes[1]
+                    self.weights[classes] = [-model.coef_[0], model.coef_[0]]
+                    self.intercept[classes] = [-model.intercept_[0], model.intercept_[0]]
+                else:
+                    self.weights[classes], self.intercept[classes] = model.coef_, model.intercept_
+                return
+            # RBF: one class against the rest per class, all over one basis of training points
+            # (``gamma`` as scikit-learn's "scale" for standardised data).
+            self.gamma = 1.0 / (z.shape[1] * max(float(z.var()), 1e-12))
+            used = np.zeros(len(z), bool)
+            for k in np.unique(y):
+                model = SVC(C=c, kernel="rbf", gamma=self.gamma).fit(z, (y == k).astype(int))
+                self.weights[k, model.support_] = model.dual_coef_[0]
+                self.intercept[k] = model.intercept_[0]
+                used[model.support_] = True
+            self.support = z[used]
+            self.weights = self.weights[:, used]
 
-def _class_weights(model, n_classes: int) -> tuple:
-    """(coef [classes, D], intercept [classes]) over all `n_classes`: a class absent from the
-    training data gets a decision value that never wins."""
-    coef = np.zeros((n_classes, model.coef_.shape[1]))
-    intercept = np.full(n_classes, -1e3)
-    classes = model.classes_
-    if len(classes) == 2:  # scikit-learn keeps one row for two classes: +decision is classes[1]
-        coef[classes[1]], intercept[classes[1]] = model.coef_[0], model.intercept_[0]
-        coef[classes[0]], intercept[classes[0]] = -model.coef_[0], -model.intercept_[0]
-    else:
-        coef[classes], intercept[classes] = model.coef_, model.intercept_
-    return coef, intercept
+    def decision(self, x) -> np.ndarray:
+        return self._features(x) @ self.weights.T + self.intercept
 
+    def _features(self, x) -> np.ndarray:
+        z = (np.asarray(x, np.float64) - self.mean) / self.scale
+        return z if self.kernel == LINEAR else rbf_basis(z, self.support, self.gamma)
 
-def _decision(model, x, mean, scale, n_classes: int) -> np.ndarray:
-    coef, intercept = _class_weights(model, n_classes)
-    return ((x - mean) / scale) @ coef.T + intercept
-
-
-def _folded(model, mean, scale, temperature: float, n_classes: int) -> tuple:
-    """softmax(T * (coef @ ((x - mean) / scale) + intercept)) as x @ kernel + bias."""
-    coef, intercept = _class_weights(model, n_classes)
-    kernel = temperature * (coef / scale).T
-    bias = temperature * (intercept - coef @ (mean / scale))
-    return kernel.astype(np.float32), bias.astype(np.float32)
+    def head(self, temperature: float) -> FunctionalsHead:
+        """softmax(T * decision) as a head: for the linear SVM the standardisation folds into
+        one affine map of the raw functionals; the RBF head keeps it and its basis."""
+        if self.kernel == LINEAR:
+            kernel = temperature * (self.weights / self.scale).T
+            bias = temperature * (self.intercept - self.weights @ (self.mean / self.scale))
+            return FunctionalsHead(kernel.astype(np.float32), bias.astype(np.float32))
+        return FunctionalsHead((temperature * self.weights.T).astype(np.float32),
+                               (temperature * self.intercept).astype(np.float32),
+                               support=self.support.astype(np.float32), mean=self.mean.astype(np.float32),
+                               scale=self.scale.astype(np.float32), gamma=float(self.gamma))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
