@@ -73,9 +73,9 @@ def _validation(folds: list, which: str) -> list:
     condition) or, for a fused run, of the fusion with the chosen weight (else the network's)."""
     values = []
     for fold in folds:
-        chosen = fold.get("functionals") or {}
+        chosen = (fold.get("functionals") or {}).get("speaker") or {}
         if which == "functionals":
-            value = (chosen.get("speaker") or {}).get("val_ua")
+            value = chosen.get("val_ua")
         elif which == "fused" and chosen.get("fused_val_ua"):
             value = chosen["fused_val_ua"].get(str(chosen["weight"]))
         else:

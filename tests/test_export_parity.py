@@ -30,10 +30,12 @@ from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.inference.predict import predict_files
 from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
 
-MAX_DP = 1e-6
+# The functionals classifier's dot products over 3111 functionals are summed in another order by
+# NumPy (in-process) than by TensorFlow (the graph): about 1e-6 of the fused probabilities.
+MAX_DP = 5e-6
 MIN_AGREEMENT = 1.0
 # fit's predictions.csv / serving_predictions.csv: rounded to 6 decimals, so MAX_DP + 5e-7, with room.
-FIT_MAX_DP = 2e-6
+FIT_MAX_DP = 6e-6
 
 # Runs in a process that never imports ser_keras: TensorFlow and NumPy only.
 SERVE_SCRIPT = textwrap.dedent("""

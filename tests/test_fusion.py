@@ -76,16 +76,26 @@ def test_choose_weight_takes_the_best_fusion_and_ties_to_the_middle():
 
 def test_classifier_round_trip_and_fusion(tmp_path):
     rng = np.random.default_rng(0)
-    heads = {c: FunctionalsHead(rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32))
-             for c in ("speaker", "pooled")}
+    heads = {c: FunctionalsHead(rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32), w)
+             for c, w in (("speaker", 0.25), ("pooled", 0.75))}
+    heads["pooled"].support = rng.normal(size=(6, 5)).astype(np.float32)  # an RBF head: its basis
+    heads["pooled"].mean, heads["pooled"].scale = np.zeros(5, np.float32), np.full(5, 2.0, np.float32)
+    heads["pooled"].gamma, heads["pooled"].kernel = 0.1, rng.normal(size=(6, 3)).astype(np.float32)
     path = tmp_path / "functionals.npz"
-    FunctionalsClassifier(heads, 0.25).save(path)
+    FunctionalsClassifier(heads).save(path)
     loaded = FunctionalsClassifier.load(path)
-    assert loaded.weight == 0.25
+    assert (loaded.heads["speaker"].weight, loaded.heads["pooled"].weight) == (0.25, 0.75)
+    assert loaded.heads["speaker"].support is None and loaded.heads["pooled"].gamma == 0.1
     x = rng.normal(size=(4, 5))
-    np.testing.assert_array_equal(loaded.heads["pooled"].probabilities(x), heads["pooled"].probabilities(x))
+    for condition in ("speaker", "pooled"):
+        np.testing.assert_array_equal(loaded.heads[condition].probabilities(x), heads[condition].probabilities(x))
+    basis = np.exp(-0.1 * ((x[:, None, :] / 2.0 - heads["pooled"].support[None]) ** 2).sum(axis=2))
+    logits = basis @ heads["pooled"].kernel + heads["pooled"].bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.heads["pooled"].probabilities(x), expected, atol=1e-6)
     network, functionals = np.full((4, 3), 1 / 3), loaded.heads["speaker"].probabilities(x)
-    np.testing.assert_allclose(loaded.fuse(network, functionals), 0.75 * network + 0.25 * functionals, atol=1e-7)
+    np.testing.assert_allclose(loaded.fuse(network, functionals, "speaker"), 0.75 * network + 0.25 * functionals,
+                               atol=1e-7)
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(SerKerasError, match="bad.npz: not a functionals classifier"):
         FunctionalsClassifier.load(tmp_path / "bad.npz")
@@ -105,11 +115,13 @@ def test_a_default_fit_reports_the_network_the_functionals_and_their_fusion(trai
     assert set(results["components"]) == {"network", "functionals"}
     assert set(results["serving"]["components"]) == {"network", "functionals"}
     fold = results["folds"][0]
-    chosen = fold["functionals"]
-    assert chosen["weight"] in (0.25, 0.5, 0.75) and set(chosen) >= {"speaker", "pooled", "fused_val_ua"}
-    assert chosen["fused_val_ua"][str(chosen["weight"])] == max(chosen["fused_val_ua"].values())
+    classifier = FunctionalsClassifier.load(trained_demo_run / "folds" / fold["name"] / "functionals.npz")
+    for condition in ("speaker", "pooled"):
+        chosen = fold["functionals"][condition]
+        assert chosen["weight"] in (0.25, 0.5, 0.75) and chosen["val_ua"] is not None
+        assert chosen["fused_val_ua"][str(chosen["weight"])] == max(chosen["fused_val_ua"].values())
+        assert classifier.heads[condition].weight == chosen["weight"]
     fold_dir = trained_demo_run / "folds" / fold["name"]
-    assert FunctionalsClassifier.load(fold_dir / "functionals.npz").weight == chosen["weight"]
     frame = pd.read_csv(fold_dir / "predictions.csv")
     assert {"network_predicted", "functionals_predicted"} <= set(frame.columns)
     assert frame["predicted"].tolist() == [labels[i] for i in frame[[f"p_{c}" for c in labels]].to_numpy().argmax(1)]

@@ -154,7 +154,7 @@ def predict_with_fold(fold_dir, config, features: list, speakers: list, model=No
                             "predict_with_fold needs the utterances' wide functionals")
     classifier = FunctionalsClassifier.load(fold_dir.functionals)
     x = speaker_znorm(np.nan_to_num(np.asarray(functionals, np.float32)), speakers)
-    return classifier.fuse(probabilities, classifier.heads["speaker"].probabilities(x))
+    return classifier.fuse(probabilities, classifier.heads["speaker"].probabilities(x), "speaker")
 
 
 # ---------------------------------------------------------------------------- cross-corpus

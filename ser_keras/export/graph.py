@@ -268,7 +268,7 @@ class ServingGraph:
                        + tf.reduce_sum(support * support, axis=1)[None, :])
             x = tf.cast(tf.exp(-head.gamma * tf.maximum(squared, 0.0)), tf.float32)
         logits = tf.matmul(x, arrays["kernel"]) + arrays["bias"]
-        weight = self.functionals.weight
+        weight = head.weight
         return (1.0 - weight) * probabilities + weight * tf.nn.softmax(logits, axis=-1)
 
     def input_spec(self):

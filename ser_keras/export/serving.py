@@ -77,7 +77,8 @@ def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
         "feature_dim": p.input_dim,
         # The functionals classifier fused with the network (models.functionals), if any.
         "functionals": None if bundle.functionals is None else {
-            "dim": len(FEATURE_NAMES), "weight": bundle.functionals.weight,
+            "dim": len(FEATURE_NAMES),
+            "weight": {condition: head.weight for condition, head in bundle.functionals.heads.items()},
             "rule": "probabilities = (1 - weight) * network + weight * softmax(functionals @ kernel + bias); "
                     "serve_speaker z-normalises the functionals over the batch's rows with speech, "
                     "serve/serve_lengths use them as computed"},

@@ -148,7 +148,8 @@ class RunPredictor(Predictor):
         probabilities, alpha = self.bundle.score(np.stack([self.bundle.features(w, network_stats) for w in batch]))
         if self.bundle.functionals is not None:  # as the export's serve / serve_with_statistics
             probabilities = self.bundle.functionals.fuse(
-                probabilities, self.bundle.functionals_probabilities(batch, None if stats is None else stats[2:]))
+                probabilities, self.bundle.functionals_probabilities(batch, None if stats is None else stats[2:]),
+                "pooled" if stats is None else "speaker")
         return probabilities, alpha
 
     def moments(self, waveform):

@@ -12,6 +12,9 @@ support vector s (``support [n, D]``), and ``kernel`` is ``[n, classes]``. One h
   protocol's figure; the export's ``serve_speaker``);
 - ``pooled``: x as computed (a single served recording, no speaker context).
 
+Each head carries the weight w its probabilities get in that condition's fused output:
+(1 - w) * network + w * head.
+
 Saved as ``folds/<fold>/functionals.npz`` (``rundir.FoldDir.functionals``); NumPy here, the same
 two ops in the export's graph (``export.graph``).
 """
@@ -33,10 +36,12 @@ SPEAKER_STD_FLOOR = 1e-8
 
 @dataclasses.dataclass
 class FunctionalsHead:
-    """One condition's head: probabilities = softmax(x @ kernel + bias)."""
+    """One condition's head: probabilities = softmax(features(x) @ kernel + bias), and its
+    weight in the fusion with the network."""
 
     kernel: np.ndarray  # [features or support vectors, classes] float32
     bias: np.ndarray  # [classes] float32
+    weight: float = 0.5
     # An RBF head's basis (None for a linear one): the standardisation and the support vectors.
     support: typing.Optional[np.ndarray] = None
     mean: typing.Optional[np.ndarray] = None
@@ -59,14 +64,14 @@ class FunctionalsHead:
 
 @dataclasses.dataclass
 class FunctionalsClassifier:
-    """The fold's heads by condition and the weight its probabilities get in the fused output."""
+    """The fold's heads by condition (``CONDITIONS``)."""
 
     heads: typing.Dict[str, FunctionalsHead]
-    weight: float
 
     def save(self, path: pathlib.Path) -> None:
-        arrays = {"weight": np.float32(self.weight)}
+        arrays = {}
         for condition, head in self.heads.items():
+            arrays[f"{condition}_weight"] = np.float64(head.weight)
             arrays[f"{condition}_kernel"] = head.kernel.astype(np.float32)
             arrays[f"{condition}_bias"] = head.bias.astype(np.float32)
             if head.support is not None:
@@ -87,15 +92,16 @@ class FunctionalsClassifier:
                     if f"{c}_support" in data.files:
                         basis = {name: data[f"{c}_{name}"] for name in ("support", "mean", "scale")}
                         basis["gamma"] = float(data[f"{c}_gamma"])
-                    heads[c] = FunctionalsHead(data[f"{c}_kernel"], data[f"{c}_bias"], **basis)
-                return cls(heads=heads, weight=float(data["weight"]))
+                    heads[c] = FunctionalsHead(data[f"{c}_kernel"], data[f"{c}_bias"], float(data[f"{c}_weight"]),
+                                               **basis)
+                return cls(heads=heads)
         except (OSError, KeyError, ValueError) as exc:
             raise SerKerasError(f"{path}: not a functionals classifier ({exc})") from None
 
-    def fuse(self, network: np.ndarray, functionals: np.ndarray) -> np.ndarray:
-        """(1 - weight) * network + weight * functionals probabilities."""
-        return ((1.0 - self.weight) * np.asarray(network, np.float32)
-                + self.weight * np.asarray(functionals, np.float32))
+    def fuse(self, network: np.ndarray, functionals: np.ndarray, condition: str) -> np.ndarray:
+        """(1 - w) * network + w * functionals probabilities, w the `condition` head's weight."""
+        weight = self.heads[condition].weight
+        return (1.0 - weight) * np.asarray(network, np.float32) + weight * np.asarray(functionals, np.float32)
 
 
 def rbf_basis(z: np.ndarray, support: np.ndarray, gamma: float) -> np.ndarray:

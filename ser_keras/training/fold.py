@@ -131,6 +131,8 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
              (("validation", validation), ("test", test))}
     if reports_serving(context.config) and len(test):
         views["serving"] = frontend.transform_views(context.part(test)[0], None, feature_config)
+        if fuses_functionals(context.config) and len(validation):  # to weigh the fusion of one recording
+            views["validation_serving"] = frontend.transform_views(context.part(validation)[0], None, feature_config)
     x = {"train": frontend.transform(*context.part(train)), "validation": views["validation"][0],
          "test": views["test"][0], "views": views}
     if uses_pca(context.config):
@@ -147,16 +149,17 @@ def run_fold(context: RunContext, fold: Fold) -> dict:
     probabilities, predicted = outcome.pop("probabilities"), outcome.pop("predicted")
     serving_probabilities = outcome.pop("serving_probabilities", None)
     components = {}
-    network_validation = outcome.pop("validation_probabilities", None)
+    network_validation = {"speaker": outcome.pop("validation_probabilities", None),
+                          "pooled": outcome.pop("validation_serving_probabilities", None)}
     if fuses_functionals(context.config):
         fused = train_functionals(context, fold_dir, train, validation, test, network_validation)
         classifier = fused["classifier"]
         components = {"network": probabilities.argmax(axis=1), "functionals": fused["test"]}
-        probabilities = classifier.fuse(probabilities, fused["test"])
+        probabilities = classifier.fuse(probabilities, fused["test"], "speaker")
         predicted = probabilities.argmax(axis=1)
         if serving_probabilities is not None:
             components["serving_network"] = serving_probabilities.argmax(axis=1)
-            serving_probabilities = classifier.fuse(serving_probabilities, fused["serving"])
+            serving_probabilities = classifier.fuse(serving_probabilities, fused["serving"], "pooled")
         if fused["summary"]:
             outcome["functionals"] = fused["summary"]
     wall = previous + (time.time() - started)

@@ -18,11 +18,11 @@ training data:
    speakers; the network keeps early stopping's use of the validation part).
 
 Without a validation part: the middle C of the grid and temperature 1. The fused output is
-(1 - w) * network + w * functionals, w from ``model.functionals_weights``: the one whose fusion
-scores the highest UA on the validation part (speaker condition; the network's validation
-probabilities are its kept model's, whose epoch that part chose, so they flatter it a little),
-used in both conditions. The classifier, folded into one affine map per condition, and w are
-saved as ``functionals.npz`` (read back on resume, by ``evaluate`` and by ``export``).
+(1 - w) * network + w * functionals, w from ``model.functionals_weights`` per condition: the one
+whose fusion scores the highest UA on the validation part in that condition (the network's
+validation probabilities are its kept model's, whose epoch that part chose, so they flatter it
+a little). The heads and their weights are saved as ``functionals.npz`` (read back on resume,
+by ``evaluate`` and by ``export``).
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ def condition_inputs(functionals: np.ndarray, speakers, condition: str) -> np.nd
 
 
 def train_functionals(context, fold_dir: FoldDir, train: np.ndarray, validation: np.ndarray,
-                      test: np.ndarray, network_validation: typing.Optional[np.ndarray]) -> dict:
+                      test: np.ndarray, network_validation: dict) -> dict:
     """The fold's classifier (fitted, or loaded on resume) and its probabilities: ``test``
-    (speaker condition), ``serving`` (pooled), ``summary`` (C, temperature, validation UA per
-    condition, the weight and the fused validation UA per weight, when fitted here).
-    `network_validation`: the network's probabilities of the validation part, to choose the
-    weight on (None: after a refit the network has trained on it; the middle weight then)."""
+    (speaker condition), ``serving`` (pooled), ``summary`` (per condition C, temperature,
+    validation UA, the weight and the fused validation UA per weight, when fitted here).
+    `network_validation`: per condition the network's probabilities of the validation part, to
+    choose the weights on (None: after a refit the network has trained on it; the middle weight
+    then)."""
     config = context.config
     speakers = context.manifest["speaker"].astype(str).to_numpy()
     inputs = {c: condition_inputs(context.functionals, speakers, c) for c in CONDITIONS}
@@ -69,16 +70,16 @@ def train_functionals(context, fold_dir: FoldDir, train: np.ndarray, validation:
     if fold_dir.functionals.is_file():
         classifier = FunctionalsClassifier.load(fold_dir.functionals)
     else:
-        heads, validation_probabilities = {}, {}
+        heads = {}
         for condition in CONDITIONS:
-            heads[condition], summary[condition], validation_probabilities[condition] = fit_head(
+            heads[condition], summary[condition], validation_probabilities = fit_head(
                 inputs[condition], context.y, len(context.labels), train, validation,
                 config.model.functionals_c_grid, int(config.train.seed), config.model.functionals_kernel)
-        weight, summary["fused_val_ua"] = choose_weight(
-            config.model.functionals_weights, network_validation, validation_probabilities["speaker"],
-            context.y[validation])
-        summary["weight"] = weight
-        classifier = FunctionalsClassifier(heads=heads, weight=weight)
+            heads[condition].weight, summary[condition]["fused_val_ua"] = choose_weight(
+                config.model.functionals_weights, network_validation.get(condition), validation_probabilities,
+                context.y[validation])
+            summary[condition]["weight"] = heads[condition].weight
+        classifier = FunctionalsClassifier(heads=heads)
         classifier.save(fold_dir.functionals)
     return {"classifier": classifier, "summary": summary,
             "test": classifier.heads["speaker"].probabilities(inputs["speaker"][test]),

@@ -88,6 +88,9 @@ def train_network(context, fold: Fold, fold_dir: FoldDir, x: dict,
         # What the kept model gives the validation part (which chose its epoch): the
         # functionals classifier's weight in the fusion is chosen on it (training.functionals).
         serving["validation_probabilities"] = predict_views(make_predictor(model), validation_ds)
+        if "validation_serving" in x["views"]:
+            serving["validation_serving_probabilities"] = predict_views(
+                make_predictor(model), datasets(x["views"]["validation_serving"]))
     if "serving" in x["views"]:  # the same model on single recordings, normalised as serve does
         serving["serving_probabilities"] = predict_views(make_predictor(model), datasets(x["views"]["serving"]))
     return {
