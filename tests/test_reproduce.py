@@ -104,6 +104,7 @@ def test_opensmile_baseline_runs_on_the_same_folds(tmp_path, monkeypatch):
     folds = make_folds(manifest, "loso", seed=0, validation_fraction=0.15)
     rows = run_baseline(config, manifest, folds, label_order(manifest), tmp_path)
     assert [(r["name"], r["normalisation"]) for r in rows] == [
+        ("ser_keras in-graph + SVM", "raw"), ("ser_keras in-graph + SVM", "speaker"),
         ("openSMILE eGeMAPS + SVM", "raw"), ("openSMILE eGeMAPS + SVM", "speaker"),
         ("openSMILE ComParE + SVM", "raw"), ("openSMILE ComParE + SVM", "speaker")]
     assert all(r["n"] == len(manifest) and 0 <= r["ua"] <= 1 for r in rows)

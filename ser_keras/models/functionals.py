@@ -43,7 +43,7 @@ class FunctionalsHead:
     bias: np.ndarray  # [classes] float32
     weight: float = 0.5
     # An RBF head's basis (None for a linear one): the standardisation and the support vectors.
-    support: typing.Optional[np.ndarray] = None
+    support: typing.Optional[np.ndarray] = None  # [n, D] float16
     mean: typing.Optional[np.ndarray] = None
     scale: typing.Optional[np.ndarray] = None
     gamma: float = 0.0
@@ -75,7 +75,8 @@ class FunctionalsClassifier:
             arrays[f"{condition}_kernel"] = head.kernel.astype(np.float32)
             arrays[f"{condition}_bias"] = head.bias.astype(np.float32)
             if head.support is not None:
-                for name in ("support", "mean", "scale"):
+                arrays[f"{condition}_support"] = head.support  # as trained: float16 (training.functionals)
+                for name in ("mean", "scale"):
                     arrays[f"{condition}_{name}"] = getattr(head, name).astype(np.float32)
                 arrays[f"{condition}_gamma"] = np.float64(head.gamma)
         tmp = pathlib.Path(path).with_suffix(".tmp.npz")

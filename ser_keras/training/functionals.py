@@ -6,8 +6,8 @@ beats either alone (docs/results.md). Per fold, on the wide functionals of every
 (``features.functionals``, cached by extraction), one classifier per condition
 (``models.functionals``): ``speaker`` (each speaker z-normalised by all of their recordings, a
 test speaker by their own, as the network's speaker normalisation) and ``pooled`` (as computed,
-for a single served recording). Each is a linear SVM on functionals standardised over its
-training data:
+for a single served recording). Each is an SVM (``model.functionals_kernel``: RBF, one class
+against the rest, or linear) on functionals standardised over its training data:
 
 1. C from ``model.functionals_c_grid``: the one with the highest UA on the validation part when
    trained on the training part (ties: the smaller C);
@@ -178,7 +178,10 @@ class _Fitted:
             return FunctionalsHead(kernel.astype(np.float32), bias.astype(np.float32))
         return FunctionalsHead((temperature * self.weights.T).astype(np.float32),
                                (temperature * self.intercept).astype(np.float32),
-                               support=self.support.astype(np.float32), mean=self.mean.astype(np.float32),
+                               # Half precision: the basis is most of an export's size, and 3
+                               # significant digits of standardised values move its distances by
+                               # far less than the classes are apart.
+                               support=self.support.astype(np.float16), mean=self.mean.astype(np.float32),
                                scale=self.scale.astype(np.float32), gamma=float(self.gamma))
 
 
