@@ -103,16 +103,16 @@ def test_f0_agrees_with_pyin_on_real_speech(corpus):
     assert counts["both"] / counts["ours"] >= PYIN_PRECISION, counts
 
 
-def test_tracker_runs_on_a_decimated_signal_in_float32_with_litert_ops():
-    """At 16 kHz, 60-500 Hz: every second sample, lags 16 .. 134 of the 8 kHz signal, a
-    power-of-two FFT; nothing in the graph is float64 or complex arithmetic, and no inverse FFT
-    (LiteRT's builtin ops have none of them)."""
+def test_tracker_runs_in_float32_with_litert_ops():
+    """At 16 kHz, 60-500 Hz: lags 32 .. 267 of the full-band signal, a window of 4 hops (2.4
+    periods of 60 Hz), a power-of-two FFT; nothing in the graph is float64 or complex
+    arithmetic, and no inverse FFT (LiteRT's builtin ops have none of them)."""
     import tensorflow as tf
 
     params = _params()
     geometry = yin_geometry(params)
-    assert (geometry["q"], geometry["tau_min"], geometry["tau_max"]) == (2, 16, 134)
-    assert geometry["n_fft"] & (geometry["n_fft"] - 1) == 0 and geometry["n_fft"] >= geometry["seg_blocks"] * 80
+    assert (geometry["tau_min"], geometry["tau_max"], geometry["blocks"]) == (32, 267, 4)
+    assert geometry["n_fft"] & (geometry["n_fft"] - 1) == 0 and geometry["n_fft"] >= geometry["seg_blocks"] * 160
     graph = tf.function(lambda x, n: tf_pitch_channels(x, n, params)).get_concrete_function(
         tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)).graph
     dtypes = {t.dtype for op in graph.get_operations() for t in op.outputs}
@@ -122,8 +122,6 @@ def test_tracker_runs_on_a_decimated_signal_in_float32_with_litert_ops():
     complex_users = {consumer.type for op in graph.get_operations() for t in op.outputs if t.dtype == tf.complex64
                      for consumer in t.consumers()}
     assert complex_users <= {"Real", "Imag"}, complex_users
-    # At 8 kHz the shortest period (500 Hz) is 16 samples already: no decimation.
-    assert yin_geometry(fe.params_from_arrays(_config(), {}, sample_rate=8000))["q"] == 1
 
 
 def test_tf_pitch_channels_of_silence_and_short_input():

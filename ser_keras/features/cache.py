@@ -40,7 +40,7 @@ import numpy as np
 
 from ser_keras import __version__
 
-FORMAT_VERSION = 3  # 2: arrays from the one TF front end (features.frontend_ops); 3: float32 YIN, decimated
+FORMAT_VERSION = 4  # 2: arrays from the one TF front end (features.frontend_ops); 3: YIN decimated; 4: full band
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")

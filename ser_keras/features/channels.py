@@ -40,40 +40,34 @@ def unvoiced_log_f0(feature_config) -> float:
     return 0.5 * float(np.log(feature_config.f0_min_hz) + np.log(feature_config.f0_max_hz))
 
 
-# YIN runs on the waveform decimated by q while the shortest period (1 / f0_max_hz) keeps at
-# least MIN_PERIOD_SAMPLES samples: the parabola through the dip then places F0 well inside the
-# 5 % of the pYIN reference test. The low-pass before decimating by q: box(q) convolved
-# DECIMATION_ORDER times (at q = 2 the taps [1, 4, 6, 4, 1] / 16: zeros on every frequency that
-# folds onto 0 Hz, -12 dB at the new Nyquist frequency).
-MIN_PERIOD_SAMPLES = 16
-DECIMATION_ORDER = 4
-# Integration window of the difference function: at least 2.5 periods of the lowest F0. With
-# only 2 periods (or the 20 ms frame), low male voices give shallow dips and many voiced frames
-# are missed (checked against pYIN).
+# Integration window of the difference function: about 2.5 periods of the lowest F0, the whole
+# number of hops nearest to it (4 at 60 Hz: 2.4 periods). With only 2 periods (or the 20 ms
+# frame), low male voices give shallow dips and many voiced frames are missed (checked against
+# pYIN); a longer window (rounding up to 5 hops) calls voiced more frames at the edges of
+# voiced stretches than the 2.5-period window the pitch channels were chosen with.
+# YIN runs on the full-band signal: a low-pass before decimating to 8 kHz (tried, for speed)
+# removed the aperiodic energy above it, so noisy frames gave deep dips and were called voiced,
+# and the default's LOSO accuracy dropped (docs/results.md).
 WIDTH_PERIODS = 2.5
 
 
 def yin_geometry(sample_rate: int, frame: int, hop: int, f0_min: float, f0_max: float) -> dict:
-    """YIN's integer constants, all in samples of the decimated signal: the decimation ``q``,
-    the ``hop``, the lag range ``tau_min .. tau_max`` and the ``lags`` computed
-    (``0 .. tau_max + 1``), the window in hops (``blocks``), ``left`` (the window of frame i
-    starts ``i * hop - left`` after the waveform's first sample), and the hops a hop's segment
-    (``seg_blocks``: the hop and its lags) and the lags alone (``lag_blocks``) span."""
+    """YIN's integer constants, in samples: the lag range ``tau_min .. tau_max`` and the
+    ``lags`` computed (``0 .. tau_max + 1``), the window in hops (``blocks``), ``left`` (the
+    window of frame i starts ``i * hop - left`` after the waveform's first sample), and the hops
+    a hop's segment (``seg_blocks``: the hop and its lags) and the lags alone (``lag_blocks``)
+    span."""
     f0_min, f0_max = float(f0_min), float(f0_max)
     if not 0 < f0_min < f0_max:
         raise ValueError(f"f0_min_hz ({f0_min}) must be positive and below f0_max_hz ({f0_max})")
-    q = max(d for d in range(1, hop + 1)
-            if hop % d == 0 and (d == 1 or sample_rate / d >= MIN_PERIOD_SAMPLES * f0_max))
-    rate = sample_rate / q
-    step = hop // q
-    tau_min = max(2, int(np.floor(rate / f0_max)))
-    tau_max = max(tau_min + 2, int(np.ceil(rate / f0_min)))
+    tau_min = max(2, int(np.floor(sample_rate / f0_max)))
+    tau_max = max(tau_min + 2, int(np.ceil(sample_rate / f0_min)))
     lags = tau_max + 2
-    blocks = max(1, int(np.ceil(WIDTH_PERIODS * sample_rate / f0_min / hop)))
-    # The window and its lags, (blocks * step + lags - 1) samples, centred on the frame's centre.
-    left = (blocks * step + lags - 1) // 2 - (frame // 2) // q
-    return dict(q=q, hop=step, tau_min=tau_min, tau_max=tau_max, lags=lags, blocks=blocks, left=left,
-                seg_blocks=-(-(step + lags - 1) // step), lag_blocks=-(-lags // step))
+    blocks = max(1, int(np.floor(WIDTH_PERIODS * sample_rate / f0_min / hop + 0.5)))
+    # The window and its lags, (blocks * hop + lags - 1) samples, centred on the frame's centre.
+    left = (blocks * hop + lags - 1) // 2 - frame // 2
+    return dict(hop=hop, tau_min=tau_min, tau_max=tau_max, lags=lags, blocks=blocks, left=left,
+                seg_blocks=-(-(hop + lags - 1) // hop), lag_blocks=-(-lags // hop))
 
 
 def map_spectral(function, x: np.ndarray, feature_config) -> np.ndarray:

@@ -5,29 +5,27 @@ the ``(frames, 2)`` [log F0, voicing] of the row's valid frames (``features.chan
 what they are), in float32 throughout and with LiteRT's builtin ops only (no float64, no
 inverse FFT, no complex arithmetic, power-of-two FFT lengths):
 
-1. decimation: the waveform is low-passed (``box(q)`` convolved with itself
-   ``DECIMATION_ORDER`` times) and every ``q``-th sample kept (``channels.yin_geometry``);
-2. YIN (de Cheveigne & Kawahara 2002) on the decimated signal, over a window of ``blocks``
-   hops (at least ``WIDTH_PERIODS`` periods of ``f0_min_hz``) centred, with its lags, on the
-   frame's centre: the difference function
+1. YIN (de Cheveigne & Kawahara 2002) on the full-band waveform (``channels.yin_geometry``
+   says why not decimated), over a window of ``blocks`` hops (about ``WIDTH_PERIODS`` periods
+   of ``f0_min_hz``) centred, with its lags, on the frame's centre: the difference function
    ``d(tau) = sum_{j<W} (x_j - x_{j+tau})^2 = E(0) + E(tau) - 2 r(tau)`` for the lags
    ``0 .. tau_max + 1`` only, block by block: a frame's cross term ``r`` and energies ``E`` are
    sums of per-hop terms that neighbouring frames share. Each hop's cross term comes from
    small FFTs of the hop and of its segment (the hop and its lags); the energies from prefix
    sums inside each hop (no running sum over the recording, which float32 could not difference);
-3. the cumulative-mean-normalised difference, the first local minimum below
+2. the cumulative-mean-normalised difference, the first local minimum below
    ``voicing_threshold`` in ``[tau_min, tau_max]`` (else the global minimum, unvoiced),
    parabolic interpolation; voiced when a dip was found and F0 lies in
    ``[f0_min_hz, f0_max_hz]``;
-4. the relative voicing gate: a frame whose mean square (``level.frame_powers``, of the
+3. the relative voicing gate: a frame whose mean square (``level.frame_powers``, of the
    full-band waveform) is more than ``VOICING_RELATIVE_DB`` below the loudest valid frame of
    its row is unvoiced;
-5. log F0 linear between voiced frames (``np.interp``'s formula), held before the first and
+4. log F0 linear between voiced frames (``np.interp``'s formula), held before the first and
    after the last, ``unvoiced_log_f0`` on a row without a voiced frame.
 
 Frames past a row's ``n_frames[b]`` are padding: they never count as voiced and never enter the
 gate's maximum, so a row's channels do not depend on what else is in the batch. Every constant
-(the lags, the FFT length, the filter) is fixed when the graph is built, every shape is static
+(the lags, the FFT length) is fixed when the graph is built, every shape is static
 given the input's (XLA compiles it); serving needs no ser_keras.
 """
 
@@ -35,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ser_keras.features.channels import DECIMATION_ORDER, VOICING_RELATIVE_DB, unvoiced_log_f0
+from ser_keras.features.channels import VOICING_RELATIVE_DB, unvoiced_log_f0
 from ser_keras.features.channels import yin_geometry as _yin_geometry
 from ser_keras.features.level import fit_length, frame_powers, shifted_sum
 
@@ -47,14 +45,6 @@ def yin_geometry(params) -> dict:
     g = _yin_geometry(params.sample_rate, params.frame, params.hop, params.f0_min_hz, params.f0_max_hz)
     g["n_fft"] = 1 << (g["seg_blocks"] * g["hop"] - 1).bit_length()
     return g
-
-
-def _decimation_taps(q: int) -> np.ndarray:
-    """The low-pass before keeping every q-th sample: box(q) ** DECIMATION_ORDER, sum 1."""
-    taps = np.ones(1)
-    for _ in range(DECIMATION_ORDER):
-        taps = np.convolve(taps, np.ones(q) / q)
-    return taps
 
 
 def tf_pitch_channels(waveform, n_frames, params):
@@ -71,7 +61,7 @@ def tf_pitch_channels(waveform, n_frames, params):
         n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
         valid = tf.sequence_mask(n_frames, total)
 
-        f0, dip = _yin(_decimated_blocks(waveform, total, g), params, g)
+        f0, dip = _yin(_blocks(waveform, total, g), params, g)
         powers = frame_powers(waveform, total, params)
         loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
         voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
@@ -79,26 +69,15 @@ def tf_pitch_channels(waveform, n_frames, params):
         return tf.stack([log_f0, tf.cast(voiced, tf.float32)], axis=2)
 
 
-def _decimated_blocks(waveform, total, g):
-    """``[B, n_blocks, hop]``: the decimated signal in hops, hop m starting at decimated sample
-    ``m * hop - left``; enough hops for every frame's segments (zeros beyond the waveform)."""
+def _blocks(waveform, total, g):
+    """``[B, n_blocks, hop]``: the waveform in hops, hop m starting at sample ``m * hop - left``;
+    enough hops for every frame's segments (zeros beyond the waveform)."""
     import tensorflow as tf
 
-    q, hop = g["q"], g["hop"]
+    hop = g["hop"]
     n_blocks = total + g["blocks"] - 1 + max(g["seg_blocks"], g["lag_blocks"] + 1) - 1
-    n = n_blocks * hop
-    taps = _decimation_taps(q)
-    centre = (len(taps) - 1) // 2  # symmetric taps: output k sits on input sample q * k
-    extra = -(-(len(taps) - 1) // q)
-    x = fit_length(waveform, -q * g["left"] - centre, q * (n + extra))
-    if q == 1:
-        decimated = x[:, :n]
-    else:
-        # Polyphase: phase p holds samples q * k + p; tap i reads phase i % q from k + i // q.
-        # (Strided slices of the waveform, one per tap, cost several times more.)
-        phases = tf.unstack(tf.reshape(x, [tf.shape(x)[0], n + extra, q]), axis=2)
-        decimated = tf.add_n([float(tap) * phases[i % q][:, i // q: i // q + n] for i, tap in enumerate(taps)])
-    return tf.reshape(decimated, [tf.shape(waveform)[0], n_blocks, hop])
+    x = fit_length(waveform, -g["left"], n_blocks * hop)
+    return tf.reshape(x, [tf.shape(waveform)[0], n_blocks, hop])
 
 
 def _triangle(n: int, first_row: bool = True, strict: bool = False):
@@ -150,7 +129,7 @@ def _correlation(head, segment, n_fft: int, lags: int):
 
 def _yin(blocks, params, g):
     """(f0 Hz float32 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): YIN on every
-    frame, from the decimated hops (``_decimated_blocks``)."""
+    frame, from the waveform's hops (``_blocks``)."""
     import tensorflow as tf
 
     hop, lags, width = g["hop"], g["lags"], g["blocks"]
@@ -203,7 +182,7 @@ def _yin(blocks, params, g):
     shift = tf.where(curved, 0.5 * (before - after) / tf.where(curved, curvature, tf.ones_like(curvature)),
                      tf.zeros_like(curvature))
     period = tf.cast(best, tf.float32) + tf.clip_by_value(shift, -1.0, 1.0)
-    f0 = float(params.sample_rate / g["q"]) / period
+    f0 = float(params.sample_rate) / period
     return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
 
 
