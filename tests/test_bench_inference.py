@@ -37,6 +37,7 @@ def test_sweep_shares_overlaps_and_gives_short_pauses_to_the_next_op(bench):
     assert shares == pytest.approx({"front end": 1.5 / total, "pitch": 1.5 / total, "network": 3.0 / total})
 
 
+@pytest.mark.slow
 def test_two_exports_side_by_side(bench, tiny_run, exported, capsys):
     first = exported(tiny_run("exp4"))
     second = exported(tiny_run("exp4", seed=1))

@@ -132,6 +132,7 @@ def test_predict_cli_runtime_litert_and_its_limits(trained_export, export_root, 
         LiteRTModel(export_root / "nowhere.tflite")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["float16", "int8"])
 def test_quantized_litert_models_are_smaller_and_close(tiny_run, tiny_export, export_root, quantize):
     from ser_keras.export.serving import export_run

@@ -23,9 +23,11 @@ MAX_DP = 1e-5
 # Against pYIN (librosa.pyin, 60-500 Hz, a frame grid shifted to ours; test_features checks the
 # same tracker on its own grid): F0 within PYIN_RTOL on at least PYIN_WITHIN of the frames both
 # call voiced; at least PYIN_RECALL of pYIN's voiced frames voiced here and at least
-# PYIN_PRECISION of the frames voiced here voiced for pYIN.
+# PYIN_PRECISION of the frames voiced here voiced for pYIN. The full-band tracker (chosen over
+# the one on a low-passed, decimated signal by validation UA: it voices fewer noisy frames)
+# agrees a little less often on this grid than on test_features' (>= 0.96 there).
 PYIN_RTOL = 0.05
-PYIN_WITHIN = 0.96
+PYIN_WITHIN = 0.95
 PYIN_RECALL = 0.70
 PYIN_PRECISION = 0.90
 PYIN_FILES = 8

@@ -163,6 +163,7 @@ def test_bucket_grid():
     assert [serving_graph.bucket_batch(b) for b in (1, 3, 17, 32, 33, 70)] == [1, 4, 32, 32, 64, 96]
 
 
+@pytest.mark.slow
 def test_exp3_attention_is_uniform(tiny_run, exported):
     run_dir = tiny_run("exp3")
     loaded = tf.saved_model.load(str(exported(run_dir)))
@@ -176,6 +177,7 @@ def test_exp3_attention_is_uniform(tiny_run, exported):
     assert meta["attention"] == "uniform"
 
 
+@pytest.mark.slow
 def test_exp2_endpoint_takes_the_waveform(tiny_run, exported):
     """exp2 serves from a raw waveform like exp3-5: its LLDs are computed in the graph, by the
     ops feature extraction runs, and the export equals the in-process model."""

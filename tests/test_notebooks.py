@@ -124,6 +124,7 @@ def test_committed_notebooks_have_no_outputs(path):
             assert before.cell_type == "markdown", f"{path.name}: code cell without a why: {cell.source[:60]!r}"
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, notebook_env):
     nb, work, timing = run_notebook(QUICKSTART, tmp_path)
     run_dir = work / "runs" / "quickstart_exp4"
@@ -138,6 +139,7 @@ def test_quickstart_notebook_runs(tmp_path, notebook_env):
     print(f"01_quickstart.ipynb ran in {timing}")
 
 
+@pytest.mark.slow
 def test_reproduce_notebook_runs(tmp_path, notebook_env):
     nb, work, timing = run_notebook(REPRODUCE, tmp_path)
     reports = list((work / "runs").glob("*/report.md"))

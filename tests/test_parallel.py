@@ -10,6 +10,7 @@ from ser_keras.errors import SerKerasError
 from tests.test_training import tiny_config
 
 
+@pytest.mark.slow
 def test_folds_train_in_worker_processes_and_repeat_exactly(tmp_path, capfd):
     from ser_keras.evaluation.fit import fit
 

@@ -245,6 +245,7 @@ def test_plot_png(mixed_folder, tmp_path, capsys, tiny_run):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_exp2_run_and_export_predict(tiny_run, exported, export_root):
     run_dir = tiny_run("exp2")
     waveform = tone(1.1, seed=13)

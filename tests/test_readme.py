@@ -5,7 +5,7 @@ script (``set -e``), all in one scratch directory, so the tour's ``fit`` produce
 that its ``export`` and ``predict`` use. The install-and-run line at the top creates a fresh
 virtual environment; here the package is already installed (CI's ``.ci/run`` checks the
 install), so the install part is dropped and ``.venv/bin/`` resolves to this interpreter's
-environment, which is first on PATH.
+environment, which is first on PATH. The blocks train and export for minutes: `-m slow`.
 """
 
 import json
@@ -14,6 +14,8 @@ import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 from ser_keras.config import DEFAULT_EXPERIMENT
 
@@ -50,6 +52,7 @@ def test_ci_runs_the_readme_test_line():
     assert "README.md" in ci and "pytest" in ci
 
 
+@pytest.mark.slow
 def test_readme_demo_blocks_run_as_written(tmp_path):
     scripts = demo_scripts()
     assert len(scripts) >= 2, "the README shows no demo tour"

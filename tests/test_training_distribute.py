@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     script = tmp_path / "mirrored_fit.py"
     script.write_text(SCRIPT)
