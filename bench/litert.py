@@ -5,7 +5,9 @@
 Prints, for the export's float32 model.tflite:
 - parity with the SavedModel's ``serve`` on N EMO-DB recordings (``SER_KERAS_CORPORA``/emodb/wav;
   skipped without it): max and median |dp|, how many exceed 1e-4, labels and speech flags that
-  differ;
+  differ. model.tflite holds the network only: for an export that fuses a functionals
+  classifier, the reference is the same network's serving graph without it, rebuilt from the
+  run directory ``export.json`` names, and the fused SavedModel's labels are counted beside;
 - speed at batch 1 on a ``--seconds`` clip: x real-time of both, side by side, in this process
   (``litert_speed`` is the function bench/inference.py can call);
 - size of model.tflite; each ``--quantized`` export's (float16 / int8) size and deviation from
@@ -101,7 +103,18 @@ def main(argv=None) -> int:
         waves = [load_audio(f, model.sample_rate) for f in files]  # mono, resampled as predict does
         lite = [model.serve(w) for w in waves]
         saved = [{k: v.numpy()[0] for k, v in loaded.serve(w[None]).items()} for w in waves]
-        print(f"parity with the SavedModel on {len(files)} EMO-DB recordings: "
+        name = "the SavedModel"
+        if model.meta.get("functionals") and not model.meta.get("litert", {}).get("functionals"):
+            from ser_keras.export.graph import ServingGraph
+            from ser_keras.inference.fold import load_fold
+
+            graph = ServingGraph(load_fold(model.meta["run_dir"], model.meta["fold"]), with_functionals=False)
+            fused = [x["probabilities"] for x in saved]
+            saved = [{k: v.numpy()[0] for k, v in graph.serve(tf.constant(w[None])).items()} for w in waves]
+            name = "the export's network (without the functionals classifier, as model.tflite)"
+            differ = sum(int(np.argmax(x["probabilities"]) != np.argmax(y)) for x, y in zip(lite, fused))
+            print(f"the fused SavedModel's label differs from LiteRT's on {differ}/{len(files)}")
+        print(f"parity with {name} on {len(files)} EMO-DB recordings: "
               + _deviation(np, [x["probabilities"] for x in lite], [x["probabilities"] for x in saved])
               + f"  speech differs: {sum(int(x['speech'] != bool(y['speech'])) for x, y in zip(lite, saved))}")
         for other in args.quantized:
@@ -112,7 +125,8 @@ def main(argv=None) -> int:
     else:
         print("EMO-DB not found: parity and quantisation skipped")
     row = litert_speed(args.model, args.seconds)
-    print(f"{args.seconds:g} s clip, batch 1: SavedModel {row['savedmodel_xrt']:.0f}x real-time, "
+    fused = " (network + functionals)" if model.meta.get("functionals") else ""
+    print(f"{args.seconds:g} s clip, batch 1: SavedModel{fused} {row['savedmodel_xrt']:.0f}x real-time, "
           f"LiteRT {row['litert_xrt']:.0f}x real-time")
     return 0
 
