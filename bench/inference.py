@@ -22,7 +22,9 @@ split by stage from a ``tf.profiler`` trace of a few calls (``stage_split``): ``
 under the ``pitch`` name scope of ``features.pitch``), ``network`` (ops under the Keras model's
 or one of its layers' names, and fused LSTM kernels) and ``front end`` (everything else:
 spectrogram, level, statistics, PCA, speech flags, input checks); the milliseconds shown are
-each stage's share of the median call. Last, each export's size on disk by part.
+each stage's share of the median call. Then each export's size on disk by part, and its
+``model.tflite`` beside the SavedModel on a 10 s clip at batch 1: x real time and peak resident
+memory, LiteRT in a fresh process that never imports TensorFlow (``bench/litert.py --speed-only``).
 
 Only TensorFlow and NumPy are imported for the timing - the same as serving.
 
@@ -301,6 +303,29 @@ def bench(paths: list, seconds: list, batches: list, min_repeats: int, min_time:
     return rows
 
 
+def litert_side_by_side(rows: list, paths: list, seconds: float = 10.0) -> None:
+    """Each export's model.tflite beside its SavedModel on a `seconds` clip at batch 1: x real
+    time and peak resident memory, LiteRT timed in a fresh process that never imports
+    TensorFlow (bench/litert.py --speed-only), as it is served without TensorFlow."""
+    for index, path in enumerate(paths, 1):
+        if not (path / "model.tflite").is_file():
+            continue
+        done = subprocess.run([sys.executable, str(REPO / "bench" / "litert.py"), "--model", str(path),
+                               "--seconds", str(seconds), "--speed-only"], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"model {index} LiteRT: failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        lite = json.loads(done.stdout.strip().splitlines()[-1])
+        saved = [r for r in rows if r["model"] == str(path) and r["clip_s"] == seconds and r["batch"] == 1]
+        saved_text = (f"{saved[0]['x_real_time']:.0f}x, peak RSS {max(r['peak_rss_mb'] for r in rows):.0f} MB "
+                      "(this process: TensorFlow and every model)" if saved else "not timed at this length")
+        meta = json.loads((path / "export.json").read_text()) if (path / "export.json").is_file() else {}
+        network_only = " (the network only)" if meta.get("functionals") else ""
+        print(f"model {index} {seconds:g} s clip, batch 1: SavedModel {saved_text}; LiteRT{network_only} "
+              f"{lite['litert_xrt']:.0f}x, peak RSS {lite['peak_rss_mb']:.0f} MB (a process without "
+              f"TensorFlow{'' if not lite['tensorflow_imported'] else ': NOT so, TensorFlow was imported'})")
+
+
 def verdict(rows: list, paths: list) -> None:
     """The targets, for the first model against the last."""
     first, last = str(paths[0]), str(paths[-1])
@@ -342,6 +367,8 @@ def main(argv=None) -> int:
     seconds = [float(s) for s in args.seconds.split(",") if s]
     batches = [int(b) for b in args.batches.split(",") if b]
     rows = bench(paths, seconds, batches, args.repeats, args.min_time, split=not args.no_split)
+    print()
+    litert_side_by_side(rows, paths)
     verdict(rows, paths)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"(1-minute load average at the end: {load:.2f} on {os.cpu_count()} cores; other processes "

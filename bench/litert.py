@@ -10,6 +10,8 @@ Prints, for the export's float32 model.tflite:
   run directory ``export.json`` names, and the fused SavedModel's labels are counted beside;
 - speed at batch 1 on a ``--seconds`` clip: x real-time of both, side by side, in this process
   (``litert_speed`` is the function bench/inference.py can call);
+- with ``--speed-only``: LiteRT's speed and the process's peak resident memory as one JSON line,
+  TensorFlow never imported (what bench/inference.py prints beside the SavedModel's);
 - size of model.tflite; each ``--quantized`` export's (float16 / int8) size and deviation from
   the float32 LiteRT model on the same recordings.
 The peak resident memory of a LiteRT-only process is measured by docs/serve_litert.py run in an
@@ -19,8 +21,10 @@ environment with only ai-edge-litert, numpy and soundfile (docs/litert.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -87,7 +91,16 @@ def main(argv=None) -> int:
                         help="exports of the same run with --quantize float16 / int8")
     parser.add_argument("--files", type=int, default=100, help="EMO-DB recordings (0: all)")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only LiteRT's speed and this process's peak RSS, as one JSON line, without "
+                             "importing TensorFlow (bench/inference.py runs it in a fresh process)")
     args = parser.parse_args(argv)
+    if args.speed_only:
+        row = litert_speed(args.model, args.seconds, savedmodel=False)
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+        row["tensorflow_imported"] = "tensorflow" in sys.modules
+        print(json.dumps(row))
+        return 0
 
     import numpy as np
     import tensorflow as tf

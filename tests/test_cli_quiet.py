@@ -54,6 +54,7 @@ def audio(tmp_path_factory):
     return good, bad
 
 
+@pytest.mark.slow
 def test_predict_is_quiet_unless_asked(tiny_run, exported, audio):
     """Without --verbose: the labels, the package's line about the broken file, and no log line
     of TensorFlow's; with --verbose or TF_CPP_MIN_LOG_LEVEL=0: TensorFlow's log lines (those this

@@ -25,10 +25,11 @@ MAX_DP = 1e-5
 # call voiced; at least PYIN_RECALL of pYIN's voiced frames voiced here and at least
 # PYIN_PRECISION of the frames voiced here voiced for pYIN. The full-band tracker (chosen over
 # the one on a low-passed, decimated signal by validation UA: it voices fewer noisy frames)
-# agrees a little less often on this grid than on test_features' (>= 0.96 there).
+# agrees a little less often on this grid than on test_features' (>= 0.96 there) and calls
+# fewer frames voiced (EMO-DB: 70 % of pYIN's voiced frames; 95 % of its own are pYIN's too).
 PYIN_RTOL = 0.05
 PYIN_WITHIN = 0.95
-PYIN_RECALL = 0.70
+PYIN_RECALL = 0.65
 PYIN_PRECISION = 0.90
 PYIN_FILES = 8
 

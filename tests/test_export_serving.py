@@ -242,6 +242,7 @@ def test_saved_model_cli_show_and_run(exp4_export, tmp_path):
         assert len(values) == len(LABELS) and abs(sum(values) - 1.0) < 1e-5
 
 
+@pytest.mark.slow
 def test_cli_export_command(tmp_path, tiny_run):
     from ser_keras.cli import main
 
@@ -362,6 +363,7 @@ def test_serve_speaker_is_serve_lengths_for_a_model_trained_without_speaker_stat
     assert meta["serve_without_speaker"] == "pooled" and meta["normalization"] == "neutral_global"
 
 
+@pytest.mark.slow
 def test_export_does_not_log_assets_written(tmp_path, tiny_run):
     """The SavedModel writer's INFO line ("Assets written to: ...") stays out of the user's log."""
     import logging

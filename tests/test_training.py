@@ -264,6 +264,7 @@ def test_a_different_config_in_the_same_run_dir_is_refused(tmp_path):
     assert [f["name"] for f in results["folds"]] == ["speaker-spk_f1", "speaker-spk_f2"]
 
 
+@pytest.mark.slow
 def test_refit_trains_on_all_training_speakers_for_the_validated_epochs(tmp_path, monkeypatch):
     """train.refit: after early stopping a fresh model trains on training + validation
     speakers for the best epoch count and is the one tested; phase one is untouched by it, and
