@@ -113,9 +113,6 @@ def served(level_run, export_root, demo_files):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="known regression: the functionals classifier's pooled head (serve) reads "
-                   "the recording's absolute level (loudness, energy and band-level functionals); the network's "
-                   "features stay gain-independent (docs/serving.md)")
 def test_served_probabilities_do_not_depend_on_the_gain(served, demo_files):
     for i, _ in enumerate(_speech_files(demo_files)):
         reference = np.array(served["serve"][f"speech_{i}_1"]["probabilities"])

@@ -69,7 +69,7 @@ def shaping_fields(config, kind: str) -> dict:
     """The FeatureConfig fields that shape features of `kind` (part of the cache key)."""
     values = dataclasses.asdict(config)
     if kind == "wide_functionals":  # features.functionals fixes its own frame grid and settings
-        return {}
+        return {"level": "loudest fifth"}
     if kind == "spectrogram":
         skip = set(NOT_SHAPING) | LLD_ONLY
     elif kind == "pitch":
