@@ -40,7 +40,9 @@ import numpy as np
 
 from ser_keras import __version__
 
-FORMAT_VERSION = 4  # 2: arrays from the one TF front end (features.frontend_ops); 3: YIN decimated; 4: full band
+# 2: the one TF front end (features.frontend_ops); 3: YIN decimated; 4: full band; 5: level-normalised
+# wide functionals.
+FORMAT_VERSION = 5
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")
@@ -69,7 +71,7 @@ def shaping_fields(config, kind: str) -> dict:
     """The FeatureConfig fields that shape features of `kind` (part of the cache key)."""
     values = dataclasses.asdict(config)
     if kind == "wide_functionals":  # features.functionals fixes its own frame grid and settings
-        return {"level": "loudest fifth"}
+        return {}
     if kind == "spectrogram":
         skip = set(NOT_SHAPING) | LLD_ONLY
     elif kind == "pitch":

@@ -1,7 +1,9 @@
 """Wide functionals of a waveform, in TensorFlow ops: one float32 vector per recording.
 
 ``extract_functionals(waveform)`` (a ``tf.function`` over a 1-D float32 16 kHz waveform of any
-length, traced once) computes the LLD groups of ``descriptors.frame_descriptors``, smooths every
+length, traced once) takes the waveform relative to its loudest fifth of frames (the network's
+level reference, so a gain moves no functional; loudness differences within the recording stay),
+computes the LLD groups of ``descriptors.frame_descriptors``, smooths every
 contour with a 3-frame moving average over the frames its group counts (ComParE smooths its LLDs
 the same way), appends deltas, and summarises every contour over the frames of its group with
 ``FUNCTIONALS``:
