@@ -33,6 +33,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from ser_keras.features import level
+
 SAMPLE_RATE = 16000
 FRAME = 400  # 25 ms
 HOP = 160  # 10 ms
@@ -76,6 +78,15 @@ def _frames(waveform):
     n = tf.shape(waveform)[0]
     padded = tf.pad(waveform, [[0, tf.maximum(FRAME - n, 0)]])
     return tf.signal.frame(padded, FRAME, HOP, pad_end=False)
+
+
+def level_normalised(waveform):
+    """The waveform scaled so that the mean log power of its loudest fifth of frames is 0 dB (the
+    network's level reference, features/level.py): a gain does not move the functionals."""
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    power = tf.reduce_mean(tf.square(_frames(waveform)), axis=1)
+    top = tf.math.top_k(power, level.top_count(tf.shape(power)[0])).values
+    return waveform * tf.exp(-0.5 * tf.reduce_mean(tf.math.log(top + 1e-20)))
 
 
 def _regression_slope(values, x: np.ndarray):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ser_keras.features import descriptors, level
+from ser_keras.features import descriptors
 
 FUNCTIONALS = ("mean", "std", "skewness", "kurtosis", "p1", "p20", "p50", "p80", "p99", "range20_80",
                "range1_99", "slope", "regression_error", "rise", "fall", "up25", "up50", "up75", "peak_rate",
@@ -149,18 +149,9 @@ def _global_features(voiced, n_frames):
                      tf.reduce_sum(flags) / tf.maximum(starts, 1.0) / FRAME_RATE])
 
 
-def level_normalised(waveform):
-    """The waveform scaled so that the mean log power of its loudest fifth of frames is 0 dB (the
-    network's level reference, features/level.py): a gain does not move the functionals."""
-    waveform = tf.convert_to_tensor(waveform, tf.float32)
-    power = tf.reduce_mean(tf.square(descriptors._frames(waveform)), axis=1)
-    top = tf.math.top_k(power, level.top_count(tf.shape(power)[0])).values
-    return waveform * tf.exp(-0.5 * tf.reduce_mean(tf.math.log(top + 1e-20)))
-
-
 def functionals_of_waveform(waveform):
     """[len(FEATURE_NAMES)] float32 functionals of a 1-D float32 16 kHz waveform (eager or traced)."""
-    groups = descriptors.frame_descriptors(level_normalised(waveform))
+    groups = descriptors.frame_descriptors(descriptors.level_normalised(waveform))
     parts = []
     for name, (values, mask, _) in groups.items():
         values = smooth(values, mask)
