@@ -73,12 +73,10 @@ class ServingGraph:
     the network's in every scoring endpoint: the wide functionals of each row's valid samples
     (``features.functionals``, the ops extraction runs), the ``speaker`` head on functionals
     z-normalised over the batch's rows with speech for ``serve_speaker``, the ``pooled`` head
-    otherwise. ``with_functionals=False`` leaves them out (the LiteRT model: the formants' root
-    finding is no LiteRT builtin).
+    otherwise.
     """
 
-    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused: bool = True,
-                 with_functionals: bool = True):
+    def __init__(self, bundle: FoldModel, jit_compile: bool = False, fused: bool = True):
         self.tf = tf
         self.bundle = bundle
         self.params = bundle.params
@@ -91,7 +89,7 @@ class ServingGraph:
         self.core = tf.function(self._core, jit_compile=jit_compile, reduce_retracing=True)
         self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
         self.speaker_adapted = speaker_adapted(bundle.config)
-        self.functionals = bundle.functionals if with_functionals else None
+        self.functionals = bundle.functionals
         # The heads' arrays as variables: saved once, not once per endpoint that reads them.
         self.heads = {} if self.functionals is None else {
             condition: {name: tf.Variable(value, trainable=False, name=f"functionals_{condition}_{name}")
@@ -326,5 +324,7 @@ class ServingGraph:
         return {"functionals": self._row_functionals(inputs, lengths)}
 
     def _row_functionals(self, inputs, lengths):
+        if inputs.shape[0] == 1:  # one recording (the LiteRT model): no loop over rows
+            return wide_functionals(inputs[0, :lengths[0]])[None]
         return self.tf.map_fn(lambda row: wide_functionals(row[0][:row[1]]), (inputs, lengths),
                               fn_output_signature=self.tf.TensorSpec([len(FEATURE_NAMES)], self.tf.float32))

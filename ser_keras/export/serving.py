@@ -42,7 +42,8 @@ from ser_keras.rundir import (CONFIG_FILE, EXPORT_FILE, FRONTEND_FILE, KERAS_MOD
 # accuracy_estimate; the metadata endpoint names the training data.
 # 4: every experiment takes the waveform (exp2 computes its LLDs in the graph); "features"
 # names what the graph computes from it; no fused_lstm.
-EXPORT_FORMAT_VERSION = 4
+# 5: model.tflite holds the functionals classifier too (litert.functionals).
+EXPORT_FORMAT_VERSION = 5
 
 
 def _export_metadata(bundle: FoldModel, jit_compile: bool) -> dict:
@@ -267,9 +268,8 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
         if bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
-            meta["litert"] = write_litert(ServingGraph(bundle, fused=False, with_functionals=False), staging,
-                                          quantize)
-            meta["litert"]["functionals"] = False
+            meta["litert"] = write_litert(ServingGraph(bundle, fused=False), staging, quantize)
+            meta["litert"]["functionals"] = bundle.functionals is not None
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

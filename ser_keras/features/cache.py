@@ -41,8 +41,8 @@ import numpy as np
 from ser_keras import __version__
 
 # 2: the one TF front end (features.frontend_ops); 3: YIN decimated; 4: full band; 5: level-normalised
-# wide functionals.
-FORMAT_VERSION = 5
+# wide functionals; 6: functionals by LiteRT builtins (the network's YIN, formants from the LPC envelope).
+FORMAT_VERSION = 6
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")

@@ -11,17 +11,22 @@ The descriptors that eGeMAPS and ComParE draw on, computed from one 25 ms Hammin
   roll-off points 25/50/75/90 %, alpha ratio (dB, 50-1000 Hz over 1-5 kHz), Hammarberg index
   (dB, strongest bin under 2 kHz over strongest in 2-5 kHz), the share of power in 0-0.5,
   0.5-1, 1-2, 2-4, 4-8 kHz (dB), zero-crossing rate.
-- ``voiced`` (voiced frames): F0 in semitones above 27.5 Hz and HNR (dB), both from a float32
-  YIN (cumulative-mean-normalised difference; HNR = 10 log10((1 - d') / d') at the chosen lag,
-  d' being the aperiodic share of the frame's energy).
+- ``voiced`` (voiced frames): F0 in semitones above 27.5 Hz and HNR (dB), both from the
+  network's YIN (``features.pitch.yin``: cumulative-mean-normalised difference over 2.5 periods
+  of ``F0_MIN_HZ`` centred on the frame) with this module's settings; HNR = 10 log10((1 - d') / d')
+  at the chosen lag, d' being the aperiodic share of the window's energy.
 - ``pairs`` (two voiced frames in a row): frame-level jitter and shimmer. They are not openSMILE's
   cycle-to-cycle measures: jitter is the relative change of the YIN period from one frame to the
   next, |T_t - T_{t-1}| / mean(T_t, T_{t-1}); shimmer the absolute change of the frame's RMS level
   in dB. Both grow with the same period / amplitude irregularity, at a 10 ms instead of a cycle
   resolution.
 - ``formants`` (voiced frames with three formants found): F1-F3 and their bandwidths (Hz) from
-  LPC of order ``LPC_ORDER`` (autocorrelation, Levinson-Durbin, roots as the eigenvalues of the
-  companion matrix), poles between 90 Hz and 5.5 kHz with bandwidths under 700 Hz.
+  LPC of order ``LPC_ORDER`` of the pre-emphasised frame (autocorrelation from the spectral
+  group's power spectrum, Levinson-Durbin), the resonances of its envelope (``formants``) between
+  90 Hz and 5.5 kHz with bandwidths under 700 Hz.
+
+LiteRT's builtin operators run every step (no inverse FFT, complex arithmetic, DCT or eigenvalues),
+so ``model.tflite`` holds the functionals classifier as the SavedModel does.
 
 ``frame_descriptors`` returns each group as ``(values [frames, lld], mask [frames], names)``.
 """
@@ -29,11 +34,13 @@ The descriptors that eGeMAPS and ComParE draw on, computed from one 25 ms Hammin
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from ser_keras.features import level
+from ser_keras.features import pitch
 
 SAMPLE_RATE = 16000
 FRAME = 400  # 25 ms
@@ -47,13 +54,43 @@ F0_MAX_HZ = 600.0
 VOICING_THRESHOLD = 0.3
 VOICING_RELATIVE_DB = 40.0  # a frame this far under the loudest frame is not voiced
 LPC_ORDER = 14
+PRE_EMPHASIS = 0.97
+FORMANT_MIN_HZ, FORMANT_MAX_HZ, FORMANT_MAX_BANDWIDTH_HZ = 90.0, 5500.0, 700.0
+ENVELOPE_FFT = 1024  # the LPC envelope's grid for the formants: 15.6 Hz bins
 EPS = 1e-10
 
-_TAU_MIN = int(SAMPLE_RATE // F0_MAX_HZ)
-_TAU_MAX = int(math.ceil(SAMPLE_RATE / F0_MIN_HZ))
-_YIN_LENGTH = FRAME + _TAU_MAX + 1  # a frame and the lags past it
-_YIN_FFT = 1 << (_YIN_LENGTH - 1).bit_length()
+
+
+class YinParams(NamedTuple):
+    """The settings ``features.pitch.yin`` reads (a ``FrontEndParams`` has them too)."""
+    sample_rate: int
+    frame: int
+    hop: int
+    f0_min_hz: float
+    f0_max_hz: float
+    voicing_threshold: float
+
+
+YIN_PARAMS = YinParams(SAMPLE_RATE, FRAME, HOP, F0_MIN_HZ, F0_MAX_HZ, VOICING_THRESHOLD)
 _FREQS_KHZ = np.arange(N_FFT // 2 + 1, dtype=np.float32) * (SAMPLE_RATE / N_FFT / 1000.0)
+_ENVELOPE_BINS = int(math.ceil(FORMANT_MAX_HZ * ENVELOPE_FFT / SAMPLE_RATE))
+# Lags 0..LPC_ORDER of the pre-emphasised frame's autocorrelation from the frame's N_FFT-point power
+# spectrum: the pre-emphasis filter's power gain, then the inverse real FFT, as one product
+# (N_FFT >= FRAME + LPC_ORDER: no lag wraps).
+_OMEGA = 2.0 * np.pi * np.arange(N_FFT // 2 + 1) / N_FFT
+_EMPHASISED_AUTOCORRELATION = (
+    (1.0 + PRE_EMPHASIS ** 2 - 2.0 * PRE_EMPHASIS * np.cos(_OMEGA))[:, None]
+    * np.where((np.arange(N_FFT // 2 + 1) % (N_FFT // 2)) == 0, 1.0, 2.0)[:, None]
+    * np.cos(_OMEGA[:, None] * np.arange(LPC_ORDER + 1)[None, :]) / N_FFT).astype(np.float32)
+# A(e^jw) of the LPC coefficients at the envelope's bins up to FORMANT_MAX_HZ and one past
+# (the real DFT of a few coefficients as one product: cosines, then minus sines).
+_ENVELOPE_ANGLES = (2.0 * np.pi / ENVELOPE_FFT * np.arange(LPC_ORDER + 1)[:, None]
+                    * np.arange(_ENVELOPE_BINS + 2)[None, :])
+_ENVELOPE_DFT = np.concatenate([np.cos(_ENVELOPE_ANGLES), -np.sin(_ENVELOPE_ANGLES)], axis=1).astype(np.float32)
+# MFCC 1..N_MFCC of the log mel powers: tf.signal.mfccs_from_log_mel_spectrograms' scaled DCT-II as
+# one product (LiteRT has no DCT: its FFT route slices a complex tensor).
+_MFCC_DCT = (2.0 * np.cos(np.pi * np.arange(1, N_MFCC + 1)[None, :] * (2 * np.arange(N_MELS)[:, None] + 1)
+                          / (2 * N_MELS)) / np.sqrt(2.0 * N_MELS)).astype(np.float32)
 
 SPECTRAL_NAMES = (["log_rms", "loudness"] + [f"mel{i}" for i in range(N_MELS)]
                   + [f"mfcc{i}" for i in range(1, N_MFCC + 1)]
@@ -64,6 +101,10 @@ SPECTRAL_NAMES = (["log_rms", "loudness"] + [f"mel{i}" for i in range(N_MELS)]
 VOICED_NAMES = ["f0_semitones", "hnr"]
 PAIR_NAMES = ["jitter", "shimmer"]
 FORMANT_NAMES = ["f1", "f2", "f3", "bw1", "bw2", "bw3"]
+
+
+_SHARE_BANDS = ((0.0, 500.0), (500.0, 1000.0), (1000.0, 2000.0), (2000.0, 4000.0), (4000.0, 8000.0))
+_POWER_BANDS = ((50.0, 1000.0), (1000.0, 5000.0), *_SHARE_BANDS)  # alpha ratio's two, then the shares
 
 
 def _band(lo_hz: float, hi_hz: float) -> np.ndarray:
@@ -89,124 +130,107 @@ def level_normalised(waveform):
     return waveform * tf.exp(-0.5 * tf.reduce_mean(tf.math.log(top + 1e-20)))
 
 
-def _regression_slope(values, x: np.ndarray):
-    """[frames]: least-squares slope of ``values`` [frames, k] against the fixed abscissa x [k]."""
-    xc = (x - x.mean()).astype(np.float32)
-    mean = tf.reduce_mean(values, axis=1, keepdims=True)
-    return tf.reduce_sum((values - mean) * xc, axis=1) / float(np.sum(xc * xc))
+def _centred(x: np.ndarray) -> np.ndarray:
+    """float32 weights that give, as a product with values [frames, len(x)], the values'
+    least-squares slope against the abscissa x (sum((v - mean) * xc) = sum(v * xc))."""
+    xc = x - x.mean()
+    return (xc / np.sum(xc * xc)).astype(np.float32)
+
+
+def _spectral_weights():
+    """The linear statistics of a frame's spectra, each a column of one product: of the power
+    spectrum (total, raw moments 1-4 of frequency in kHz, band powers), of the magnitude (its sum,
+    its slope), of the log power (its mean, its slopes under 500 Hz and in 500-1500 Hz)."""
+    f = _FREQS_KHZ.astype(np.float64)
+    bands = [_band(lo, hi) for lo, hi in _POWER_BANDS]
+    power = np.stack([np.ones_like(f), f, f ** 2, f ** 3, f ** 4, *bands], axis=1)
+    magnitude = np.stack([np.ones_like(f), _centred(f)], axis=1)
+    low, mid = _band(0.0, 500.0) > 0, _band(500.0, 1500.0) > 0
+    log_power = np.stack([np.full_like(f, 1.0 / f.size), np.where(low, _centred_in(f, low), 0.0),
+                          np.where(mid, _centred_in(f, mid), 0.0)], axis=1)
+    return [w.astype(np.float32) for w in (power, magnitude, log_power)]
+
+
+def _centred_in(f: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``_centred`` of the frequencies inside a band, zero elsewhere ([bins])."""
+    weights = np.zeros_like(f)
+    weights[inside] = _centred(f[inside])
+    return weights
+
+
+def _db(x):
+    return 10.0 * tf.math.log(x + EPS) / math.log(10.0)
 
 
 def spectral_descriptors(frames):
-    """[frames, len(SPECTRAL_NAMES)] float32 (module docstring, ``spectral``)."""
+    """([frames, len(SPECTRAL_NAMES)] float32 (module docstring, ``spectral``), the log RMS energy
+    [frames], the power spectra of the Hamming-windowed frames [frames, N_FFT // 2 + 1])."""
     window = tf.signal.hamming_window(FRAME, periodic=True)
     spectrum = tf.signal.rfft(frames * window, fft_length=[N_FFT])
-    magnitude = tf.abs(spectrum)
-    power = tf.square(magnitude)
-    total = tf.reduce_sum(power, axis=1) + EPS
+    power = tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
+    magnitude = tf.sqrt(power)
+    power_weights, magnitude_weights, log_weights = _spectral_weights()
+    sums = tf.matmul(power, power_weights)
+    total = sums[:, 0] + EPS
 
-    log_rms = 10.0 * tf.math.log(tf.reduce_mean(tf.square(frames), axis=1) + EPS) / math.log(10.0)
+    log_rms = _db(tf.reduce_mean(tf.square(frames), axis=1))
     mel_matrix = tf.signal.linear_to_mel_weight_matrix(N_MELS, N_FFT // 2 + 1, SAMPLE_RATE, 20.0, 8000.0)
     mel = tf.matmul(power, mel_matrix)
     loudness = tf.reduce_sum(tf.pow(mel + EPS, 0.3), axis=1)
     log_mel = tf.math.log(mel + 1e-8)
-    mfcc = tf.signal.mfccs_from_log_mel_spectrograms(log_mel)[:, 1:N_MFCC + 1]
+    mfcc = tf.matmul(log_mel, _MFCC_DCT)
 
-    share = magnitude / (tf.reduce_sum(magnitude, axis=1, keepdims=True) + EPS)
+    magnitude_sums = tf.matmul(magnitude, magnitude_weights)
+    share = magnitude / (magnitude_sums[:, :1] + EPS)
     flux = tf.concat([tf.zeros([1]), tf.reduce_sum(tf.square(share[1:] - share[:-1]), axis=1)], axis=0)
+    slope = magnitude_sums[:, 1]
 
+    # Central moments of the normalised power spectrum p from its raw moments m1..m4.
+    m1, m2, m3, m4 = (sums[:, k] / total for k in (1, 2, 3, 4))
+    centroid = m1
+    variance = tf.maximum(m2 - m1 * m1, 0.0)
+    skewness = (m3 - 3.0 * m1 * m2 + 2.0 * m1 ** 3) / (variance ** 1.5 + EPS)
+    kurtosis = (m4 - 4.0 * m1 * m3 + 6.0 * m1 * m1 * m2 - 3.0 * m1 ** 4) / (variance ** 2 + EPS)
     p = power / total[:, None]
-    f = tf.constant(_FREQS_KHZ)
-    centroid = tf.reduce_sum(p * f, axis=1)
-    deviation = f[None, :] - centroid[:, None]
-    variance = tf.reduce_sum(p * tf.square(deviation), axis=1)
-    skewness = tf.reduce_sum(p * deviation ** 3, axis=1) / (variance ** 1.5 + EPS)
-    kurtosis = tf.reduce_sum(p * deviation ** 4, axis=1) / (variance ** 2 + EPS)
     entropy = -tf.reduce_sum(p * tf.math.log(p + EPS), axis=1) / math.log(N_FFT // 2 + 1)
-    log_power = tf.math.log(power + EPS)
-    flatness = tf.reduce_mean(log_power, axis=1) - tf.math.log(tf.reduce_mean(power, axis=1) + EPS)
-
-    db = 10.0 * log_power / math.log(10.0)
-    low = _band(0.0, 500.0) > 0
-    mid = _band(500.0, 1500.0) > 0
-    slope = _regression_slope(magnitude, _FREQS_KHZ)
-    slope_low = _regression_slope(tf.boolean_mask(db, low, axis=1), _FREQS_KHZ[low])
-    slope_mid = _regression_slope(tf.boolean_mask(db, mid, axis=1), _FREQS_KHZ[mid])
+    log_sums = tf.matmul(tf.math.log(power + EPS), log_weights)
+    flatness = log_sums[:, 0] - tf.math.log(tf.reduce_mean(power, axis=1) + EPS)
+    slope_low, slope_mid = (log_sums[:, k] * (10.0 / math.log(10.0)) for k in (1, 2))  # of the dB spectrum
 
     cumulative = tf.cumsum(p, axis=1)
     rolloffs = [tf.reduce_sum(tf.cast(cumulative < q, tf.float32), axis=1) * (SAMPLE_RATE / N_FFT / 1000.0)
                 for q in (0.25, 0.5, 0.75, 0.9)]
 
-    def band_db(lo, hi):
-        return 10.0 * tf.math.log(tf.reduce_sum(power * _band(lo, hi), axis=1) + EPS) / math.log(10.0)
-
-    def peak_db(lo, hi):
-        return 10.0 * tf.math.log(tf.reduce_max(power * _band(lo, hi), axis=1) + EPS) / math.log(10.0)
-
-    alpha = band_db(50.0, 1000.0) - band_db(1000.0, 5000.0)
-    hammarberg = peak_db(0.0, 2000.0) - peak_db(2000.0, 5000.0)
-    total_db = 10.0 * tf.math.log(total) / math.log(10.0)
-    edges = ((0, 500), (500, 1000), (1000, 2000), (2000, 4000), (4000, 8000))
-    bands = [band_db(lo, hi) - total_db for lo, hi in edges]
+    band = {edges: sums[:, 5 + i] for i, edges in enumerate(_POWER_BANDS)}
+    alpha = _db(band[(50.0, 1000.0)]) - _db(band[(1000.0, 5000.0)])
+    under_2k, under_5k = (int(np.sum(_FREQS_KHZ < khz)) for khz in (2.0, 5.0))
+    hammarberg = (_db(tf.reduce_max(power[:, :under_2k], axis=1))
+                  - _db(tf.reduce_max(power[:, under_2k:under_5k], axis=1)))
+    total_db = _db(total - EPS)
+    bands = [_db(band[edges]) - total_db for edges in _SHARE_BANDS]
     signs = tf.sign(frames - tf.reduce_mean(frames, axis=1, keepdims=True))
     zcr = tf.reduce_mean(tf.cast(signs[:, 1:] * signs[:, :-1] < 0, tf.float32), axis=1)
 
     columns = [log_rms, loudness, *tf.unstack(log_mel, N_MELS, axis=1), *tf.unstack(mfcc, N_MFCC, axis=1),
                flux, centroid, variance, skewness, kurtosis, entropy, flatness, slope, slope_low, slope_mid,
                *rolloffs, alpha, hammarberg, *bands, zcr]
-    return tf.stack(columns, axis=1), log_rms
+    return tf.stack(columns, axis=1), log_rms, power
 
 
-def yin(waveform, n_frames):
-    """(f0 Hz [frames], aperiodicity d' [frames], dip found [frames] bool): YIN on a segment of
-    ``_YIN_LENGTH`` samples starting at every frame start; the difference function from an FFT
-    cross term and running energies (float32, its terms are sums of at most FRAME products)."""
-    n = tf.shape(waveform)[0]
-    needed = (n_frames - 1) * HOP + _YIN_LENGTH
-    padded = tf.pad(waveform, [[0, tf.maximum(needed - n, 0)]])[:needed]
-    segments = tf.signal.frame(padded, _YIN_LENGTH, HOP, pad_end=False)[:n_frames]
-    segments = segments - tf.reduce_mean(segments[:, :FRAME], axis=1, keepdims=True)
-    lags = _TAU_MAX + 2
-    cross = tf.signal.irfft(tf.math.conj(tf.signal.rfft(segments[:, :FRAME], fft_length=[_YIN_FFT]))
-                            * tf.signal.rfft(segments, fft_length=[_YIN_FFT]), fft_length=[_YIN_FFT])[:, :lags]
-    running = tf.pad(tf.cumsum(tf.square(segments), axis=1), [[0, 0], [1, 0]])
-    shifted = running[:, FRAME:FRAME + lags] - running[:, :lags]  # sum_{j<FRAME} x_{j+tau}^2
-    diff = tf.maximum(shifted[:, :1] + shifted - 2.0 * cross, 0.0)
-    summed = tf.cumsum(diff[:, 1:], axis=1)
-    taus = tf.range(1, lags, dtype=tf.float32)
-    safe = summed > 1e-6 * (shifted[:, :1] + EPS)
-    tail = tf.where(safe, diff[:, 1:] * taus / tf.where(safe, summed, tf.ones_like(summed)), tf.ones_like(summed))
-    cmnd = tf.concat([tf.ones_like(diff[:, :1]), tail], axis=1)
-
-    lo, hi = _TAU_MIN, _TAU_MAX + 1
-    window = cmnd[:, lo:hi]
-    local_min = (window <= cmnd[:, lo - 1:hi - 1]) & (window < cmnd[:, lo + 1:hi + 1])
-    candidate = local_min & (window < VOICING_THRESHOLD)
-    found = tf.reduce_any(candidate, axis=1)
-    index = tf.range(hi - lo)
-    first = tf.reduce_min(tf.where(candidate, index, hi - lo), axis=1)
-    lowest = tf.cast(tf.argmin(window, axis=1), tf.int32)
-    best = tf.where(found, first, lowest) + lo
-    before = tf.gather(cmnd, best - 1, batch_dims=1)
-    at = tf.gather(cmnd, best, batch_dims=1)
-    after = tf.gather(cmnd, best + 1, batch_dims=1)
-    curvature = before - 2.0 * at + after
-    curved = curvature > 1e-6
-    shift = tf.where(curved, 0.5 * (before - after) / tf.where(curved, curvature, tf.ones_like(curvature)), 0.0)
-    period = tf.cast(best, tf.float32) + tf.clip_by_value(shift, -1.0, 1.0)
-    f0 = SAMPLE_RATE / period
-    return f0, tf.clip_by_value(at, 0.0, 1.0), found & (f0 >= F0_MIN_HZ) & (f0 <= F0_MAX_HZ)
-
-
-def formants(frames):
-    """[frames, 6] F1-F3 and bandwidths (Hz), and [frames] bool: three formants found."""
-    emphasised = tf.concat([frames[:, :1], frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
-    x = emphasised * tf.signal.hamming_window(FRAME, periodic=False)
-    spectrum = tf.signal.rfft(x, fft_length=[1024])
-    r = tf.signal.irfft(tf.cast(tf.square(tf.abs(spectrum)), tf.complex64), fft_length=[1024])[:, :LPC_ORDER + 1]
+def formants(power):
+    """[frames, 6] F1-F3 and bandwidths (Hz), and [frames] bool: three formants found, from the
+    frames' ``N_FFT``-point power spectra (module docstring). The LPC of the pre-emphasised frame
+    (its autocorrelation from the power spectrum times the pre-emphasis filter's gain); the
+    resonances of its envelope read from the minima of |A(e^jw)|^2 on an ``ENVELOPE_FFT``-point
+    grid rather than from the roots of A (LiteRT has no eigenvalue op). Near a pole of radius rho
+    at angle theta, |A|^2 ~ C ((1 - rho)^2 + rho (w - theta)^2): a parabola through the minimum
+    bin and its neighbours gives theta (its vertex) and rho (its depth over its curvature), the
+    bandwidth being -ln(rho) fs / pi as for a root."""
+    r = tf.matmul(power, _EMPHASISED_AUTOCORRELATION)
     # A -40 dB white-noise floor keeps Levinson-Durbin stable on silence and pure tones.
     r = tf.concat([r[:, :1] * (1.0 + 1e-4) + EPS, r[:, 1:]], axis=1)
 
-    rows = tf.shape(frames)[0]
+    rows = tf.shape(power)[0]
     a = tf.concat([tf.ones([rows, 1]), tf.zeros([rows, LPC_ORDER])], axis=1)
     error = r[:, 0]
     for i in range(1, LPC_ORDER + 1):
@@ -216,20 +240,25 @@ def formants(frames):
         a = tf.concat([head, a[:, i + 1:]], axis=1)
         error = tf.maximum(error * (1.0 - tf.square(k)), EPS)
 
-    # Companion matrix of z^p + a1 z^(p-1) + ... + ap: its eigenvalues are the LPC poles.
-    shift = tf.eye(LPC_ORDER - 1, LPC_ORDER)
-    companion = tf.concat([-a[:, None, 1:], tf.broadcast_to(shift, [rows, LPC_ORDER - 1, LPC_ORDER])], axis=1)
-    poles = tf.linalg.eigvals(companion)
-    angle = tf.math.angle(poles)
-    radius = tf.maximum(tf.abs(poles), EPS)
-    frequency = angle * (SAMPLE_RATE / (2.0 * math.pi))
-    bandwidth = -tf.math.log(radius) * (SAMPLE_RATE / math.pi)
-    valid = (angle > 0) & (frequency > 90.0) & (frequency < 5500.0) & (bandwidth < 700.0)
-    order = tf.argsort(tf.where(valid, frequency, 1e6), axis=1)[:, :3]
-    f = tf.gather(frequency, order, batch_dims=1)
-    bw = tf.gather(bandwidth, order, batch_dims=1)
-    found = tf.reduce_all(tf.gather(valid, order, batch_dims=1), axis=1)
-    return tf.concat([f, bw], axis=1), found
+    response = tf.matmul(a, _ENVELOPE_DFT)  # A at bins 0 .. _ENVELOPE_BINS + 1: real parts, then imaginary
+    inverse = tf.square(response[:, :_ENVELOPE_BINS + 2]) + tf.square(response[:, _ENVELOPE_BINS + 2:])  # |A|^2
+    below, at, above = inverse[:, :-2], inverse[:, 1:-1], inverse[:, 2:]
+    minimum = (at < below) & (at <= above)
+    step = 2.0 * math.pi / ENVELOPE_FFT
+    curvature = tf.maximum(0.5 * (above - 2.0 * at + below), EPS * at)  # per step^2
+    offset = tf.clip_by_value(0.25 * (below - above) / curvature, -1.0, 1.0)  # vertex, in bins
+    depth = tf.maximum(at - curvature * tf.square(offset), 0.0)
+    u = depth / curvature * step * step  # (1 - rho)^2 / rho
+    rho = tf.maximum(0.5 * ((2.0 + u) - tf.sqrt(tf.maximum(u * (4.0 + u), 0.0))), EPS)
+    bins = tf.range(1, _ENVELOPE_BINS + 1, dtype=tf.float32)
+    frequency = (bins + offset) * (SAMPLE_RATE / ENVELOPE_FFT)
+    bandwidth = -tf.math.log(rho) * (SAMPLE_RATE / math.pi)
+    valid = minimum & (frequency > FORMANT_MIN_HZ) & (frequency < FORMANT_MAX_HZ) & (bandwidth < FORMANT_MAX_BANDWIDTH_HZ)
+    rank = tf.cumsum(tf.cast(valid, tf.int32), axis=1)  # the k-th valid resonance upwards in frequency
+    chosen = [valid & (rank == k) for k in (1, 2, 3)]
+    f = [tf.reduce_sum(tf.where(c, frequency, 0.0), axis=1) for c in chosen]
+    bw = [tf.reduce_sum(tf.where(c, bandwidth, 0.0), axis=1) for c in chosen]
+    return tf.stack(f + bw, axis=1), rank[:, -1] >= 3
 
 
 def frame_descriptors(waveform):
@@ -238,8 +267,8 @@ def frame_descriptors(waveform):
     waveform = tf.convert_to_tensor(waveform, tf.float32)
     frames = _frames(waveform)
     n_frames = tf.shape(frames)[0]
-    spectral, log_rms = spectral_descriptors(frames)
-    f0, aperiodicity, dip = yin(waveform, n_frames)
+    spectral, log_rms, power = spectral_descriptors(frames)
+    f0, dip, aperiodicity = (row[0] for row in pitch.yin(waveform[None], n_frames, YIN_PARAMS))
     voiced = dip & (log_rms > tf.reduce_max(log_rms) - VOICING_RELATIVE_DB) & (log_rms > -70.0)
     semitones = 12.0 * tf.math.log(f0 / 27.5) / math.log(2.0)
     hnr = 10.0 * tf.math.log(tf.maximum(1.0 - aperiodicity, 1e-3) / tf.maximum(aperiodicity, 1e-3)) / math.log(10.0)
@@ -250,7 +279,7 @@ def frame_descriptors(waveform):
     pairs = tf.concat([[False], voiced[1:] & voiced[:-1]], axis=0)
     pair_values = tf.concat([tf.zeros([1, 2]), tf.stack([jitter, shimmer], axis=1)], axis=0)
 
-    formant_values, found = formants(frames)
+    formant_values, found = formants(power)
     all_frames = tf.ones([n_frames], tf.bool)
     return {
         "spectral": (spectral, all_frames, SPECTRAL_NAMES),

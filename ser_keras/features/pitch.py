@@ -61,12 +61,20 @@ def tf_pitch_channels(waveform, n_frames, params):
         n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
         valid = tf.sequence_mask(n_frames, total)
 
-        f0, dip = _yin(_blocks(waveform, total, g), params, g)
+        f0, dip, _ = _yin(_blocks(waveform, total, g), params, g)
         powers = frame_powers(waveform, total, params)
         loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
         voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
         log_f0 = _interpolated_log_f0(f0, voiced, unvoiced_log_f0(params))
         return tf.stack([log_f0, tf.cast(voiced, tf.float32)], axis=2)
+
+
+def yin(waveform, total, params):
+    """YIN on every frame of ``(batch, samples)`` float32 waveforms (step 1 of the module
+    docstring), ``total`` frames per row: (F0 Hz float32 ``[B, total]``, a dip found and F0 in
+    range bool, the aperiodicity d' at the chosen lag float32 in [0, 1])."""
+    g = yin_geometry(params)
+    return _yin(_blocks(waveform, total, g), params, g)
 
 
 def _blocks(waveform, total, g):
@@ -128,8 +136,8 @@ def _correlation(head, segment, n_fft: int, lags: int):
 
 
 def _yin(blocks, params, g):
-    """(f0 Hz float32 ``[B, T]``, dip found and F0 in range bool ``[B, T]``): YIN on every
-    frame, from the waveform's hops (``_blocks``)."""
+    """(f0 Hz float32 ``[B, T]``, dip found and F0 in range bool ``[B, T]``, d' at the chosen lag
+    float32 ``[B, T]``): YIN on every frame, from the waveform's hops (``_blocks``)."""
     import tensorflow as tf
 
     hop, lags, width = g["hop"], g["lags"], g["blocks"]
@@ -183,7 +191,8 @@ def _yin(blocks, params, g):
                      tf.zeros_like(curvature))
     period = tf.cast(best, tf.float32) + tf.clip_by_value(shift, -1.0, 1.0)
     f0 = float(params.sample_rate) / period
-    return f0, has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
+    voiced = has_candidate & (f0 >= params.f0_min_hz) & (f0 <= params.f0_max_hz)
+    return f0, voiced, tf.clip_by_value(at, 0.0, 1.0)
 
 
 def _interpolated_log_f0(f0, voiced, fallback: float):

@@ -4,7 +4,6 @@ file as MODEL): the windows, speech and pooling of ``inference.predict``, scored
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 
@@ -29,9 +28,9 @@ class LiteRTPredictor(Predictor):
         # model (serve only) refuses in require_statistics.
         self.read_export_geometry(meta, model.path.parent)
         if meta.get("functionals") and not meta.get("litert", {}).get("functionals"):
-            print(f"{model.path}: holds the network only; the functionals classifier fused with it in the "
-                  "SavedModel is not in it (its formants' root finding is no LiteRT builtin), so its answers "
-                  "differ from the SavedModel's", file=sys.stderr, flush=True)
+            raise SerKerasError(f"{model.path}: holds the network only, without the functionals classifier the "
+                                f"SavedModel fuses with it (export format {meta.get('format_version')}); "
+                                "export the run again")
 
     def steps(self, n_frames: int) -> int:
         return attention_steps(n_frames, self.config)
