@@ -18,8 +18,10 @@ per model the median of its timed calls as
 
 and the ratio of each model's speed to the last model's (the median of the per-round
 ratios: the figure that holds on a noisy machine). Then, per model, the serving graph's time
-split by stage from a ``tf.profiler`` trace of a few calls (``stage_split``): ``pitch`` (ops
-under the ``pitch`` name scope of ``features.pitch``), ``network`` (ops under the Keras model's
+split by stage from a ``tf.profiler`` trace of a few calls (``stage_split``): ``functionals``
+(ops under the ``functionals`` name scope of ``features.functionals``: the wide functionals the
+fused classifier reads, their own pitch track included), ``pitch`` (ops under the ``pitch`` name
+scope of ``features.pitch``: the network's pitch channels), ``network`` (ops under the Keras model's
 or one of its layers' names, and fused LSTM kernels) and ``front end`` (everything else:
 spectrogram, level, statistics, PCA, speech flags, input checks); the milliseconds shown are
 each stage's share of the median call. Then each export's size on disk by part, and its
@@ -55,7 +57,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGET_X = 500.0
 TARGET_RATIO = 0.8
 TARGET_MB = 5.0
-STAGES = ("front end", "pitch", "network")
+STAGES = ("front end", "pitch", "functionals", "network")
 # Ops that only call other ops (their time is that of the ops inside them).
 CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf", "While", "StatelessWhile",
             "Case", "StatelessCase"}
@@ -154,8 +156,10 @@ def _network_names(path: pathlib.Path) -> set:
 
 
 def stage_of(op_name: str, op_type: str, network_names: set) -> str:
-    """'pitch', 'network' or 'front end' for an op of the serving graph (see the docstring)."""
+    """'functionals', 'pitch', 'network' or 'front end' for an op of the serving graph (see the docstring)."""
     scopes = op_name.split("/")[:-1]
+    if "functionals" in scopes:
+        return "functionals"
     if "pitch" in scopes:
         return "pitch"
     if op_type in FUSED_RNN_OPS:
@@ -320,7 +324,8 @@ def litert_side_by_side(rows: list, paths: list, seconds: float = 10.0) -> None:
         saved_text = (f"{saved[0]['x_real_time']:.0f}x, peak RSS {max(r['peak_rss_mb'] for r in rows):.0f} MB "
                       "(this process: TensorFlow and every model)" if saved else "not timed at this length")
         meta = json.loads((path / "export.json").read_text()) if (path / "export.json").is_file() else {}
-        network_only = " (the network only)" if meta.get("functionals") else ""
+        partial = meta.get("functionals") and not meta.get("litert", {}).get("functionals")  # before format 5
+        network_only = " (the network only)" if partial else ""
         print(f"model {index} {seconds:g} s clip, batch 1: SavedModel {saved_text}; LiteRT{network_only} "
               f"{lite['litert_xrt']:.0f}x, peak RSS {lite['peak_rss_mb']:.0f} MB (a process without "
               f"TensorFlow{'' if not lite['tensorflow_imported'] else ': NOT so, TensorFlow was imported'})")

@@ -1,19 +1,23 @@
 """The export's LiteRT model (model.tflite) against its SavedModel (issue #31).
 
     python bench/litert.py --model EXPORT_DIR [--quantized DIR ...] [--files N] [--seconds 10]
+    python bench/litert.py --run RUN_DIR [--quantize none,float16,int8]
 
 Prints, for the export's float32 model.tflite:
 - parity with the SavedModel's ``serve`` on N EMO-DB recordings (``SER_KERAS_CORPORA``/emodb/wav;
   skipped without it): max and median |dp|, how many exceed 1e-4, labels and speech flags that
-  differ. model.tflite holds the network only: for an export that fuses a functionals
-  classifier, the reference is the same network's serving graph without it, rebuilt from the
-  run directory ``export.json`` names, and the fused SavedModel's labels are counted beside;
+  differ (both hold the network and, in the default, the functionals classifier fused with it);
 - speed at batch 1 on a ``--seconds`` clip: x real-time of both, side by side, in this process
   (``litert_speed`` is the function bench/inference.py can call);
 - with ``--speed-only``: LiteRT's speed and the process's peak resident memory as one JSON line,
   TensorFlow never imported (what bench/inference.py prints beside the SavedModel's);
 - size of model.tflite; each ``--quantized`` export's (float16 / int8) size and deviation from
   the float32 LiteRT model on the same recordings.
+With ``--run``: the accuracy of a finished fit run's folds served one recording at a time through
+model.tflite at each ``--quantize`` (each fold's serving graph converted as ``export`` converts it,
+into a temporary directory): WA / UA over every fold's test recordings, the model's size, and
+against the fold's in-process single-recording figure (``serving_predictions.csv``, what fit
+reports as "single"): the labels that differ and the largest |dp|.
 The peak resident memory of a LiteRT-only process is measured by docs/serve_litert.py run in an
 environment with only ai-edge-litert, numpy and soundfile (docs/litert.md).
 """
@@ -96,9 +100,63 @@ def _deviation(np, a: list, b: list) -> str:
             f"labels differ: {flips}")
 
 
+def run_accuracy(run_dir: pathlib.Path, quantizations: list) -> list:
+    """One row per quantisation: WA, UA, n, mean model size, labels that differ from the run's
+    in-process single-recording predictions and the largest |dp| against them."""
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+
+    from ser_keras.audio import load_audio
+    from ser_keras.export.graph import ServingGraph
+    from ser_keras.export.litert import write_litert
+    from ser_keras.inference.fold import load_fold
+    from ser_keras.inference.litert_runner import LiteRTModel
+    from ser_keras.metrics import summarize
+    from ser_keras.rundir import RunDir
+
+    run = RunDir(run_dir)
+    names = [name for name in run.fold_names() if run.fold(name).done()]
+    if not names:
+        raise SystemExit(f"bench/litert.py: error: {run_dir}: no finished fold")
+    scores = {q: {"p": [], "bytes": []} for q in quantizations}
+    reference = []
+    for name in names:
+        table = pd.read_csv(run.fold(name).serving_predictions)
+        reference.append(table)
+        graph = ServingGraph(load_fold(run_dir, name), fused=False)
+        waves = [load_audio(path, graph.params.sample_rate) for path in table["path"]]
+        for quantize in quantizations:
+            with tempfile.TemporaryDirectory() as tmp:
+                meta = write_litert(graph, tmp, quantize)
+                model = LiteRTModel(pathlib.Path(tmp) / meta["file"])
+                scores[quantize]["p"].append(np.array([model.serve(w)["probabilities"] for w in waves]))
+                scores[quantize]["bytes"].append(meta["bytes"])
+        print(f"  fold {name}: {len(waves)} recordings", flush=True)
+    table = pd.concat(reference, ignore_index=True)
+    labels = [c[2:] for c in table.columns if c.startswith("p_")]
+    index = {label: i for i, label in enumerate(labels)}
+    truth = table["label"].map(index).to_numpy()
+    in_process = table[[f"p_{label}" for label in labels]].to_numpy()
+    rows = []
+    for quantize in quantizations:
+        p = np.concatenate(scores[quantize]["p"])
+        summary = summarize(truth, p.argmax(axis=1), labels)
+        rows.append({"quantize": quantize, "wa": summary["wa"], "ua": summary["ua"], "n": summary["n"],
+                     "mb": float(np.mean(scores[quantize]["bytes"])) / 1e6,
+                     "labels_differ": int(np.sum(p.argmax(axis=1) != in_process.argmax(axis=1))),
+                     "max_dp": float(np.abs(p - in_process).max())})
+    single = summarize(truth, in_process.argmax(axis=1), labels)
+    rows.append({"quantize": "in-process (fit's single)", "wa": single["wa"], "ua": single["ua"], "n": single["n"]})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, type=pathlib.Path, help="export directory (float32 LiteRT)")
+    parser.add_argument("--model", type=pathlib.Path, help="export directory (float32 LiteRT)")
+    parser.add_argument("--run", type=pathlib.Path, help="a finished fit run: single-recording accuracy per quantisation")
+    parser.add_argument("--quantize", default="none,float16,int8", help="with --run: the quantisations")
     parser.add_argument("--quantized", nargs="*", type=pathlib.Path, default=[],
                         help="exports of the same run with --quantize float16 / int8")
     parser.add_argument("--files", type=int, default=100, help="EMO-DB recordings (0: all)")
@@ -107,6 +165,16 @@ def main(argv=None) -> int:
                         help="only LiteRT's speed and this process's peak RSS, as one JSON line, without "
                              "importing TensorFlow (bench/inference.py runs it in a fresh process)")
     args = parser.parse_args(argv)
+    if args.run is not None:
+        rows = run_accuracy(args.run, [q.strip() for q in args.quantize.split(",") if q.strip()])
+        print(f"\n{args.run}: every fold's test recordings, one at a time through model.tflite")
+        print(f"{'model':<26} {'WA %':>6} {'UA %':>6} {'n':>5} {'MB':>6} {'labels differ':>14} {'max |dp|':>9}")
+        for row in rows:
+            extra = (f"{row['mb']:>6.2f} {row['labels_differ']:>14} {row['max_dp']:>9.2e}" if "mb" in row else "")
+            print(f"{row['quantize']:<26} {100 * row['wa']:>6.1f} {100 * row['ua']:>6.1f} {row['n']:>5} {extra}")
+        return 0
+    if args.model is None:
+        parser.error("give --model EXPORT_DIR or --run RUN_DIR")
     if args.speed_only:
         row = litert_speed(args.model, args.seconds, savedmodel=False)
         row["peak_rss_mb"] = _peak_rss_mb()
@@ -128,18 +196,7 @@ def main(argv=None) -> int:
         waves = [load_audio(f, model.sample_rate) for f in files]  # mono, resampled as predict does
         lite = [model.serve(w) for w in waves]
         saved = [{k: v.numpy()[0] for k, v in loaded.serve(w[None]).items()} for w in waves]
-        name = "the SavedModel"
-        if model.meta.get("functionals") and not model.meta.get("litert", {}).get("functionals"):
-            from ser_keras.export.graph import ServingGraph
-            from ser_keras.inference.fold import load_fold
-
-            graph = ServingGraph(load_fold(model.meta["run_dir"], model.meta["fold"]), with_functionals=False)
-            fused = [x["probabilities"] for x in saved]
-            saved = [{k: v.numpy()[0] for k, v in graph.serve(tf.constant(w[None])).items()} for w in waves]
-            name = "the export's network (without the functionals classifier, as model.tflite)"
-            differ = sum(int(np.argmax(x["probabilities"]) != np.argmax(y)) for x, y in zip(lite, fused))
-            print(f"the fused SavedModel's label differs from LiteRT's on {differ}/{len(files)}")
-        print(f"parity with {name} on {len(files)} EMO-DB recordings: "
+        print(f"parity with the SavedModel on {len(files)} EMO-DB recordings: "
               + _deviation(np, [x["probabilities"] for x in lite], [x["probabilities"] for x in saved])
               + f"  speech differs: {sum(int(x['speech'] != bool(y['speech'])) for x, y in zip(lite, saved))}")
         for other in args.quantized:

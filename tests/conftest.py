@@ -9,7 +9,9 @@ The export, serving and predict tests share runs and exports made once per sessi
 xdist worker): ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model``
 + a ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run`` is a real
 run of the default experiment on the demo corpus (one fold, one epoch, small SAE);
-``exported(run_dir)`` exports a run once; all of them live under ``export_root``.
+``exported(run_dir)`` exports a run once; all of them live under ``export_root``. Every test
+that needs ``trained_demo_run`` joins one xdist group (``--dist loadgroup`` in setup.cfg), so
+one worker trains and exports it while the other runs the rest, instead of both training it.
 """
 
 import os
@@ -42,6 +44,12 @@ def corpus_dir(name: str) -> pathlib.Path:
 def session_cache() -> pathlib.Path:
     """The temporary cache directory shared by the whole test session."""
     return pathlib.Path(_SESSION_CACHE)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "trained_demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_demo_run"))
 
 
 # -- runs and exports shared by the export, serving and predict tests ------------------------

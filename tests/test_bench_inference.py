@@ -12,10 +12,11 @@ def bench():
     return load_bench("inference")
 
 
-def test_stage_of_names_pitch_network_and_front_end(bench):
+def test_stage_of_names_functionals_pitch_network_and_front_end(bench):
     names = {"ser_exp5", "sae_conv", "blstm_1", "cast"}
     cases = {
         ("StatefulPartitionedCall/cond/then/_100/cond/pitch/irfft", "IRFFT"): "pitch",
+        ("StatefulPartitionedCall/map/while/body/_7/functionals/RFFT", "RFFT"): "functionals",
         ("StatefulPartitionedCall/ser_exp5_attention_1/sae_conv_1/convolution", "Conv2D"): "network",
         ("StatefulPartitionedCall/StatefulPartitionedCall/sae_conv_1/concat", "ConcatV2"): "network",
         ("StatefulPartitionedCall/StatefulPartitionedCall/BlockLSTMV2_1", "BlockLSTMV2"): "network",
@@ -34,7 +35,8 @@ def test_sweep_shares_overlaps_and_gives_short_pauses_to_the_next_op(bench):
                  (20 * ms, 21 * ms, "network")]  # after a long pause (another call), which nobody takes
     shares = bench._sweep(intervals)
     total = 1.5 + 1.5 + 2.0 + 1.0
-    assert shares == pytest.approx({"front end": 1.5 / total, "pitch": 1.5 / total, "network": 3.0 / total})
+    assert shares == pytest.approx({"front end": 1.5 / total, "pitch": 1.5 / total, "functionals": 0.0,
+                                    "network": 3.0 / total})
 
 
 @pytest.mark.slow

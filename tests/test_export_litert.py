@@ -48,28 +48,16 @@ def test_export_writes_a_litert_model_with_the_serve_signature(tiny_export):
     assert not any(name.startswith("Flex") or name == "CUSTOM" for name in ops), ops
 
 
-def _network_graph(run_dir):
-    """The export's serving graph without the functionals classifier: what model.tflite holds."""
-    from ser_keras.export.graph import ServingGraph
-    from ser_keras.inference.fold import load_fold
-
-    return ServingGraph(load_fold(run_dir), with_functionals=False)
-
-
-def test_litert_matches_the_savedmodel_of_a_trained_default_model(trained_demo_run, trained_export, demo_files):
-    """The shipped experiment (exp5: pitch channels, level normalisation, three test-time views),
-    its network: the functionals classifier fused with it in the SavedModel is not in the
-    LiteRT model (export.json says so)."""
+def test_litert_matches_the_savedmodel_of_a_trained_default_model(trained_export, demo_files):
+    """The shipped experiment (exp5: pitch channels, level normalisation, three test-time views,
+    the functionals classifier fused with the network) in both runtimes."""
     meta = json.loads((trained_export / "export.json").read_text())
-    assert meta["functionals"] and meta["litert"]["functionals"] is False
-    graph = _network_graph(trained_demo_run)
+    assert meta["functionals"] and meta["litert"]["functionals"] is True
     loaded = tf.saved_model.load(str(trained_export))
     model = LiteRTModel(trained_export / "model.tflite")
     for waveform in _signals(demo_files):
         out = model.serve(waveform)
-        ref = graph.serve(tf.constant(waveform[None]))
-        fused = loaded.serve(waveform[None])
-        np.testing.assert_allclose(out["speech"], fused["speech"].numpy()[0])
+        ref = loaded.serve(waveform[None])
         np.testing.assert_allclose(out["probabilities"], ref["probabilities"].numpy()[0], atol=1e-4)
         np.testing.assert_allclose(out["attention"], ref["attention"].numpy()[0], atol=1e-4)
         assert out["speech"] == bool(ref["speech"].numpy()[0])
@@ -82,7 +70,7 @@ def test_the_conversion_itself_is_exact(trained_demo_run, trained_export, demo_f
     from ser_keras.export.graph import ServingGraph
     from ser_keras.export.litert import rewritten_function
 
-    graph = ServingGraph(load_fold(trained_demo_run), fused=False, with_functionals=False)
+    graph = ServingGraph(load_fold(trained_demo_run), fused=False)
     function, names = rewritten_function(graph.serve, tf.TensorSpec([1, None], tf.float32, name="waveform"))
     model = LiteRTModel(trained_export)
     for waveform in _signals(demo_files)[:4]:
@@ -91,22 +79,11 @@ def test_the_conversion_itself_is_exact(trained_demo_run, trained_export, demo_f
         np.testing.assert_allclose(out["probabilities"], ref["probabilities"].numpy()[0], atol=1e-5)
 
 
-def test_predict_on_the_tflite_gives_the_savedmodel_answers(trained_demo_run, trained_export, export_root, capsys):
-    from ser_keras.inference.predictors import ExportPredictor
-
-    class NetworkPredictor(ExportPredictor):  # the export's network alone, as model.tflite holds it
-        def __init__(self, export_dir, graph):
-            super().__init__(export_dir)
-            self.graph = graph
-
-        def score(self, batch, stats=None):
-            outputs = self.graph.serve(tf.constant(np.asarray(batch, np.float32)))
-            return outputs["probabilities"].numpy(), outputs["attention"].numpy()
-
+def test_predict_on_the_tflite_gives_the_savedmodel_answers(trained_export, export_root):
     folder = export_root / "litert_predict"
     write_wav(folder / "short.wav", tone(1.3, seed=21))
     write_wav(folder / "long.wav", np.concatenate([tone(6.0, seed=22), tone(5.0, freq=160, seed=23)]))
-    saved = predict.predict_files(NetworkPredictor(trained_export, _network_graph(trained_demo_run)), [folder])
+    saved = predict.predict_files(predict.load_predictor(trained_export), [folder])
     lite = predict.predict_files(predict.load_predictor(trained_export / "model.tflite"), [folder])
     by_runtime = predict.predict_files(predict.load_predictor(trained_export, runtime="litert"), [folder])
     assert not saved["errors"] and not lite["errors"]
@@ -116,7 +93,19 @@ def test_predict_on_the_tflite_gives_the_savedmodel_answers(trained_demo_run, tr
         assert len(a["windows"]) == len(b["windows"])
         np.testing.assert_allclose(a["attention"]["weights"], b["attention"]["weights"], atol=1e-4)
     assert len(lite["results"][0]["windows"]) > 1  # long.wav: the sliding windows ran
-    assert "holds the network only" in capsys.readouterr().err
+
+
+def test_a_network_only_litert_model_of_a_fused_export_is_refused(trained_export, export_root):
+    """An export written before model.tflite held the functionals classifier: its answers would
+    differ from the SavedModel's, so predict says to export again instead of serving them."""
+    old = export_root / "litert_network_only"
+    old.mkdir(exist_ok=True)
+    meta = json.loads((trained_export / "export.json").read_text())
+    meta["litert"]["functionals"] = False
+    (old / "export.json").write_text(json.dumps(meta))
+    (old / "model.tflite").write_bytes((trained_export / "model.tflite").read_bytes())
+    with pytest.raises(SerKerasError, match="holds the network only.*export the run again"):
+        predict.load_predictor(old / "model.tflite")
 
 
 def test_predict_cli_runtime_litert_and_its_limits(trained_export, export_root, capsys):

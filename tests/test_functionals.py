@@ -105,3 +105,7 @@ def test_formants_of_a_two_resonance_signal():
     assert features["f1_p50"] == pytest.approx(500.0, abs=60.0)
     assert features["f2_p50"] == pytest.approx(1500.0, abs=100.0)
     assert features["f3_p50"] == pytest.approx(2500.0, abs=150.0)
+    # Bandwidths of the right order (80-120 Hz resonances; the harmonics and the other poles move
+    # the envelope's minima a little).
+    for k in (1, 2, 3):
+        assert 30.0 < features[f"bw{k}_p50"] < 250.0

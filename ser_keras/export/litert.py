@@ -32,9 +32,14 @@ graph rewrites: they know nothing of the front end's internals):
    element shape leaves it open (``_experimental_default_to_single_batch_in_tensor_list_ops``);
 5. the flat outputs named again and given the ``serve`` signature (``flatbuffer_utils``).
 
-Quantisation (``quantize``): ``"float16"`` stores the weights as float16 (computed in float32);
-``"int8"`` is dynamic-range quantisation (int8 weights, activations quantised on the fly where a
-kernel supports it). Their deviation from float32 is measured in docs/litert.md.
+Quantisation (``quantize``): ``"float16"`` stores the network's weights as float16 (computed in
+float32): a rewrite of the frozen graph (``_weights_to_float16``), not the converter's float16
+mode, which also rounds the front end's and the functionals classifier's constants (the LPC
+and DFT tables, the standardisation) and cost 4 UA points of single-recording accuracy on
+EMO-DB. ``"int8"`` is the converter's dynamic-range quantisation (int8 weights, activations
+quantised on the fly where a kernel supports it): it also quantises the pitch tracker's and
+the functionals' products, so it is refused for an export that fuses a functionals classifier.
+Their deviation from float32 is measured in docs/litert.md.
 """
 
 from __future__ import annotations
@@ -58,9 +63,12 @@ def write_litert(graph, out_dir, quantize: str = "none") -> dict:
         raise SerKerasError(f"quantize: expected one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     import tensorflow as tf
 
+    if quantize == "int8" and graph.functionals is not None:
+        raise SerKerasError("quantize int8: dynamic-range quantisation also quantises the functionals' front end "
+                            "(single-recording UA on EMO-DB fell from 71.6 to 45.9); use float16 or none")
     spec = graph.input_spec()
     one = tf.TensorSpec([1, *spec.shape[1:]], spec.dtype, name=spec.name)
-    model = convert_function(graph.serve, one, quantize)
+    model = convert_function(graph.serve, one, quantize, half_precision=graph.net.weights)
     path = pathlib.Path(out_dir) / LITERT_FILE
     path.write_bytes(model)
     return {"file": LITERT_FILE, "signature": SIGNATURE, "input": f"{spec.name}: float32 [1, {_dims(spec)}]",
@@ -72,9 +80,13 @@ def _dims(spec) -> str:
     return ", ".join("n" if d is None else str(d) for d in spec.shape[1:])
 
 
-def convert_function(function, input_spec, quantize: str = "none") -> bytes:
+def convert_function(function, input_spec, quantize: str = "none", half_precision=()) -> bytes:
     """A LiteRT flatbuffer of ``function(x) -> {name: tensor}`` traced at `input_spec`, with a
-    ``serve`` signature (input named after the spec, outputs after the dict's keys)."""
+    ``serve`` signature (input named after the spec, outputs after the dict's keys).
+    Constants whose values float16 holds exactly (the functionals classifier's support vectors)
+    are stored as float16 in every mode (``_float16_constants``); ``quantize="float16"`` rounds
+    to float16 the constants that hold one of the `half_precision` weights (variables or arrays,
+    in any layout), or, without any, every weight (the converter's float16 mode)."""
     import tensorflow as tf
 
     pruned, names = rewritten_function(function, input_spec)
@@ -83,7 +95,11 @@ def convert_function(function, input_spec, quantize: str = "none") -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([pruned])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter._experimental_default_to_single_batch_in_tensor_list_ops = True
-    if quantize == "float16":
+    # Keep a product's weights as given (no scale folded into them): the support vectors then stay
+    # float16 values, which _float16_constants stores in half the bytes.
+    converter._experimental_disable_fuse_mul_and_fc = True
+    rounded = [np.asarray(w, np.float32) for w in half_precision] if quantize == "float16" else []
+    if quantize == "float16" and not rounded:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
@@ -98,7 +114,7 @@ def convert_function(function, input_spec, quantize: str = "none") -> bytes:
         raise SerKerasError(f"LiteRT conversion failed ({(lines or [str(exc)])[0][:300]})") from None
     finally:
         absl.setLevel(level)
-    return _with_signature(model, input_spec.name, names)
+    return _with_signature(_float16_constants(model, rounded), input_spec.name, names)
 
 
 def rewritten_function(function, input_spec):
@@ -206,6 +222,69 @@ def _new_axis_slices_to_expand_dims(graph_def) -> None:
             del node.attr[key]
         node.attr["T"].type = data_type
         node.attr["Tdim"].type = tf.int32.as_datatype_enum
+
+
+def _float16_constants(model: bytes, rounded=(), min_elements: int = 1024) -> bytes:
+    """`model` with float16 buffers for its float32 constants of at least `min_elements` values
+    that float16 holds exactly or that hold one of the `rounded` arrays (the same values in any
+    layout: the converter transposes and reshapes weights), each read through a DEQUANTIZE
+    operator (LiteRT computes a constant input's output once, when the model is prepared). The
+    converter itself folds a float16 constant's cast back to float32, and its float16 mode
+    rounds every constant."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    def key(values: np.ndarray) -> tuple:
+        return values.size, np.sort(values.ravel()).tobytes()
+
+    targets = {key(np.asarray(w, np.float32)) for w in rounded}
+    obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    halves = {}  # float32 buffer index -> float16 buffer index (buffers are shared across subgraphs)
+    for buffer_index, buffer in enumerate(obj.buffers):
+        if buffer.data is None or len(buffer.data) < 4 * min_elements:
+            continue
+        values = np.frombuffer(bytes(bytearray(buffer.data)), np.float32)
+        with np.errstate(over="ignore"):  # values past float16's range are kept as float32
+            half = values.astype(np.float16)
+        if np.array_equal(half.astype(np.float32), values) or key(values) in targets:
+            halves[buffer_index] = half
+    if not halves:
+        return model
+    float32_tensors = {(g, t) for g, subgraph in enumerate(obj.subgraphs) for t, tensor in enumerate(subgraph.tensors)
+                       if tensor.buffer in halves and tensor.type == schema.TensorType.FLOAT32}
+    if not float32_tensors:
+        return model
+    opcode = next((i for i, code in enumerate(obj.operatorCodes)
+                   if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE), None)
+    if opcode is None:
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+        code.version = 3  # float16 input
+        obj.operatorCodes.append(code)
+        opcode = len(obj.operatorCodes) - 1
+    new_buffers = {}
+    for index, half in halves.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(half.tobytes(), np.uint8)
+        obj.buffers.append(buffer)
+        new_buffers[index] = len(obj.buffers) - 1
+        obj.buffers[index].data = None
+    for g, subgraph in enumerate(obj.subgraphs):
+        dequantize = []
+        for t, tensor in enumerate(list(subgraph.tensors)):
+            if (g, t) not in float32_tensors:
+                continue
+            stored = schema.TensorT()
+            stored.shape, stored.type = tensor.shape, schema.TensorType.FLOAT16
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or "")
+            stored.buffer, stored.name = new_buffers[tensor.buffer], f"{name}/float16"
+            subgraph.tensors.append(stored)
+            tensor.buffer = 0  # now computed: the DEQUANTIZE's output
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = opcode, [len(subgraph.tensors) - 1], [t]
+            dequantize.append(op)
+        subgraph.operators = dequantize + list(subgraph.operators or [])
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
 
 
 def _with_signature(model: bytes, input_name: str, output_names) -> bytes:

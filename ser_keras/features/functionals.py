@@ -150,16 +150,18 @@ def _global_features(voiced, n_frames):
 
 
 def functionals_of_waveform(waveform):
-    """[len(FEATURE_NAMES)] float32 functionals of a 1-D float32 16 kHz waveform (eager or traced)."""
-    groups = descriptors.frame_descriptors(descriptors.level_normalised(waveform))
-    parts = []
-    for name, (values, mask, _) in groups.items():
-        values = smooth(values, mask)
-        delta, delta_mask = deltas(values, mask, every_frame=name == "spectral")
-        parts += [functionals(values, mask), functionals(delta, delta_mask)]
-    voiced = groups["voiced"][1]
-    parts.append(_global_features(voiced, tf.shape(voiced)[0]))
-    return tf.concat(parts, axis=0)
+    """[len(FEATURE_NAMES)] float32 functionals of a 1-D float32 16 kHz waveform (eager or traced;
+    its ops under the name scope ``functionals``, which bench/inference.py times as a stage)."""
+    with tf.name_scope("functionals"):
+        groups = descriptors.frame_descriptors(descriptors.level_normalised(waveform))
+        parts = []
+        for name, (values, mask, _) in groups.items():
+            values = smooth(values, mask)
+            delta, delta_mask = deltas(values, mask, every_frame=name == "spectral")
+            parts += [functionals(values, mask), functionals(delta, delta_mask)]
+        voiced = groups["voiced"][1]
+        parts.append(_global_features(voiced, tf.shape(voiced)[0]))
+        return tf.concat(parts, axis=0)
 
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])

@@ -22,15 +22,15 @@ class LiteRTPredictor(Predictor):
         if not meta:
             raise SerKerasError(f"{model.path}: no export.json beside it (predict needs the export's labels, "
                                 "frame and attention geometry; keep model.tflite in its export directory)")
+        if meta.get("functionals") and not meta.get("litert", {}).get("functionals"):
+            raise SerKerasError(f"{model.path}: holds the network only, without the functionals classifier the "
+                                f"SavedModel fuses with it (export format {meta.get('format_version')}); "
+                                "export the run again")
         self.source = str(model.path)
         self.kind = "spectrogram"
         # speaker_adapted models then ask for statistics with --same-speaker, which the LiteRT
         # model (serve only) refuses in require_statistics.
         self.read_export_geometry(meta, model.path.parent)
-        if meta.get("functionals") and not meta.get("litert", {}).get("functionals"):
-            raise SerKerasError(f"{model.path}: holds the network only, without the functionals classifier the "
-                                f"SavedModel fuses with it (export format {meta.get('format_version')}); "
-                                "export the run again")
 
     def steps(self, n_frames: int) -> int:
         return attention_steps(n_frames, self.config)
