@@ -138,6 +138,34 @@ def test_quantized_litert_models_are_smaller_and_close(tiny_run, tiny_export, ex
         np.testing.assert_allclose(b["probabilities"], a["probabilities"], atol=0.05)
 
 
+def test_int8_is_refused_for_a_fused_default(trained_demo_run, export_root):
+    from ser_keras.export.graph import ServingGraph
+    from ser_keras.export.litert import write_litert
+    from ser_keras.inference.fold import load_fold
+
+    with pytest.raises(SerKerasError, match="quantize int8: .*functionals"):
+        write_litert(ServingGraph(load_fold(trained_demo_run), fused=False), export_root, quantize="int8")
+
+
+@pytest.mark.slow
+def test_float16_rounds_only_the_network_of_a_fused_default(trained_demo_run, trained_export, export_root,
+                                                           demo_files):
+    """float16 halves the network's weights; the front end and the functionals classifier keep
+    float32 (the support vectors are float16 values in both): the answers barely move."""
+    from ser_keras.export.graph import ServingGraph
+    from ser_keras.export.litert import write_litert
+    from ser_keras.inference.fold import load_fold
+
+    out = export_root / "litert_float16_default"
+    out.mkdir(exist_ok=True)
+    meta = write_litert(ServingGraph(load_fold(trained_demo_run), fused=False), out, quantize="float16")
+    assert meta["bytes"] < (trained_export / "model.tflite").stat().st_size
+    full, small = LiteRTModel(trained_export / "model.tflite"), LiteRTModel(out / "model.tflite")
+    for waveform in _signals(demo_files)[:4]:
+        np.testing.assert_allclose(small.serve(waveform)["probabilities"], full.serve(waveform)["probabilities"],
+                                   atol=1e-3)
+
+
 def test_quantize_choice_is_checked():
     from ser_keras.export.litert import write_litert
 
