@@ -155,7 +155,8 @@ def run_accuracy(run_dir: pathlib.Path, quantizations: list) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=pathlib.Path, help="export directory (float32 LiteRT)")
-    parser.add_argument("--run", type=pathlib.Path, help="a finished fit run: single-recording accuracy per quantisation")
+    parser.add_argument("--run", type=pathlib.Path,
+                        help="a finished fit run: single-recording accuracy per quantisation")
     parser.add_argument("--quantize", default="none,float16,int8", help="with --run: the quantisations")
     parser.add_argument("--quantized", nargs="*", type=pathlib.Path, default=[],
                         help="exports of the same run with --quantize float16 / int8")

@@ -149,7 +149,7 @@ def test_int8_is_refused_for_a_fused_default(trained_demo_run, export_root):
 
 @pytest.mark.slow
 def test_float16_rounds_only_the_network_of_a_fused_default(trained_demo_run, trained_export, export_root,
-                                                           demo_files):
+                                                            demo_files):
     """float16 halves the network's weights; the front end and the functionals classifier keep
     float32 (the support vectors are float16 values in both): the answers barely move."""
     from ser_keras.export.graph import ServingGraph

@@ -60,7 +60,6 @@ ENVELOPE_FFT = 1024  # the LPC envelope's grid for the formants: 15.6 Hz bins
 EPS = 1e-10
 
 
-
 class YinParams(NamedTuple):
     """The settings ``features.pitch.yin`` reads (a ``FrontEndParams`` has them too)."""
     sample_rate: int
@@ -253,7 +252,8 @@ def formants(power):
     bins = tf.range(1, _ENVELOPE_BINS + 1, dtype=tf.float32)
     frequency = (bins + offset) * (SAMPLE_RATE / ENVELOPE_FFT)
     bandwidth = -tf.math.log(rho) * (SAMPLE_RATE / math.pi)
-    valid = minimum & (frequency > FORMANT_MIN_HZ) & (frequency < FORMANT_MAX_HZ) & (bandwidth < FORMANT_MAX_BANDWIDTH_HZ)
+    valid = (minimum & (frequency > FORMANT_MIN_HZ) & (frequency < FORMANT_MAX_HZ)
+             & (bandwidth < FORMANT_MAX_BANDWIDTH_HZ))
     rank = tf.cumsum(tf.cast(valid, tf.int32), axis=1)  # the k-th valid resonance upwards in frequency
     chosen = [valid & (rank == k) for k in (1, 2, 3)]
     f = [tf.reduce_sum(tf.where(c, frequency, 0.0), axis=1) for c in chosen]
