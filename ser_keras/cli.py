@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a loso/session/random run of the same config whose figures estimate the "
                              "exported model's accuracy (in export.json and the metadata endpoint)")
     export.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
-                        help="weights of model.tflite, the LiteRT model: float32 (none), float16, or "
-                             "dynamic-range int8")
+                        help="weights of model.tflite, the LiteRT model: float32 (none), float16 (the "
+                             "network's weights), or dynamic-range int8 (not for a model with a functionals "
+                             "classifier, such as the default)")
     export.set_defaults(handler=cmd_export)
 
     reproduce = sub.add_parser("reproduce", parents=[common],

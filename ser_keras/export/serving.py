@@ -196,7 +196,8 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
             to compile every new bucket.
         estimate_from: a run of the same config under a test protocol whose figures estimate
             the model's accuracy (``evaluation.estimate``); default: the run's estimate.json.
-        quantize: the LiteRT model's weights (``export.litert``): "none" (float32), "float16", "int8".
+        quantize: the LiteRT model's weights (``export.litert``): "none" (float32), "float16" (the
+            network's), "int8" (refused with a functionals classifier).
 
     Raises:
         SerKerasError: exp1 runs (an SVM, not a Keras model), a missing fold, a non-export
