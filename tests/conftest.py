@@ -9,9 +9,7 @@ The export, serving and predict tests share runs and exports made once per sessi
 xdist worker): ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model``
 + a ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run`` is a real
 run of the default experiment on the demo corpus (one fold, one epoch, small SAE);
-``exported(run_dir)`` exports a run once; all of them live under ``export_root``. The test modules
-that need ``trained_demo_run`` join one xdist group (``TRAINED_GROUP``; ``--dist loadgroup`` in
-setup.cfg), so one worker trains and exports it while the other runs the rest, instead of both.
+``exported(run_dir)`` exports a run once; all of them live under ``export_root``.
 """
 
 import os
@@ -49,8 +47,6 @@ def session_cache() -> pathlib.Path:
 # -- runs and exports shared by the export, serving and predict tests ------------------------
 
 LABELS = ("angry", "happy", "neutral", "sad")
-# The xdist group of the tests that use trained_demo_run (a module's pytestmark or a test's mark).
-TRAINED_GROUP = pytest.mark.xdist_group("trained_demo_run")
 
 # Tiny-model overrides: fast to train and to export, same architecture family.
 TRAIN_OVERRIDES = [

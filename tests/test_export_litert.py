@@ -14,9 +14,7 @@ import tensorflow as tf  # noqa: E402
 from ser_keras.errors import SerKerasError  # noqa: E402
 from ser_keras.inference import predict  # noqa: E402
 from ser_keras.inference.litert_runner import LiteRTModel  # noqa: E402
-from tests.conftest import LABELS, REPO_ROOT, TRAINED_GROUP, tone, write_wav  # noqa: E402
-
-pytestmark = TRAINED_GROUP
+from tests.conftest import LABELS, REPO_ROOT, tone, write_wav  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,7 @@ import pytest
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.inference.predict import predict_files
-from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, TRAINED_GROUP, corpus_dir
-
-pytestmark = TRAINED_GROUP
+from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
 
 # The functionals classifier's dot products over 3111 functionals are summed in another order by
 # NumPy (in-process) than by TensorFlow (the graph): about 1e-6 of the fused probabilities.

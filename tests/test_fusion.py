@@ -16,7 +16,6 @@ import pytest
 from ser_keras.errors import SerKerasError
 from ser_keras.models.functionals import FunctionalsClassifier, FunctionalsHead, speaker_znorm, znorm_statistics
 from ser_keras.training.functionals import choose_weight, fit_head
-from tests.conftest import TRAINED_GROUP
 
 
 def _separable(n_per_class=30, classes=3, dim=40, seed=0):
@@ -110,7 +109,6 @@ def test_speaker_znorm_uses_each_speakers_own_statistics():
     np.testing.assert_allclose(mean, [2.0, 5.0]) and np.testing.assert_allclose(std, [1.0, 1.0])
 
 
-@TRAINED_GROUP
 def test_a_default_fit_reports_the_network_the_functionals_and_their_fusion(trained_demo_run):
     results = json.loads((trained_demo_run / "results.json").read_text())
     labels = results["labels"]

@@ -15,9 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import TRAINED_GROUP
-
-pytestmark = TRAINED_GROUP
 ATOL = 1e-5
 
 
