@@ -54,14 +54,13 @@ def tf_pitch_channels(waveform, n_frames, params):
     import tensorflow as tf
 
     with tf.name_scope("pitch"):
-        g = yin_geometry(params)
         waveform = tf.convert_to_tensor(waveform, tf.float32)
         size = tf.shape(waveform)[1]
         total = 1 + (tf.maximum(size, params.frame) - params.frame) // params.hop  # frames of the batch
         n_frames = tf.clip_by_value(tf.cast(n_frames, tf.int32), 1, total)
         valid = tf.sequence_mask(n_frames, total)
 
-        f0, dip, _ = _yin(_blocks(waveform, total, g), params, g)
+        f0, dip, _ = yin(waveform, total, params)
         powers = frame_powers(waveform, total, params)
         loudest = tf.reduce_max(tf.where(valid, powers, tf.zeros_like(powers)), axis=1, keepdims=True)
         voiced = dip & valid & (powers >= loudest * 10.0 ** (-VOICING_RELATIVE_DB / 10.0))
