@@ -33,8 +33,8 @@ graph rewrites: they know nothing of the front end's internals):
 5. the flat outputs named again and given the ``serve`` signature (``flatbuffer_utils``).
 
 Quantisation (``quantize``): ``"float16"`` stores the network's weights as float16 (computed in
-float32): a rewrite of the frozen graph (``_weights_to_float16``), not the converter's float16
-mode, which also rounds the front end's and the functionals classifier's constants (the LPC
+float32): a pass over the converted flatbuffer (``_float16_constants``), not the converter's
+float16 mode, which also rounds the front end's and the functionals classifier's constants (the LPC
 and DFT tables, the standardisation) and cost 4 UA points of single-recording accuracy on
 EMO-DB. ``"int8"`` is the converter's dynamic-range quantisation (int8 weights, activations
 quantised on the fly where a kernel supports it): it also quantises the pitch tracker's and
@@ -86,7 +86,7 @@ def convert_function(function, input_spec, quantize: str = "none", half_precisio
     Constants whose values float16 holds exactly (the functionals classifier's support vectors)
     are stored as float16 in every mode (``_float16_constants``); ``quantize="float16"`` rounds
     to float16 the constants that hold one of the `half_precision` weights (variables or arrays,
-    in any layout), or, without any, every weight (the converter's float16 mode)."""
+    in any layout)."""
     import tensorflow as tf
 
     pruned, names = rewritten_function(function, input_spec)
@@ -99,10 +99,7 @@ def convert_function(function, input_spec, quantize: str = "none", half_precisio
     # float16 values, which _float16_constants stores in half the bytes.
     converter._experimental_disable_fuse_mul_and_fc = True
     rounded = [np.asarray(w, np.float32) for w in half_precision] if quantize == "float16" else []
-    if quantize == "float16" and not rounded:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
+    if quantize == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     absl = logging.getLogger("absl")
     level = absl.level

@@ -145,8 +145,7 @@ def _spectral_weights():
     power = np.stack([np.ones_like(f), f, f ** 2, f ** 3, f ** 4, *bands], axis=1)
     magnitude = np.stack([np.ones_like(f), _centred(f)], axis=1)
     low, mid = _band(0.0, 500.0) > 0, _band(500.0, 1500.0) > 0
-    log_power = np.stack([np.full_like(f, 1.0 / f.size), np.where(low, _centred_in(f, low), 0.0),
-                          np.where(mid, _centred_in(f, mid), 0.0)], axis=1)
+    log_power = np.stack([np.full_like(f, 1.0 / f.size), _centred_in(f, low), _centred_in(f, mid)], axis=1)
     return [w.astype(np.float32) for w in (power, magnitude, log_power)]
 
 
@@ -155,6 +154,9 @@ def _centred_in(f: np.ndarray, inside: np.ndarray) -> np.ndarray:
     weights = np.zeros_like(f)
     weights[inside] = _centred(f[inside])
     return weights
+
+
+_SPECTRAL_WEIGHTS = _spectral_weights()
 
 
 def _db(x):
@@ -168,7 +170,7 @@ def spectral_descriptors(frames):
     spectrum = tf.signal.rfft(frames * window, fft_length=[N_FFT])
     power = tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
     magnitude = tf.sqrt(power)
-    power_weights, magnitude_weights, log_weights = _spectral_weights()
+    power_weights, magnitude_weights, log_weights = _SPECTRAL_WEIGHTS
     sums = tf.matmul(power, power_weights)
     total = sums[:, 0] + EPS
 
