@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from ser_keras.export.fused import fused_model
 from ser_keras.features import frontend_ops as fe
-from ser_keras.features.functionals import FEATURE_NAMES
+from ser_keras.features.functionals import FEATURE_NAMES, extract_functionals
 from ser_keras.features.functionals import functionals_of_waveform as wide_functionals
 from ser_keras.features.level import frame_counts, speech_flags
 from ser_keras.inference.fold import FoldModel, call_network, speaker_adapted
@@ -86,8 +86,8 @@ class ServingGraph:
         self.config = bundle.config
         self.grid = frame_buckets()
         self.jit_compile = bool(jit_compile)
-        self.core = tf.function(self._core, jit_compile=jit_compile, reduce_retracing=True)
-        self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True)
+        self.core = tf.function(self._core, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
+        self.raw = tf.function(self._raw, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         self.speaker_adapted = speaker_adapted(bundle.config)
         self.functionals = bundle.functionals
         # The heads' arrays as variables: saved once, not once per endpoint that reads them.
@@ -324,7 +324,9 @@ class ServingGraph:
         return {"functionals": self._row_functionals(inputs, lengths)}
 
     def _row_functionals(self, inputs, lengths):
-        if inputs.shape[0] == 1:  # one recording (the LiteRT model): no loop over rows
+        if inputs.shape[0] == 1:  # one recording (the LiteRT model): no loop over rows, no call
             return wide_functionals(inputs[0, :lengths[0]])[None]
-        return self.tf.map_fn(lambda row: wide_functionals(row[0][:row[1]]), (inputs, lengths),
+        # extract_functionals is one tf.function: traced once, stored once in the SavedModel
+        # however many endpoints call it.
+        return self.tf.map_fn(lambda row: extract_functionals(row[0][:row[1]]), (inputs, lengths),
                               fn_output_signature=self.tf.TensorSpec([len(FEATURE_NAMES)], self.tf.float32))

@@ -121,7 +121,7 @@ def rewritten_function(function, input_spec):
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    concrete = tf.function(function).get_concrete_function(input_spec)
+    concrete = tf.function(function, autograph=False).get_concrete_function(input_spec)
     names = sorted(concrete.structured_outputs)  # the flat order of a dict's values
     frozen = convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()

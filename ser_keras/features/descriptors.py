@@ -33,6 +33,7 @@ so ``model.tflite`` holds the functionals classifier as the SavedModel does.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -159,6 +160,14 @@ def _centred_in(f: np.ndarray, inside: np.ndarray) -> np.ndarray:
 _SPECTRAL_WEIGHTS = _spectral_weights()
 
 
+@functools.lru_cache(maxsize=None)
+def _mel_matrix() -> np.ndarray:
+    """[N_FFT // 2 + 1, N_MELS] mel filters (20 Hz - 8 kHz), computed once, outside any graph
+    being traced, so a trace holds one constant instead of the ops that build it."""
+    with tf.init_scope():
+        return tf.signal.linear_to_mel_weight_matrix(N_MELS, N_FFT // 2 + 1, SAMPLE_RATE, 20.0, 8000.0).numpy()
+
+
 def _db(x):
     return 10.0 * tf.math.log(x + EPS) / math.log(10.0)
 
@@ -175,8 +184,7 @@ def spectral_descriptors(frames):
     total = sums[:, 0] + EPS
 
     log_rms = _db(tf.reduce_mean(tf.square(frames), axis=1))
-    mel_matrix = tf.signal.linear_to_mel_weight_matrix(N_MELS, N_FFT // 2 + 1, SAMPLE_RATE, 20.0, 8000.0)
-    mel = tf.matmul(power, mel_matrix)
+    mel = tf.matmul(power, _mel_matrix())
     loudness = tf.reduce_sum(tf.pow(mel + EPS, 0.3), axis=1)
     log_mel = tf.math.log(mel + 1e-8)
     mfcc = tf.matmul(log_mel, _MFCC_DCT)
@@ -212,10 +220,10 @@ def spectral_descriptors(frames):
     signs = tf.sign(frames - tf.reduce_mean(frames, axis=1, keepdims=True))
     zcr = tf.reduce_mean(tf.cast(signs[:, 1:] * signs[:, :-1] < 0, tf.float32), axis=1)
 
-    columns = [log_rms, loudness, *tf.unstack(log_mel, N_MELS, axis=1), *tf.unstack(mfcc, N_MFCC, axis=1),
-               flux, centroid, variance, skewness, kurtosis, entropy, flatness, slope, slope_low, slope_mid,
-               *rolloffs, alpha, hammarberg, *bands, zcr]
-    return tf.stack(columns, axis=1), log_rms, power
+    shape = [flux, centroid, variance, skewness, kurtosis, entropy, flatness, slope, slope_low, slope_mid,
+             *rolloffs, alpha, hammarberg, *bands, zcr]
+    columns = [tf.stack([log_rms, loudness], axis=1), log_mel, mfcc, tf.stack(shape, axis=1)]
+    return tf.concat(columns, axis=1), log_rms, power
 
 
 def formants(power):

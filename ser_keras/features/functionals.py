@@ -25,6 +25,7 @@ their mean length (s). ``FEATURE_NAMES`` names every entry.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from ser_keras.features import descriptors
@@ -53,42 +54,44 @@ def _shift(x, offset: int):
     """x[t + offset] with the edge frame repeated past either end ([frames, ...])."""
     if offset == 0:
         return x
-    if offset > 0:
-        return tf.concat([x[offset:], tf.repeat(x[-1:], offset, axis=0)], axis=0)[:tf.shape(x)[0]]
-    return tf.concat([tf.repeat(x[:1], -offset, axis=0), x[:offset]], axis=0)[-tf.shape(x)[0]:]
+    n = tf.shape(x)[0]
+    return tf.gather(x, tf.clip_by_value(tf.range(n) + offset, 0, n - 1))
 
 
 def _masked_shift(mask, offset: int):
-    """mask[t + offset], False past either end."""
+    """mask[t + offset], False past either end ([frames, n] bool)."""
     if offset == 0:
         return mask
-    if offset > 0:
-        return tf.concat([mask[offset:], tf.zeros([offset], tf.bool)], axis=0)[:tf.shape(mask)[0]]
-    return tf.concat([tf.zeros([-offset], tf.bool), mask[:offset]], axis=0)[-tf.shape(mask)[0]:]
+    n = tf.shape(mask)[0]
+    index = tf.range(n) + offset
+    inside = (index >= 0) & (index < n)
+    return tf.gather(mask, tf.clip_by_value(index, 0, n - 1)) & inside[:, None]
 
 
 def smooth(values, mask):
-    """3-frame moving average over counted frames only ([frames, n]; uncounted frames keep theirs)."""
-    total = sum(tf.where((mask if k == 0 else _masked_shift(mask, k))[:, None], _shift(values, k), 0.0)
-                for k in (-1, 0, 1))
-    count = sum(tf.cast(mask if k == 0 else _masked_shift(mask, k), tf.float32)[:, None] for k in (-1, 0, 1))
-    return tf.where(mask[:, None], total / tf.maximum(count, 1.0), values)
+    """3-frame moving average over counted frames only ([frames, n], mask [frames, n]; uncounted
+    frames keep theirs)."""
+    shifted = [(_shift(values, k), _masked_shift(mask, k)) for k in (-1, 0, 1)]
+    total = sum(tf.where(m, v, 0.0) for v, m in shifted)
+    count = sum(tf.cast(m, tf.float32) for _, m in shifted)
+    return tf.where(mask, total / tf.maximum(count, 1.0), values)
 
 
-def deltas(values, mask, every_frame: bool):
-    """(delta [frames, n], its mask) as the module docstring says."""
-    if every_frame:
-        delta = sum(k * (_shift(values, k) - _shift(values, -k)) for k in (1, 2)) / 10.0
-        return delta, mask
-    delta = 0.5 * (_shift(values, 1) - _shift(values, -1))
-    return delta, mask & _masked_shift(mask, 1) & _masked_shift(mask, -1)
+def deltas(values, mask, every_frame):
+    """(delta [frames, n], its mask) as the module docstring says; ``every_frame`` [n] bool names
+    the columns of every-frame contours (the others are voiced ones)."""
+    every = sum(k * (_shift(values, k) - _shift(values, -k)) for k in (1, 2)) / 10.0
+    voiced = 0.5 * (_shift(values, 1) - _shift(values, -1))
+    voiced_mask = mask & _masked_shift(mask, 1) & _masked_shift(mask, -1)
+    return tf.where(every_frame, every, voiced), tf.where(every_frame, mask, voiced_mask)
 
 
 def functionals(values, mask):
     """[n * len(FUNCTIONALS)] float32: ``FUNCTIONALS`` of every column of ``values`` [frames, n]
-    over the frames where ``mask`` [frames] holds, column by column; zeros without such a frame."""
-    w = tf.cast(mask, tf.float32)[:, None]
-    count = tf.reduce_sum(w)
+    over the frames where its column of ``mask`` [frames, n] holds; zeros for a column without
+    such a frame. Contour-major: column 0's functionals, then column 1's ..."""
+    w = tf.cast(mask, tf.float32)
+    count = tf.reduce_sum(w, axis=0)
     n = tf.maximum(count, 1.0)
     mean = tf.reduce_sum(values * w, axis=0) / n
     centred = (values - mean) * w
@@ -97,26 +100,27 @@ def functionals(values, mask):
     skewness = tf.reduce_sum(centred ** 3, axis=0) / n / std ** 3
     kurtosis = tf.reduce_sum(centred ** 4, axis=0) / n / std ** 4
 
-    ordered = tf.sort(tf.where(mask[:, None], values, tf.float32.max), axis=0)
+    frames = tf.shape(values)[0]
+    ordered = tf.sort(tf.where(mask, values, tf.float32.max), axis=0)
+    index = tf.range(frames)[:, None]
 
-    def percentile(q):
+    def percentile(q):  # the column's value at its own rank (columns count different frames)
         rank = tf.cast(tf.round(q * (n - 1.0)), tf.int32)
-        return tf.gather(ordered, rank, axis=0)
+        return tf.reduce_sum(tf.where(index == rank, ordered, 0.0), axis=0)
 
     p1, p20, p50, p80, p99 = (percentile(q) for q in (0.01, 0.2, 0.5, 0.8, 0.99))
 
-    frames = tf.shape(values)[0]
-    t = tf.range(frames, dtype=tf.float32)[:, None] / FRAME_RATE
-    t_mean = tf.reduce_sum(t * w) / n
+    t = tf.cast(index, tf.float32) / FRAME_RATE
+    t_mean = tf.reduce_sum(t * w, axis=0) / n
     tc = (t - t_mean) * w
-    t_var = tf.reduce_sum(tf.square(tc)) + EPS
+    t_var = tf.reduce_sum(tf.square(tc), axis=0) + EPS
     slope = tf.reduce_sum(tc * centred, axis=0) / t_var
     residual = (centred - slope * tc) * w
     regression_error = tf.sqrt(tf.reduce_sum(tf.square(residual), axis=0) / n)
 
     previous = _shift(values, -1)
-    pair = tf.cast(mask & _masked_shift(mask, -1), tf.float32)[:, None]
-    pairs = tf.maximum(tf.reduce_sum(pair), 1.0)
+    pair = tf.cast(mask & _masked_shift(mask, -1), tf.float32)
+    pairs = tf.maximum(tf.reduce_sum(pair, axis=0), 1.0)
     rise = tf.reduce_sum(tf.cast(values > previous, tf.float32) * pair, axis=0) / pairs
     fall = tf.reduce_sum(tf.cast(values < previous, tf.float32) * pair, axis=0) / pairs
 
@@ -124,47 +128,68 @@ def functionals(values, mask):
     ups = [tf.reduce_sum(tf.cast(values > p1 + q * span, tf.float32) * w, axis=0) / n for q in (0.25, 0.5, 0.75)]
 
     inner = mask & _masked_shift(mask, -1) & _masked_shift(mask, 1)
-    peak = inner[:, None] & (values > previous) & (values >= _shift(values, 1)) & (values > mean)
+    peak = inner & (values > previous) & (values >= _shift(values, 1)) & (values > mean)
     peaks = tf.cast(peak, tf.float32)
     n_peaks = tf.reduce_sum(peaks, axis=0)
     peak_rate = n_peaks / (n / FRAME_RATE)
-    index = tf.cast(tf.range(frames), tf.float32)[:, None]
-    last = tf.reduce_max(tf.where(peak, index, -1.0), axis=0)
-    first = tf.reduce_min(tf.where(peak, index, tf.float32.max), axis=0)
+    position = tf.cast(index, tf.float32)
+    last = tf.reduce_max(tf.where(peak, position, -1.0), axis=0)
+    first = tf.reduce_min(tf.where(peak, position, tf.float32.max), axis=0)
     peak_distance = tf.where(n_peaks > 1.0, (last - first) / tf.maximum(n_peaks - 1.0, 1.0) / FRAME_RATE, 0.0)
     peak_height = tf.where(n_peaks > 0.0, tf.reduce_sum(peaks * values, axis=0) / tf.maximum(n_peaks, 1.0) - mean,
                            0.0)
 
     stacked = tf.stack([mean, std, skewness, kurtosis, p1, p20, p50, p80, p99, p80 - p20, p99 - p1, slope,
                         regression_error, rise, fall, *ups, peak_rate, peak_distance, peak_height], axis=1)
-    stacked = tf.where((count > 0.0) & tf.math.is_finite(stacked), stacked, 0.0)
-    return tf.reshape(stacked, [-1])  # contour-major: contour 0's functionals, then contour 1's ...
+    stacked = tf.where((count > 0.0)[:, None] & tf.math.is_finite(stacked), stacked, 0.0)
+    return tf.reshape(stacked, [-1])
 
 
 def _global_features(voiced, n_frames):
     frames = tf.maximum(tf.cast(n_frames, tf.float32), 1.0)
     flags = tf.cast(voiced, tf.float32)
-    starts = tf.reduce_sum(tf.cast(voiced & ~_masked_shift(voiced, -1), tf.float32))
+    starts = tf.reduce_sum(tf.cast(voiced & ~_masked_shift(voiced[:, None], -1)[:, 0], tf.float32))
     return tf.stack([tf.reduce_sum(flags) / frames, starts / (frames / FRAME_RATE),
                      tf.reduce_sum(flags) / tf.maximum(starts, 1.0) / FRAME_RATE])
 
 
+def _layout():
+    """Static tables for computing every group at once: the group of each LLD column, whether it
+    is an every-frame contour, and the order that puts the functionals of all LLDs then all deltas
+    (as computed) back into ``FEATURE_NAMES``' order (per group: its LLDs, then their deltas)."""
+    widths = [len(names) for names in (descriptors.SPECTRAL_NAMES, descriptors.VOICED_NAMES,
+                                       descriptors.PAIR_NAMES, descriptors.FORMANT_NAMES)]
+    group = np.repeat(np.arange(len(widths)), widths)
+    every_frame = group == 0  # the spectral group
+    starts, total = np.cumsum([0, *widths[:-1]]), sum(widths)
+    order = np.concatenate([np.r_[np.arange(s, s + w), total + np.arange(s, s + w)]
+                            for s, w in zip(starts, widths)])
+    return group.astype(np.int32), every_frame, order.astype(np.int32)
+
+
+_GROUP_OF_COLUMN, _EVERY_FRAME, _ORDER = _layout()
+
+
 def functionals_of_waveform(waveform):
     """[len(FEATURE_NAMES)] float32 functionals of a 1-D float32 16 kHz waveform (eager or traced;
-    its ops under the name scope ``functionals``, which bench/inference.py times as a stage)."""
+    its ops under the name scope ``functionals``, which bench/inference.py times as a stage).
+    Every group's contours are one [frames, columns] tensor with a mask per column, so each step
+    is one set of ops whatever the number of groups."""
     with tf.name_scope("functionals"):
         groups = descriptors.frame_descriptors(descriptors.level_normalised(waveform))
-        parts = []
-        for name, (values, mask, _) in groups.items():
-            values = smooth(values, mask)
-            delta, delta_mask = deltas(values, mask, every_frame=name == "spectral")
-            parts += [functionals(values, mask), functionals(delta, delta_mask)]
+        values = tf.concat([v for v, _, _ in groups.values()], axis=1)
+        masks = tf.stack([m for _, m, _ in groups.values()], axis=1)
+        mask = tf.gather(masks, _GROUP_OF_COLUMN, axis=1)
+        values = smooth(values, mask)
+        delta, delta_mask = deltas(values, mask, _EVERY_FRAME)
+        summary = functionals(tf.concat([values, delta], axis=1), tf.concat([mask, delta_mask], axis=1))
+        summary = tf.reshape(tf.gather(tf.reshape(summary, [-1, len(FUNCTIONALS)]), _ORDER), [-1])
         voiced = groups["voiced"][1]
-        parts.append(_global_features(voiced, tf.shape(voiced)[0]))
-        return tf.concat(parts, axis=0)
+        return tf.concat([summary, _global_features(voiced, tf.shape(voiced)[0])], axis=0)
 
 
-@tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+# No autograph: the code has no tensor-dependent Python control flow, and converting it doubles the trace.
+@tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")], autograph=False)
 def extract_functionals(waveform):
     """``functionals_of_waveform`` as one graph, traced once for every length."""
     return functionals_of_waveform(waveform)
