@@ -1,19 +1,23 @@
 """Shared test fixtures and helpers.
 
-Tests never write into the user's ~/.cache: the whole session uses one temporary cache
-(features, generated demo corpus), so the demo corpus is generated once per test run.
+Tests never write into the user's ~/.cache: the whole test run uses one temporary cache
+(features, generated demo corpus), shared by its xdist workers (the cache's writes are atomic,
+as for ``fit --jobs``), so the demo corpus is generated and its features extracted once.
 Real-corpus tests call ``corpus_dir(name)``, which skips with a reason when
 ../shared/corpora is absent (a user's machine will not have it).
 
-The export, serving and predict tests share runs and exports made once per session (per
-xdist worker): ``tiny_run(experiment)`` writes a run directory by hand (``models.build_model``
-+ a ``frontend.npz`` of random statistics) in about a second; ``trained_demo_run`` is a real
-run of the default experiment on the demo corpus (one fold, one epoch, small SAE);
-``exported(run_dir)`` exports a run once; all of them live under ``export_root``.
+The export, serving and predict tests share runs and exports: ``tiny_run(experiment)`` writes
+a run directory by hand (``models.build_model`` + a ``frontend.npz`` of random statistics) in
+about a second; ``trained_demo_run`` is a real run of the default experiment on the demo corpus
+(one fold, one epoch, small SAE), and ``trained_export`` its export, both built once for all
+xdist workers (``build_once``, under ``shared_root``); ``exported(run_dir)`` exports a run once
+per worker, under ``export_root``.
 """
 
+import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 
 import numpy as np
@@ -21,8 +25,6 @@ import pytest
 import soundfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_SESSION_CACHE = tempfile.mkdtemp(prefix="ser_keras_test_cache_")
-os.environ["SER_KERAS_CACHE"] = _SESSION_CACHE
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_CORPORA = pathlib.Path(
@@ -38,10 +40,27 @@ def corpus_dir(name: str) -> pathlib.Path:
     return path
 
 
+def _run_root(basetemp) -> pathlib.Path:
+    """Where what every xdist worker of this test run shares lives: beside the workers' own
+    basetemps (pytest removes it with them); without xdist, the session's basetemp."""
+    return pathlib.Path(basetemp).parent if os.environ.get("PYTEST_XDIST_WORKER") else pathlib.Path(basetemp)
+
+
+def pytest_configure(config):
+    """Point SER_KERAS_CACHE at the test run's cache before any test imports the package."""
+    basetemp = config.option.basetemp  # an xdist worker's is given; pytest's own is made later
+    if os.environ.get("PYTEST_XDIST_WORKER") and basetemp:
+        cache = _run_root(basetemp) / "ser_keras_cache"
+        cache.mkdir(parents=True, exist_ok=True)
+    else:
+        cache = pathlib.Path(tempfile.mkdtemp(prefix="ser_keras_test_cache_"))
+    os.environ["SER_KERAS_CACHE"] = str(cache)
+
+
 @pytest.fixture(scope="session")
 def session_cache() -> pathlib.Path:
-    """The temporary cache directory shared by the whole test session."""
-    return pathlib.Path(_SESSION_CACHE)
+    """The temporary cache directory shared by the whole test run."""
+    return pathlib.Path(os.environ["SER_KERAS_CACHE"])
 
 
 # -- runs and exports shared by the export, serving and predict tests ------------------------
@@ -137,16 +156,59 @@ def _write_tiny_run(root: pathlib.Path, experiment: str, seed: int, level: bool)
 
 
 @pytest.fixture(scope="session")
-def trained_demo_run(export_root) -> pathlib.Path:
+def shared_root(tmp_path_factory) -> pathlib.Path:
+    """A directory that every xdist worker of this test run shares (beside the workers' own
+    basetemps; pytest removes it with them): what is costly to build is built there once."""
+    root = _run_root(tmp_path_factory.getbasetemp()) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: pathlib.Path):
+    """Hold an exclusive lock on `lock_file` (one process of the test run at a time)."""
+    import fcntl
+
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(root: pathlib.Path, name: str, build) -> pathlib.Path:
+    """``root / name``, made by ``build(path)`` by the first worker that asks; the others wait
+    for it and reuse it (a build that failed part-way is started afresh by the next asker)."""
+    target, done = root / name, root / f"{name}.done"
+    with _exclusive(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            done.touch()
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(shared_root) -> pathlib.Path:
     """A real run of the default experiment (the shipped model) on the demo corpus
-    (evaluation.fit.fit, one fold, one epoch), trained once per session."""
+    (evaluation.fit.fit, one fold, one epoch), trained once per test run for all workers."""
     from ser_keras.config import DEFAULT_EXPERIMENT, load_config
     from ser_keras.evaluation.fit import fit
 
-    config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
-    run_dir = export_root / f"demo_{DEFAULT_EXPERIMENT}"
-    fit(config, run_dir, progress=False)
-    return run_dir
+    def train(run_dir):
+        config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
+        fit(config, run_dir, progress=False)
+
+    return build_once(shared_root, f"demo_{DEFAULT_EXPERIMENT}", train)
+
+
+@pytest.fixture(scope="session")
+def trained_export(shared_root, trained_demo_run) -> pathlib.Path:
+    """The export of ``trained_demo_run`` (SavedModel and model.tflite), made once per test run."""
+    from ser_keras.export.serving import export_run
+
+    return build_once(shared_root, "export_trained_demo", lambda out: export_run(trained_demo_run, out))
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,6 @@ def tiny_export(tiny_run, exported):
     return exported(tiny_run("exp4"))
 
 
-@pytest.fixture(scope="module")
-def trained_export(exported, trained_demo_run):
-    return exported(trained_demo_run)
-
-
 def _signals(demo_files):
     import soundfile
 

@@ -18,6 +18,7 @@ leave-one-speaker-out, its protocol figure is ``serve_speaker`` on the test spea
 """
 
 import json
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ import pytest
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.inference.predict import predict_files
-from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, corpus_dir
+from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, build_once, corpus_dir
 
 # The functionals classifier's dot products over 3111 functionals are summed in another order by
 # NumPy (in-process) than by TensorFlow (the graph): about 1e-6 of the fused probabilities.
@@ -70,8 +71,8 @@ SERVE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def trained(exported, trained_demo_run):
-    return trained_demo_run, exported(trained_demo_run)
+def trained(trained_demo_run, trained_export):
+    return trained_demo_run, trained_export
 
 
 def _parity_files(demo_files) -> dict:
@@ -85,7 +86,15 @@ def _parity_files(demo_files) -> dict:
 
 
 @pytest.fixture(scope="module")
-def parity(trained, demo_files, export_root):
+def parity(trained, demo_files, shared_root):
+    """``_parity``, computed once for all xdist workers of the test run (its tests may run on both)."""
+    def compute(path):
+        path.write_bytes(pickle.dumps(_parity(trained, demo_files, shared_root)))
+
+    return pickle.loads(build_once(shared_root, "parity.pickle", compute).read_bytes())
+
+
+def _parity(trained, demo_files, export_root) -> dict:
     """Per set: in-process predict from the run dir, and the export served by a fresh process
     that never imports ser_keras (one process for all sets: TensorFlow starts once)."""
     run_dir, export_dir = trained
@@ -99,7 +108,7 @@ def parity(trained, demo_files, export_root):
             owners.append(tag)
     # The demo's speakers: one serve_speaker batch each, and predict --same-speaker per speaker.
     demo_paths = [r["path"] for r in reports["demo"]["results"]]
-    speakers = _demo_speakers(demo_paths)
+    speakers = _demo_speakers(run_dir, demo_paths)
     groups = [[i for i, s in enumerate(speakers) if s == speaker] for speaker in sorted(set(speakers))]
     same_speaker = {}
     for group in groups:
@@ -126,13 +135,12 @@ def parity(trained, demo_files, export_root):
     return out
 
 
-def _demo_speakers(paths) -> list:
-    """The speaker of each demo file (the manifest's speaker column)."""
-    from ser_keras.config import load_config
-    from ser_keras.corpora import load_manifest
+def _demo_speakers(run_dir, paths) -> list:
+    """The speaker of each demo file (the speaker column of the run's manifest)."""
+    from ser_keras.corpora import run_manifest
+    from ser_keras.rundir import load_run_config
 
-    config = load_config(experiment="exp4", corpus="demo")
-    manifest = load_manifest("demo", None, config.data)
+    manifest = run_manifest(load_run_config(run_dir)[0])
     speaker = dict(zip(manifest["path"].astype(str), manifest["speaker"].astype(str)))
     return [speaker[str(p)] for p in paths]
 

@@ -57,12 +57,12 @@ def test_cached_features_equal_the_export_front_end(run_and_files):
         assert np.abs(got - want).max() <= ATOL, path
 
 
-def test_export_speaker_statistics_equal_the_cached_moments(run_and_files, exported):
+def test_export_speaker_statistics_equal_the_cached_moments(run_and_files, trained_export):
     from ser_keras.audio import load_audio
     from ser_keras.features.extract import extract_for_model
 
     run_dir, config, files = run_and_files
-    loaded = tf.saved_model.load(str(exported(run_dir)))
+    loaded = tf.saved_model.load(str(trained_export))
     trained, _ = extract_for_model(config, files.iloc[:2], progress=False)
     for path, raw in zip(files["path"][:2], trained):
         waveform = load_audio(path, config.data.sample_rate)
