@@ -9,9 +9,9 @@ Real-corpus tests call ``corpus_dir(name)``, which skips with a reason when
 The export, serving and predict tests share runs and exports: ``tiny_run(experiment)`` writes
 a run directory by hand (``models.build_model`` + a ``frontend.npz`` of random statistics) in
 about a second; ``trained_demo_run`` is a real run of the default experiment on the demo corpus
-(one fold, one epoch, small SAE), and ``trained_export`` its export, both built once for all
-xdist workers (``build_once``, under ``shared_root``); ``exported(run_dir)`` exports a run once
-per worker, under ``export_root``.
+(one fold, one epoch, small SAE), and ``trained_export`` its export; ``exported(run_dir)``
+exports a run. All of them are built once for all xdist workers (``build_once``, under
+``shared_root``); a test's own files go to its worker's ``export_root`` or ``tmp_path``.
 """
 
 import contextlib
@@ -110,26 +110,26 @@ def export_root(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(export_root):
+def tiny_run(shared_root):
     """``tiny_run(experiment="exp4", seed=0, level=False) -> run directory``: a hand-made run
-    (untrained model, random normalisation/PCA statistics), made once per session."""
+    (untrained model, random normalisation/PCA statistics), made once per test run."""
     made = {}
 
     def make(experiment: str = "exp4", seed: int = 0, level: bool = False) -> pathlib.Path:
         key = (experiment, seed, level)
         if key not in made:
-            made[key] = _write_tiny_run(export_root, experiment, seed, level)
+            name = f"tiny_{experiment}_{seed}" + ("_level" if level else "")
+            made[key] = build_once(shared_root, name, lambda run_dir: _write_tiny_run(run_dir, experiment, seed, level))
         return made[key]
 
     return make
 
 
-def _write_tiny_run(root: pathlib.Path, experiment: str, seed: int, level: bool) -> pathlib.Path:
+def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bool) -> pathlib.Path:
     from ser_keras.rundir import save_run_config
     from ser_keras.models import build_model
 
     config = tiny_export_config(experiment, level)
-    run_dir = root / (f"tiny_{experiment}_{seed}" + ("_level" if level else ""))
     fold_dir = run_dir / "folds" / "fold_0"
     fold_dir.mkdir(parents=True)
     save_run_config(config, run_dir, LABELS)
@@ -222,9 +222,10 @@ def demo_files() -> list:
 
 
 @pytest.fixture(scope="session")
-def exported(export_root):
+def exported(export_root, shared_root):
     """``exported(run_dir, jit_compile=False) -> export directory``: the export of a run
-    (default: the shipped settings), made once per session."""
+    (default: the shipped settings), made once per test run for a run every worker shares
+    (``tiny_run``), once per worker for another."""
     made = {}
 
     def export(run_dir: pathlib.Path, jit_compile: bool = False) -> pathlib.Path:
@@ -232,8 +233,11 @@ def exported(export_root):
         if key not in made:
             from ser_keras.export.serving import export_run
 
-            kind = "xla" if jit_compile else "graph"
-            made[key] = export_run(run_dir, export_root / f"export_{run_dir.name}_{kind}", jit_compile=jit_compile)
+            name = f"export_{run_dir.name}_{'xla' if jit_compile else 'graph'}"
+            if run_dir.parent == shared_root:
+                made[key] = build_once(shared_root, name, lambda out: export_run(run_dir, out, jit_compile=jit_compile))
+            else:
+                made[key] = export_run(run_dir, export_root / name, jit_compile=jit_compile)
         return made[key]
 
     return export
