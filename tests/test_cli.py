@@ -97,3 +97,11 @@ def test_jobs_flag_becomes_runtime_jobs(command, monkeypatch, tmp_path):
     assert cli.main([command, "--corpus", "demo", "--jobs", "3", "--out" if command == "reproduce" else "--run-dir",
                      str(tmp_path / "out")]) == 0
     assert seen == ({"jobs": 3} if command == "fit" else {"overrides": ["runtime.jobs=3"]})
+
+
+def test_export_writes_model_tflite_unless_told_not_to():
+    from ser_keras.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "RUN", "--out", "OUT"]).litert is True
+    assert parser.parse_args(["export", "RUN", "--out", "OUT", "--no-litert"]).litert is False

@@ -280,7 +280,7 @@ def loso_run(export_root):
     config = load_config(experiment="exp4", corpus="demo", overrides=["train.protocol=loso", *overrides])
     run_dir = export_root / "demo_exp4_loso"
     fit(config, run_dir, progress=False)
-    return run_dir, export_run(run_dir, export_root / "export_demo_exp4_loso")
+    return run_dir, export_run(run_dir, export_root / "export_demo_exp4_loso", litert=False)
 
 
 def test_fit_protocol_figure_is_what_serve_speaker_gives(loso_run):

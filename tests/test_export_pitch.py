@@ -243,7 +243,7 @@ def pitch_export(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("pitch_export")
     run_dir = _write_pitch_run(root)
-    return run_dir, export_run(run_dir, root / "export")
+    return run_dir, export_run(run_dir, root / "export", litert=False)  # LiteRT: test_export_litert
 
 
 def _parity_waveforms() -> list:
@@ -269,6 +269,7 @@ def test_exported_pitch_model_matches_in_process_predict(pitch_export):
     bundle = load_fold(run_dir)
     assert meta["feature_dim"] == bundle.config.features.n_bins + 2
     assert meta["pitch_channels"] == list(PITCH_CHANNELS)
+    assert "litert" not in meta and not (export_dir / "model.tflite").exists()  # export_run(litert=False)
     loaded = tf.saved_model.load(str(export_dir))
     waveforms = _parity_waveforms()
     worst = 0.0

@@ -184,7 +184,7 @@ def _prepare_out_dir(out_dir: pathlib.Path) -> None:
 
 
 def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_compile: bool = False,
-               estimate_from=None, quantize: str = "none") -> pathlib.Path:
+               estimate_from=None, quantize: str = "none", litert: bool = True) -> pathlib.Path:
     """Export one fold of `run_dir` (default: the first) to `out_dir`; returns `out_dir`.
 
     Args:
@@ -198,6 +198,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
             the model's accuracy (``evaluation.estimate``); default: the run's estimate.json.
         quantize: the LiteRT model's weights (``export.litert``): "none" (float32), "float16" (the
             network's), "int8" (refused with a functionals classifier).
+        litert: also write ``model.tflite`` (its conversion is about half the export's time).
 
     Raises:
         SerKerasError: exp1 runs (an SVM, not a Keras model), a missing fold, a non-export
@@ -268,7 +269,7 @@ def export_run(run_dir, out_dir, fold: typing.Union[int, str, None] = None, jit_
         bundle.model.save(staging / KERAS_MODEL_FILE)
         shutil.copyfile(fold_dir.frontend, staging / FRONTEND_FILE)
         shutil.copyfile(RunDir(bundle.run_dir).config, staging / CONFIG_FILE)
-        if bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
+        if litert and bundle.params.kind != "lld":  # model.tflite (export.litert); exp2's LLDs are not in the graph
             meta["litert"] = write_litert(ServingGraph(bundle, fused=False), staging, quantize)
             meta["litert"]["functionals"] = bundle.functionals is not None
         (staging / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
