@@ -125,7 +125,7 @@ def tiny_run(shared_root):
     return make
 
 
-def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bool) -> pathlib.Path:
+def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bool) -> None:
     from ser_keras.rundir import save_run_config
     from ser_keras.models import build_model
 
@@ -134,7 +134,7 @@ def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bo
     fold_dir.mkdir(parents=True)
     save_run_config(config, run_dir, LABELS)
     if experiment == "exp1":
-        return run_dir
+        return
     rng = np.random.default_rng(seed)
     if experiment == "exp2":
         from ser_keras.features.llds import lld_names
@@ -152,7 +152,6 @@ def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bo
     stats["sample_rate"] = np.array(config.data.sample_rate)
     np.savez(fold_dir / "frontend.npz", **stats)
     build_model(config, len(LABELS), k).save(fold_dir / "model.keras")
-    return run_dir
 
 
 @pytest.fixture(scope="session")
@@ -222,22 +221,19 @@ def demo_files() -> list:
 
 
 @pytest.fixture(scope="session")
-def exported(export_root, shared_root):
-    """``exported(run_dir, jit_compile=False) -> export directory``: the export of a run
-    (default: the shipped settings), made once per test run for a run every worker shares
-    (``tiny_run``), once per worker for another."""
+def exported(shared_root):
+    """``exported(run_dir, jit_compile=False) -> export directory``: the export of a run that
+    every worker shares (``tiny_run``; default: the shipped settings), made once per test run."""
     made = {}
 
     def export(run_dir: pathlib.Path, jit_compile: bool = False) -> pathlib.Path:
+        assert run_dir.parent == shared_root, f"{run_dir}: not a shared run (tiny_run)"
         key = (str(run_dir), jit_compile)
         if key not in made:
             from ser_keras.export.serving import export_run
 
             name = f"export_{run_dir.name}_{'xla' if jit_compile else 'graph'}"
-            if run_dir.parent == shared_root:
-                made[key] = build_once(shared_root, name, lambda out: export_run(run_dir, out, jit_compile=jit_compile))
-            else:
-                made[key] = export_run(run_dir, export_root / name, jit_compile=jit_compile)
+            made[key] = build_once(shared_root, name, lambda out: export_run(run_dir, out, jit_compile=jit_compile))
         return made[key]
 
     return export
