@@ -80,8 +80,9 @@ def smooth(values, mask):
 def deltas(values, mask, every_frame):
     """(delta [frames, n], its mask) as the module docstring says; ``every_frame`` [n] bool names
     the columns of every-frame contours (the others are voiced ones)."""
-    every = sum(k * (_shift(values, k) - _shift(values, -k)) for k in (1, 2)) / 10.0
-    voiced = 0.5 * (_shift(values, 1) - _shift(values, -1))
+    step = _shift(values, 1) - _shift(values, -1)
+    every = (step + 2.0 * (_shift(values, 2) - _shift(values, -2))) / 10.0
+    voiced = 0.5 * step
     voiced_mask = mask & _masked_shift(mask, 1) & _masked_shift(mask, -1)
     return tf.where(every_frame, every, voiced), tf.where(every_frame, mask, voiced_mask)
 
@@ -119,7 +120,8 @@ def functionals(values, mask):
     regression_error = tf.sqrt(tf.reduce_sum(tf.square(residual), axis=0) / n)
 
     previous = _shift(values, -1)
-    pair = tf.cast(mask & _masked_shift(mask, -1), tf.float32)
+    counted_before = mask & _masked_shift(mask, -1)
+    pair = tf.cast(counted_before, tf.float32)
     pairs = tf.maximum(tf.reduce_sum(pair, axis=0), 1.0)
     rise = tf.reduce_sum(tf.cast(values > previous, tf.float32) * pair, axis=0) / pairs
     fall = tf.reduce_sum(tf.cast(values < previous, tf.float32) * pair, axis=0) / pairs
@@ -127,7 +129,7 @@ def functionals(values, mask):
     span = p99 - p1
     ups = [tf.reduce_sum(tf.cast(values > p1 + q * span, tf.float32) * w, axis=0) / n for q in (0.25, 0.5, 0.75)]
 
-    inner = mask & _masked_shift(mask, -1) & _masked_shift(mask, 1)
+    inner = counted_before & _masked_shift(mask, 1)
     peak = inner & (values > previous) & (values >= _shift(values, 1)) & (values > mean)
     peaks = tf.cast(peak, tf.float32)
     n_peaks = tf.reduce_sum(peaks, axis=0)
