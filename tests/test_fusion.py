@@ -73,6 +73,20 @@ def test_choose_weight_takes_the_best_fusion_and_ties_to_the_middle():
     assert choose_weight([0.25, 0.5, 0.75], same, same, y)[0] == 0.5  # all tie
     assert choose_weight([0.25, 0.75], None, same, y) == (0.75, {})  # nothing to choose on
     assert choose_weight([0.3], network, functionals, y) == (0.3, {})
+    # The same UA from other recalls (1, 1, 1, 3 of 7 against 3, 1, 1, 1 of 7: their float means
+    # differ in the last bit) is a tie, which goes to the middle.
+    y = np.repeat(np.arange(4), 7)
+    by_network, by_functionals = _predicting(y, [3, 1, 1, 1]), _predicting(y, [1, 1, 1, 3])
+    network, functionals = 0.9 * by_network + 0.1 * by_functionals, 0.7 * by_functionals + 0.3 * by_network
+    weight, scores = choose_weight([0.5, 0.75], network, functionals, y)
+    assert weight == 0.5 and scores["0.5"] == scores["0.75"]
+
+
+def _predicting(y, correct_per_class):
+    """One-hot predictions right on the first `correct_per_class[k]` rows of class k, and the
+    next class on the others."""
+    predicted = [k if list(y[:i]).count(k) < correct_per_class[k] else (k + 1) % 4 for i, k in enumerate(y)]
+    return np.eye(4)[predicted]
 
 
 def test_classifier_round_trip_and_fusion(tmp_path):

@@ -93,7 +93,10 @@ def choose_weight(weights, network: typing.Optional[np.ndarray], functionals: ty
     weights = sorted(float(w) for w in weights)
     if len(weights) == 1 or network is None or functionals is None or not len(y):
         return weights[len(weights) // 2], {}
-    scores = {w: _unweighted_accuracy(y, ((1 - w) * network + w * functionals).argmax(axis=1)) for w in weights}
+    # Rounded: the same recalls averaged in another order differ in the last bits, and a tie
+    # must go to the middle, not to float rounding.
+    scores = {w: round(_unweighted_accuracy(y, ((1 - w) * network + w * functionals).argmax(axis=1)), 9)
+              for w in weights}
     best = max(scores.values())
     weight = min((w for w in weights if scores[w] == best), key=lambda w: abs(w - 0.5))
     return weight, {str(w): round(s, 4) for w, s in scores.items()}
