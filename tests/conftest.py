@@ -11,13 +11,19 @@ a run directory by hand (``models.build_model`` + a ``frontend.npz`` of random s
 about a second; ``trained_demo_run`` is a real run of the default experiment on the demo corpus
 (one fold, one epoch, small SAE), and ``trained_export`` its export; ``exported(run_dir)``
 exports a run. All of them are built once for all xdist workers (``build_once``, under
-``shared_root``); a test's own files go to its worker's ``export_root`` or ``tmp_path``.
+``shared_root``); a test's own files go to its worker's ``export_root`` or ``tmp_path``. The
+costliest (the trained default, its export, the parity predictions, a LOSO run: ``PREBUILT``)
+are started in a background process as soon as the first worker has collected the tests, so
+that no worker sits idle on ``build_once``'s lock while another builds them.
 """
 
 import contextlib
+import importlib
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -44,6 +50,10 @@ def _run_root(basetemp) -> pathlib.Path:
     """Where what every xdist worker of this test run shares lives: beside the workers' own
     basetemps (pytest removes it with them); without xdist, the session's basetemp."""
     return pathlib.Path(basetemp).parent if os.environ.get("PYTEST_XDIST_WORKER") else pathlib.Path(basetemp)
+
+
+def _shared_dir(basetemp) -> pathlib.Path:
+    return _run_root(pathlib.Path(basetemp).resolve()) / "shared"
 
 
 def pytest_configure(config):
@@ -158,7 +168,7 @@ def _write_tiny_run(run_dir: pathlib.Path, experiment: str, seed: int, level: bo
 def shared_root(tmp_path_factory) -> pathlib.Path:
     """A directory that every xdist worker of this test run shares (beside the workers' own
     basetemps; pytest removes it with them): what is costly to build is built there once."""
-    root = _run_root(tmp_path_factory.getbasetemp()) / "shared"
+    root = _shared_dir(tmp_path_factory.getbasetemp())
     root.mkdir(exist_ok=True)
     return root
 
@@ -188,10 +198,9 @@ def build_once(root: pathlib.Path, name: str, build) -> pathlib.Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def trained_demo_run(shared_root) -> pathlib.Path:
+def build_trained_run(root: pathlib.Path) -> pathlib.Path:
     """A real run of the default experiment (the shipped model) on the demo corpus
-    (evaluation.fit.fit, one fold, one epoch), trained once per test run for all workers."""
+    (evaluation.fit.fit, one fold, one epoch)."""
     from ser_keras.config import DEFAULT_EXPERIMENT, load_config
     from ser_keras.evaluation.fit import fit
 
@@ -199,15 +208,69 @@ def trained_demo_run(shared_root) -> pathlib.Path:
         config = load_config(experiment=DEFAULT_EXPERIMENT, corpus="demo", overrides=TRAIN_OVERRIDES)
         fit(config, run_dir, progress=False)
 
-    return build_once(shared_root, f"demo_{DEFAULT_EXPERIMENT}", train)
+    return build_once(root, f"demo_{DEFAULT_EXPERIMENT}", train)
+
+
+def build_trained_export(root: pathlib.Path) -> pathlib.Path:
+    """The export of ``build_trained_run`` (SavedModel and model.tflite)."""
+    from ser_keras.export.serving import export_run
+
+    run_dir = build_trained_run(root)
+    return build_once(root, "export_trained_demo", lambda out: export_run(run_dir, out))
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(shared_root) -> pathlib.Path:
+    """``build_trained_run``, trained once per test run for all workers."""
+    return build_trained_run(shared_root)
 
 
 @pytest.fixture(scope="session")
 def trained_export(shared_root, trained_demo_run) -> pathlib.Path:
-    """The export of ``trained_demo_run`` (SavedModel and model.tflite), made once per test run."""
-    from ser_keras.export.serving import export_run
+    """``build_trained_export``, made once per test run for all workers."""
+    return build_trained_export(shared_root)
 
-    return build_once(shared_root, "export_trained_demo", lambda out: export_run(trained_demo_run, out))
+
+# -- the costliest shared builds, started in the background ----------------------------------
+
+# fixture -> the builder that makes what it returns (builders named "module:function", each
+# taking the shared root; a builder builds what it needs first).
+PREBUILT = {
+    "trained_export": "tests.conftest:build_trained_export",
+    "parity": "tests.test_export_parity:build_parity",
+    "loso_run": "tests.test_export_parity:build_loso_run",
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """On the first xdist worker, once the tests are collected: build what they will ask for
+    of ``PREBUILT`` in a process of its own (its log: ``prebuild.log`` in the shared root)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or not config.option.basetemp:
+        return
+    wanted = {name for item in items for name in getattr(item, "fixturenames", ())}
+    builders = [builder for fixture, builder in PREBUILT.items() if fixture in wanted]
+    if builders:
+        root = _shared_dir(config.option.basetemp)
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / "prebuild.log", "w") as log:
+            config.prebuild = subprocess.Popen([sys.executable, __file__, str(root), *builders],
+                                               cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The background build ends with the session: it is awaited (the other worker may still
+    wait on it), or stopped when the session was interrupted."""
+    process = getattr(session.config, "prebuild", None)
+    if process is not None:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            process.kill()
+        process.wait()
+
+
+def _prebuild(root: pathlib.Path, builders) -> None:
+    for builder in builders:
+        module, function = builder.split(":")
+        getattr(importlib.import_module(module), function)(root)
 
 
 @pytest.fixture(scope="session")
@@ -237,3 +300,8 @@ def exported(shared_root):
         return made[key]
 
     return export
+
+
+if __name__ == "__main__":  # the background build (pytest_collection_modifyitems)
+    sys.path.insert(0, str(REPO_ROOT))
+    _prebuild(pathlib.Path(sys.argv[1]), sys.argv[2:])

@@ -29,7 +29,8 @@ import pytest
 from ser_keras.audio import load_audio
 from ser_keras.config import DEFAULT_EXPERIMENT
 from ser_keras.inference.predict import predict_files
-from tests.conftest import SHARED_CORPORA, TRAIN_OVERRIDES, build_once, corpus_dir
+from tests.conftest import (SHARED_CORPORA, TRAIN_OVERRIDES, build_once, build_trained_export, build_trained_run,
+                            corpus_dir)
 
 # The functionals classifier's dot products over 3111 functionals are summed in another order by
 # NumPy (in-process) than by TensorFlow (the graph): about 1e-6 of the fused probabilities.
@@ -77,10 +78,13 @@ def trained(trained_demo_run, trained_export):
 
 @pytest.fixture(scope="module")
 def test_fold_files(trained) -> list:
+    return _test_fold_files(trained[0])
+
+
+def _test_fold_files(run_dir) -> list:
     """The demo files of the trained run's test fold (the files its serving figure scores)."""
     import pandas as pd
 
-    run_dir, _ = trained
     fold = json.loads((run_dir / "results.json").read_text())["folds"][0]["name"]
     return list(pd.read_csv(run_dir / "folds" / fold / "serving_predictions.csv")["path"])
 
@@ -96,13 +100,20 @@ def _parity_files(demo_files) -> dict:
 
 
 @pytest.fixture(scope="module")
-def parity(trained, test_fold_files, shared_root):
-    """``_parity`` of the test fold's demo files, computed once for all xdist workers of the test
-    run (its tests may run on both)."""
-    def compute(path):
-        path.write_bytes(pickle.dumps(_parity(trained, test_fold_files, shared_root)))
+def parity(shared_root):
+    """``build_parity``, computed once for all xdist workers of the test run (its tests may run
+    on both)."""
+    return pickle.loads(build_parity(shared_root).read_bytes())
 
-    return pickle.loads(build_once(shared_root, "parity.pickle", compute).read_bytes())
+
+def build_parity(root):
+    """``_parity`` of the trained run's test fold, pickled."""
+    trained = build_trained_run(root), build_trained_export(root)
+
+    def compute(path):
+        path.write_bytes(pickle.dumps(_parity(trained, _test_fold_files(trained[0]), root)))
+
+    return build_once(root, "parity.pickle", compute)
 
 
 def _parity(trained, demo_files, export_root) -> dict:
@@ -281,17 +292,25 @@ def test_fit_serving_figure_is_what_serve_gives(trained, parity):
 
 
 @pytest.fixture(scope="module")
-def loso_run(export_root):
-    """exp4 on the demo corpus under leave-one-speaker-out (first fold, one epoch), exported."""
+def loso_run(shared_root):
+    run_dir = build_loso_run(shared_root)
+    return run_dir / "run", run_dir / "export"
+
+
+def build_loso_run(root):
+    """exp4 on the demo corpus under leave-one-speaker-out (first fold, one epoch) in
+    ``run``, exported to ``export``."""
     from ser_keras.config import load_config
     from ser_keras.export.serving import export_run
     from ser_keras.evaluation.fit import fit
 
-    overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds"))]
-    config = load_config(experiment="exp4", corpus="demo", overrides=["train.protocol=loso", *overrides])
-    run_dir = export_root / "demo_exp4_loso"
-    fit(config, run_dir, progress=False)
-    return run_dir, export_run(run_dir, export_root / "export_demo_exp4_loso", litert=False)
+    def build(out):
+        overrides = [o for o in TRAIN_OVERRIDES if not o.startswith(("train.protocol", "train.folds"))]
+        config = load_config(experiment="exp4", corpus="demo", overrides=["train.protocol=loso", *overrides])
+        fit(config, out / "run", progress=False)
+        export_run(out / "run", out / "export", litert=False)
+
+    return build_once(root, "demo_exp4_loso", build)
 
 
 def test_fit_protocol_figure_is_what_serve_speaker_gives(loso_run):
