@@ -65,6 +65,19 @@ SERVE_SCRIPT = textwrap.dedent("""
             result = model.serve_speaker(batch, lengths)["probabilities"].numpy()
             for j, i in enumerate(group):
                 out["speaker"][str(i)] = result[j].tolist()
+    # Input that holds nothing to score.
+    rng = np.random.default_rng(0)
+    cases = {"empty": np.zeros((1, 0), np.float32), "silence": np.zeros((1, 32000), np.float32),
+             "low_noise": rng.normal(0, 1e-3, (1, 32000)).astype(np.float32),
+             "nan": np.full((1, 16000), np.nan, np.float32)}
+    out["nothing_to_score"] = {}
+    for name, waveform in cases.items():
+        try:
+            result = model.serve(tf.constant(waveform))
+            out["nothing_to_score"][name] = {"speech": result["speech"].numpy().tolist(),
+                                             "probabilities": result["probabilities"].numpy()[0].tolist()}
+        except Exception as exc:
+            out["nothing_to_score"][name] = {"error": f"{type(exc).__name__}: {exc}"}
     out["ser_keras_imported"] = any(name.split(".")[0] == "ser_keras" for name in sys.modules)
     with open(output, "w") as f:
         json.dump(out, f)
@@ -149,6 +162,7 @@ def _parity(trained, demo_files, export_root) -> dict:
             "labels": served["labels"], "sample_rate": served["sample_rate"],
             "ser_keras_imported": served["ser_keras_imported"],
         }
+    out["nothing_to_score"] = served["nothing_to_score"]
     order = sorted(same_speaker)
     out["demo"]["same_speaker"] = {
         "report": {**reports["demo"], "results": [same_speaker[i] for i in order]},
@@ -358,42 +372,12 @@ def test_bench_normalisation_prints_the_table(loso_run, capsys):
         assert row in out
 
 
-# TensorFlow and NumPy only: what the export does with input that holds nothing to score.
-NOTHING_TO_SCORE_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-
-    model = tf.saved_model.load(sys.argv[1])
-    rng = np.random.default_rng(0)
-    cases = {"empty": np.zeros((1, 0), np.float32), "silence": np.zeros((1, 32000), np.float32),
-             "low_noise": rng.normal(0, 1e-3, (1, 32000)).astype(np.float32),
-             "nan": np.full((1, 16000), np.nan, np.float32)}
-    out = {}
-    for name, waveform in cases.items():
-        try:
-            result = model.serve(tf.constant(waveform))
-            out[name] = {"speech": result["speech"].numpy().tolist(),
-                         "probabilities": result["probabilities"].numpy()[0].tolist()}
-        except Exception as exc:
-            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    out["ser_keras_imported"] = any(name.split(".")[0] == "ser_keras" for name in sys.modules)
-    print(json.dumps(out))
-""")
-
-
-def test_export_scores_no_emotion_where_there_is_nothing_to_score(trained, export_root):
-    """In a process without ser_keras: an empty waveform [1, 0], digital silence and 2 s of
-    low-level white noise come back with speech 0 and uniform probabilities; NaN input is an
-    error that names it (not a guess at integer PCM)."""
-    _, export_dir = trained
-    script = export_root / "nothing_to_score.py"
-    script.write_text(NOTHING_TO_SCORE_SCRIPT)
-    done = subprocess.run([sys.executable, "-I", str(script), str(export_dir)], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["ser_keras_imported"] is False
+def test_export_scores_no_emotion_where_there_is_nothing_to_score(parity):
+    """In the process without ser_keras (SERVE_SCRIPT): an empty waveform [1, 0], digital silence
+    and 2 s of low-level white noise come back with speech 0 and uniform probabilities; NaN
+    input is an error that names it (not a guess at integer PCM)."""
+    out = parity["nothing_to_score"]
+    assert parity["demo"]["ser_keras_imported"] is False
     for name in ("empty", "silence", "low_noise"):
         assert out[name].get("speech") == [0], (name, out[name])
         classes = len(out[name]["probabilities"])
