@@ -58,9 +58,11 @@ def test_litert_matches_the_savedmodel_of_a_trained_default_model(trained_export
         assert out["speech"] == bool(ref["speech"].numpy()[0])
 
 
+@pytest.mark.slow
 def test_the_conversion_itself_is_exact(trained_demo_run, trained_export, demo_files):
     """LiteRT against the frozen, float32 TensorFlow graph it was converted from: what is left
-    of any difference to the SavedModel is float32 arithmetic in the front end."""
+    of any difference to the SavedModel is float32 arithmetic in the front end (a diagnostic of
+    the test above, which holds LiteRT to the SavedModel; it traces the whole graph again)."""
     from ser_keras.inference.fold import load_fold
     from ser_keras.export.graph import ServingGraph
     from ser_keras.export.litert import rewritten_function
