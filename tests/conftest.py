@@ -285,18 +285,18 @@ def demo_files() -> list:
 
 @pytest.fixture(scope="session")
 def exported(shared_root):
-    """``exported(run_dir, jit_compile=False, litert=True) -> export directory``: the export of a
-    run that every worker shares (``tiny_run``; default: the shipped settings), made once per test
-    run."""
+    """``exported(run_dir, jit_compile=False, litert=False) -> export directory``: the export of a
+    run that every worker shares (``tiny_run``; the SavedModel, and model.tflite with `litert`),
+    made once per test run."""
     made = {}
 
-    def export(run_dir: pathlib.Path, jit_compile: bool = False, litert: bool = True) -> pathlib.Path:
+    def export(run_dir: pathlib.Path, jit_compile: bool = False, litert: bool = False) -> pathlib.Path:
         assert run_dir.parent == shared_root, f"{run_dir}: not a shared run (tiny_run)"
         key = (str(run_dir), jit_compile, litert)
         if key not in made:
             from ser_keras.export.serving import export_run
 
-            name = f"export_{run_dir.name}_{'xla' if jit_compile else 'graph'}" + ("" if litert else "_no_litert")
+            name = f"export_{run_dir.name}_{'xla' if jit_compile else 'graph'}" + ("_litert" if litert else "")
             made[key] = build_once(shared_root, name,
                                    lambda out: export_run(run_dir, out, jit_compile=jit_compile, litert=litert))
         return made[key]

@@ -19,7 +19,7 @@ from tests.conftest import LABELS, REPO_ROOT, tone, write_wav  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_run, exported):
-    return exported(tiny_run("exp4"))
+    return exported(tiny_run("exp4"), litert=True)
 
 
 def _signals(demo_files):
@@ -29,12 +29,13 @@ def _signals(demo_files):
     return waves + [tone(0.3, seed=1), tone(2.4, seed=2), np.zeros(8000, np.float32)]
 
 
-def test_export_writes_a_litert_model_with_the_serve_signature(tiny_export):
-    meta = json.loads((tiny_export / "export.json").read_text())
+def test_export_writes_a_litert_model_with_the_serve_signature(trained_export):
+    """The shipped default's export (network and functionals SVM) holds model.tflite."""
+    meta = json.loads((trained_export / "export.json").read_text())
     assert meta["litert"]["file"] == "model.tflite" and meta["litert"]["quantize"] == "none"
-    path = tiny_export / "model.tflite"
+    path = trained_export / "model.tflite"
     assert path.stat().st_size == meta["litert"]["bytes"] <= 5 * 1024 * 1024
-    model = LiteRTModel(tiny_export)
+    model = LiteRTModel(trained_export)
     assert model.labels == list(LABELS) and model.sample_rate == 16000
     assert list(model.runner.get_input_details()) == ["waveform"]
     assert set(model.runner.get_output_details()) == {"probabilities", "attention", "speech"}

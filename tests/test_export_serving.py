@@ -391,7 +391,7 @@ def test_level_normalised_export_ignores_gain_and_flags_no_speech(tiny_run, expo
     """A level-normalised export: probabilities at gains 0.5, 0.1 and 0.05 within 0.05 of gain 1;
     silence, low white noise, an empty and a too-short waveform: speech 0, uniform
     probabilities; NaN and Inf: an error that names them (not "integer PCM")."""
-    loaded = tf.saved_model.load(str(exported(tiny_run("exp4", level=True), litert=False)))
+    loaded = tf.saved_model.load(str(exported(tiny_run("exp4", level=True))))
     speech = tone(1.5, seed=12) * np.linspace(0.2, 1.0, 24000, dtype=np.float32)
     reference = loaded.serve(speech[None])
     assert int(reference["speech"][0]) == 1
