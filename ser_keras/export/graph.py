@@ -198,7 +198,10 @@ class ServingGraph:
         those statistics' moments instead of scoring) or (mean, std) tensors [D]."""
         tf = self.tf
         p = self.params
-        batch = tf.shape(inputs)[0]
+        # A batch of one known when tracing (the LiteRT model) stays known through the padding and
+        # cropping below, so the front end and the functionals trace without a loop over rows.
+        static_one = inputs.shape[0] == 1 and not self.jit_compile
+        batch = 1 if static_one else tf.shape(inputs)[0]
         size = tf.shape(inputs)[1]
         lengths = tf.clip_by_value(tf.cast(lengths, tf.int32), 0, size)
         n_frames = frame_counts(lengths, p)
@@ -216,6 +219,9 @@ class ServingGraph:
         inputs = inputs * valid
         inputs = tf.pad(inputs, [[0, batch_b - batch], [0, target - tf.shape(inputs)[1]]])
         n_frames_b = tf.pad(n_frames, [[0, batch_b - batch]], constant_values=1)
+        if static_one:
+            inputs.set_shape([1, None])
+            n_frames_b.set_shape([1])
         speech = speech_flags(inputs[:batch], lengths, p)
         if isinstance(stats, str):
             # "speaker": padding rows (if any) hold no valid frame, and neither do rows without

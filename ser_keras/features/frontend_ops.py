@@ -338,7 +338,7 @@ def _by_row(function, inputs, n_frames, dim: int, per_row: bool):
     5-10x faster for large batches without XLA. (XLA fuses the steps and needs no such help.)"""
     import tensorflow as tf
 
-    if not per_row:
+    if not per_row or inputs.shape[0] == 1:  # one row (the LiteRT model's trace) needs no loop
         return function(inputs, n_frames)
 
     def rows(x, n):
@@ -346,7 +346,7 @@ def _by_row(function, inputs, n_frames, dim: int, per_row: bool):
                          fn_output_signature=tf.TensorSpec([None, dim], tf.float32),
                          parallel_iterations=2)
 
-    # One row needs no loop around it.
+    # One row needs no loop around it (a batch of one known only when the graph runs).
     return tf.cond(tf.shape(inputs)[0] <= 1, lambda: function(inputs, n_frames), lambda: rows(inputs, n_frames))
 
 
