@@ -41,8 +41,9 @@ import numpy as np
 from ser_keras import __version__
 
 # 2: the one TF front end (features.frontend_ops); 3: YIN decimated; 4: full band; 5: level-normalised
-# wide functionals; 6: functionals by LiteRT builtins (the network's YIN, formants from the LPC envelope).
-FORMAT_VERSION = 6
+# wide functionals; 6: functionals by LiteRT builtins (the network's YIN, formants from the LPC envelope);
+# 7: YIN's correlation from one FFT of the hops (the same values up to float rounding).
+FORMAT_VERSION = 7
 MAGIC = b"SERKFEAT1\n"
 SUFFIX = ".feat"
 _LENGTH = struct.Struct("<I")

@@ -109,19 +109,32 @@ def _matmul(x, matrix):
     return tf.reshape(product, [shape[0], shape[1], tf.shape(matrix)[1]])
 
 
-def _correlation(head, segment, n_fft: int, lags: int):
-    """``[..., lags]``: ``sum_j head[..., j] * segment[..., j + tau]`` for tau < lags, i.e.
-    ``irfft(conj(rfft(head)) * rfft(segment))[:lags]``, with forward real FFTs and real
-    arithmetic only (LiteRT has no inverse FFT nor complex maths): for the Hermitian
-    ``X = re + i im``, ``irfft(X) = Re(FFT(conj X)) / n_fft``, and ``conj X`` over all ``n_fft``
-    bins is ``A + iB`` with A the even extension of re and B the odd one of -im, so
+def _correlation(blocks, after: int, g):
+    """``[B, n_blocks - after, lags]``: for every hop m of ``blocks`` ``[B, n_blocks, hop]``,
+    ``sum_j x_m[j] * s_m[j + tau]`` for tau < lags, ``s_m`` being the segment of ``seg_blocks``
+    hops that starts with hop m (``g``: ``yin_geometry``), i.e. ``irfft(conj(rfft(x_m)) * rfft(s_m))[:lags]``.
+
+    One forward FFT of every hop gives both spectra: a segment's is the sum of its hops',
+    each delayed by its offset ``k * hop`` (a factor ``e^{-i w k hop}``; ``n_fft`` holds the
+    whole segment, so nothing wraps). Forward real FFTs and real arithmetic only (LiteRT has no
+    inverse FFT nor complex maths): for the Hermitian ``X = re + i im``,
+    ``irfft(X) = Re(FFT(conj X)) / n_fft``, and ``conj X`` over all ``n_fft`` bins is ``A + iB``
+    with A the even extension of re and B the odd one of -im, so
     ``irfft(X) = (Re rfft(A) - Im rfft(B)) / n_fft``; ``rfft(A)`` is real and ``rfft(B)``
     imaginary (A even, B odd), so both are read from ``rfft(A + B)``; past ``n_fft / 2`` the
     symmetries of A and B give ``(Re + Im) rfft(A + B)`` at ``n_fft - tau``."""
     import tensorflow as tf
 
-    h, s = tf.signal.rfft(head, fft_length=[n_fft]), tf.signal.rfft(segment, fft_length=[n_fft])
-    hr, hi, sr, si = tf.math.real(h), tf.math.imag(h), tf.math.real(s), tf.math.imag(s)
+    hop, n_fft, lags = g["hop"], g["n_fft"], g["lags"]
+    spectra = tf.signal.rfft(blocks, fft_length=[n_fft])
+    re, im = tf.math.real(spectra), tf.math.imag(spectra)
+    hr, hi = re[:, :-after], im[:, :-after]
+    sr, si = hr, hi
+    omega = 2.0 * np.pi * np.arange(n_fft // 2 + 1) / n_fft
+    for k in range(1, g["seg_blocks"]):
+        cos, sin = np.cos(omega * k * hop).astype(np.float32), np.sin(omega * k * hop).astype(np.float32)
+        kr, ki = re[:, k: k - after or None], im[:, k: k - after or None]
+        sr, si = sr + (kr * cos + ki * sin), si + (ki * cos - kr * sin)
     half = n_fft // 2
     real = hr * sr + hi * si
     imag = (hr * si - hi * sr) * np.pad(np.ones(half - 1, np.float32), 1)  # irfft ignores DC/Nyquist imag
@@ -147,8 +160,7 @@ def _yin(blocks, params, g):
     # dd_m(tau) = sum_{j<hop} (x_{m,j} - x_{m,j+tau})^2 = e_m(0) + e_m(tau) - 2 c_m(tau); a
     # frame's d(tau) is the sum of dd over the `width` hops of its window.
     # c_m: the hop against the segment of seg_blocks hops that starts with it.
-    segment = tf.concat([blocks[:, j: j - after or None] for j in range(g["seg_blocks"])], axis=2)
-    cross = _correlation(blocks[:, :-after], segment, g["n_fft"], lags)
+    cross = _correlation(blocks, after, g)
     # e_m(tau) = sum_{j<hop} x_{m,j+tau}^2 = box[m * hop + tau], box the hop-long moving sum of
     # squares: at offset r into hop n, the rest of hop n from r and the first r samples of hop
     # n + 1 (prefix sums inside each hop, as a product with a triangle of ones).
