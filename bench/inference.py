@@ -341,6 +341,13 @@ def verdict(rows: list, paths: list) -> None:
         print(f"\ntarget >= {TARGET_X:.0f}x real-time on a 10 s clip at batch 1: {rt:.0f}x "
               f"({'met' if rt >= TARGET_X else 'NOT met'}) for model 1; export <= {TARGET_MB:g} MB: {size:.2f} MB "
               f"({'met' if size <= TARGET_MB else 'NOT met'})")
+        shares = ten[0].get("split")
+        if shares:
+            budget = 10.0 / TARGET_X * 1000
+            over = {stage: shares[stage] * ten[0]["median_s"] * 1000 for stage in STAGES}
+            print(f"the {TARGET_X:.0f}x budget of a 10 s clip is {budget:.0f} ms; model 1 spends "
+                  + ", ".join(f"{stage} {ms:.1f}" for stage, ms in over.items() if ms > 0)
+                  + " ms (a stage over the budget alone rules the target out)")
         if first != last:
             ratio = ten[0]["speed_vs_last"]
             print(f"target >= {TARGET_RATIO}x the last model's speed in the same run: {ratio:.2f}x "
