@@ -10,9 +10,10 @@ inverse FFT, no complex arithmetic, power-of-two FFT lengths):
    of ``f0_min_hz``) centred, with its lags, on the frame's centre: the difference function
    ``d(tau) = sum_{j<W} (x_j - x_{j+tau})^2 = E(0) + E(tau) - 2 r(tau)`` for the lags
    ``0 .. tau_max + 1`` only, block by block: a frame's cross term ``r`` and energies ``E`` are
-   sums of per-hop terms that neighbouring frames share. Each hop's cross term comes from
-   small FFTs of the hop and of its segment (the hop and its lags); the energies from prefix
-   sums inside each hop (no running sum over the recording, which float32 could not difference);
+   sums of per-hop terms that neighbouring frames share. Each hop's cross term comes from the
+   spectra of the hop and of its segment (the hop and its lags), both from one small FFT of
+   every hop (``_correlation``); the energies from prefix sums inside each hop (no running sum
+   over the recording, which float32 could not difference);
 2. the cumulative-mean-normalised difference, the first local minimum below
    ``voicing_threshold`` in ``[tau_min, tau_max]`` (else the global minimum, unvoiced),
    parabolic interpolation; voiced when a dip was found and F0 lies in
