@@ -1,6 +1,7 @@
 """model.tflite in every export: conversion, the LiteRT runner, parity with the SavedModel, predict."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -180,3 +181,21 @@ def test_the_runner_imports_without_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_runtime_is_quiet_where_tensorflow_would_be(trained_export):
+    """LiteRT's own "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." follows TensorFlow's
+    log level, which the command line sets (quiet unless --verbose): none with INFO hidden."""
+    code = ("import numpy as np; from ser_keras.inference.litert_runner import LiteRTModel; "
+            f"LiteRTModel({str(trained_export)!r}).serve(np.zeros(16000, np.float32)); print('ok')")
+
+    def stderr_at(level):
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": level})
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+        return done.stderr
+
+    loud = stderr_at("0")
+    if "TensorFlow Lite" not in loud:
+        pytest.skip("this LiteRT prints nothing when it starts, so there is nothing to hide")
+    assert stderr_at("3") == ""

@@ -14,8 +14,11 @@ for the SavedModel). docs/litert.md has a copy-paste version that needs not even
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import sys
 
 import numpy as np
 
@@ -24,6 +27,27 @@ from ser_keras.errors import SerKerasError
 LITERT_FILE = "model.tflite"
 SIGNATURE = "serve"
 EXPORT_FILE = "export.json"
+
+
+@contextlib.contextmanager
+def _runtime_log_hidden():
+    """Standard error closed to LiteRT's C++ runtime, which writes "INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU." there when it applies its CPU delegate, where TensorFlow's log
+    level hides INFO lines (TF_CPP_MIN_LOG_LEVEL >= 1: the command line sets 3 unless
+    --verbose); a failure still raises, with the runtime's message in the exception."""
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    if not (level.isdigit() and int(level) >= 1):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _interpreter_class():
@@ -63,8 +87,10 @@ class LiteRTModel:
             raise SerKerasError(f"{meta_path}: not valid JSON") from None
         try:
             self.interpreter = _interpreter_class()(model_path=str(path), num_threads=num_threads)
+            with _runtime_log_hidden():  # LiteRT applies its CPU delegate on the first allocation
+                self.interpreter.allocate_tensors()
             self.runner = self.interpreter.get_signature_runner(SIGNATURE)
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:
             raise SerKerasError(f"{path}: not a ser_keras LiteRT model ({str(exc).splitlines()[0][:200]})") from None
         outputs = self.runner.get_output_details()
         self.sample_rate = int(self.meta.get("sample_rate", 16000))
