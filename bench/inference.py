@@ -344,9 +344,9 @@ def verdict(rows: list, paths: list) -> None:
         shares = ten[0].get("split")
         if shares:
             budget = 10.0 / TARGET_X * 1000
-            over = {stage: shares[stage] * ten[0]["median_s"] * 1000 for stage in STAGES}
+            spent = {stage: shares[stage] * ten[0]["median_s"] * 1000 for stage in STAGES}
             print(f"the {TARGET_X:.0f}x budget of a 10 s clip is {budget:.0f} ms; model 1 spends "
-                  + ", ".join(f"{stage} {ms:.1f}" for stage, ms in over.items() if ms > 0)
+                  + ", ".join(f"{stage} {ms:.1f}" for stage, ms in spent.items() if ms > 0)
                   + " ms (a stage over the budget alone rules the target out)")
         if first != last:
             ratio = ten[0]["speed_vs_last"]
